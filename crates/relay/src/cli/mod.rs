@@ -1,0 +1,155 @@
+//! The `capi-relay` command line. Each subcommand lives in its own module and returns an exit
+//! code; errors that stop a command are printed once, here.
+
+mod bench;
+mod send;
+mod simulate;
+mod validate;
+
+use std::{process::ExitCode, str::FromStr, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use relay_core::ValidationOptions;
+use secrecy::SecretString;
+
+use crate::{
+    delivery::{GraphConfig, graph_client},
+    telemetry::{self, LogFormat},
+};
+
+/// Relay conversions from click-to-WhatsApp, Messenger and Instagram chats to Meta's
+/// Conversions API for Business Messaging.
+#[derive(Debug, Parser)]
+#[command(name = "capi-relay", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, env = "CAPI_RELAY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check events offline: every error and warning, with line numbers. Exit code 1 on errors.
+    Validate(validate::ValidateArgs),
+    /// Validate events and send them to a dataset, 1,000 per request; print Meta's answers.
+    Send(send::SendArgs),
+    /// Run the Graph API simulator (Meta's /events and Dataset API, with fault injection).
+    SimulateGraph(simulate::SimulateArgs),
+    /// Measure performance and print the figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Options that change what validation accepts; shared by every command that validates.
+#[derive(Debug, Clone, Args)]
+pub struct ValidationArgs {
+    /// Send event names other than Meta's 14 business-messaging names (with a warning).
+    #[arg(long, env = "CAPI_RELAY_ALLOW_CUSTOM_EVENT_NAMES")]
+    pub allow_custom_event_names: bool,
+
+    /// Region (ISO 3166 alpha-2, e.g. BR) for phone numbers written without a country code.
+    #[arg(long, env = "CAPI_RELAY_DEFAULT_PHONE_REGION", value_parser = parse_region)]
+    pub default_phone_region: Option<phonenumber::country::Id>,
+}
+
+impl ValidationArgs {
+    pub fn options(&self) -> ValidationOptions {
+        ValidationOptions {
+            allow_custom_event_names: self.allow_custom_event_names,
+            default_phone_region: self.default_phone_region,
+        }
+    }
+}
+
+fn parse_region(s: &str) -> Result<phonenumber::country::Id, String> {
+    phonenumber::country::Id::from_str(&s.to_ascii_uppercase())
+        .map_err(|_| format!("{s:?} is not a region code such as US or BR"))
+}
+
+/// Where the Graph API is; shared by every command that calls Meta.
+#[derive(Debug, Clone, Args)]
+pub struct GraphArgs {
+    /// Graph API base URL (the simulator's address for tests and sandbox runs).
+    #[arg(long, env = "CAPI_RELAY_GRAPH_URL", default_value = graph_client::DEFAULT_GRAPH_URL)]
+    pub graph_url: String,
+
+    /// Graph API version.
+    #[arg(long, env = "CAPI_RELAY_GRAPH_API_VERSION", default_value = graph_client::DEFAULT_API_VERSION)]
+    pub graph_api_version: String,
+
+    /// Partner string Meta assigned to you, sent as `partner_agent`.
+    #[arg(long, env = "CAPI_RELAY_PARTNER_AGENT")]
+    pub partner_agent: Option<String>,
+
+    /// Seconds to wait for Meta's answer to one request.
+    #[arg(long, default_value_t = 30)]
+    pub graph_timeout_secs: u64,
+}
+
+/// Environment variable holding the Meta app secret (for `appsecret_proof` and webhooks).
+pub const APP_SECRET_ENV: &str = "CAPI_RELAY_META_APP_SECRET";
+
+impl GraphArgs {
+    pub fn config(&self) -> GraphConfig {
+        GraphConfig {
+            base_url: self.graph_url.clone(),
+            api_version: self.graph_api_version.clone(),
+            request_timeout: Duration::from_secs(self.graph_timeout_secs),
+            partner_agent: self.partner_agent.clone(),
+            app_secret: secret_from_env(APP_SECRET_ENV).ok(),
+            ..GraphConfig::default()
+        }
+    }
+}
+
+/// Reads a secret from the named environment variable; the error names the variable only.
+pub fn secret_from_env(var: &str) -> anyhow::Result<SecretString> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Ok(SecretString::from(value.trim().to_owned())),
+        Ok(_) => anyhow::bail!("environment variable {var} is empty"),
+        Err(_) => anyhow::bail!("environment variable {var} is not set"),
+    }
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, "info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Validate(args) => validate::run(args),
+            Command::Send(args) => send::run(args).await,
+            Command::SimulateGraph(args) => simulate::run(args).await,
+            Command::Bench(command) => bench::run(command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
