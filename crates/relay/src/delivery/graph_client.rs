@@ -88,7 +88,6 @@ impl std::fmt::Display for GraphCallError {
 impl std::error::Error for GraphCallError {}
 
 impl GraphCallError {
-
     /// Meta's error object, when it sent one.
     pub fn graph_error(&self) -> Option<&GraphError> {
         match &self.outcome {

@@ -1,0 +1,61 @@
+//! Shared test set-up: simulators on random ports, sample events, the binary.
+
+use std::net::SocketAddr;
+
+use capi_relay::simulator::{Simulator, SimulatorConfig};
+use serde_json::{Value, json};
+
+pub const DATASET: &str = "1234567890";
+
+/// A simulator on a random loopback port, with `DATASET` registered.
+pub async fn spawn_simulator(mut config: SimulatorConfig) -> (Simulator, String) {
+    config.datasets.push(DATASET.into());
+    let simulator = Simulator::new(config);
+    let addr: SocketAddr = simulator
+        .clone()
+        .spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("simulator binds a random port");
+    (simulator, format!("http://{addr}"))
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// A valid WhatsApp purchase in Meta's wire shape (already hashed where needed).
+pub fn wire_event(i: usize) -> Value {
+    json!({
+        "event_name": "Purchase",
+        "event_time": now() - 60,
+        "event_id": format!("evt-{i}"),
+        "action_source": "business_messaging",
+        "messaging_channel": "whatsapp",
+        "user_data": {
+            "whatsapp_business_account_id": "102290129340398",
+            "ctwa_clid": format!("ARAkLkA8rml-{i}")
+        },
+        "custom_data": {"currency": "USD", "value": 10.5}
+    })
+}
+
+/// Posts a raw events request to a simulator.
+pub async fn post_events(
+    base: &str,
+    dataset: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}/v26.0/{dataset}/events"))
+        .json(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("simulator answers")
+}
+
+/// Path of the built `capi-relay` binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_capi-relay")
+}

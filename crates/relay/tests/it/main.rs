@@ -1,0 +1,8 @@
+//! End-to-end tests of the capi-relay crate: the simulator and the Graph client over real
+//! sockets, and the binary as a user runs it.
+
+mod cli;
+mod graph_client;
+mod helpers;
+mod payload_acceptance;
+mod simulator;
