@@ -95,14 +95,24 @@ pub fn check_all(events: &[FileEvent], validation: &ValidationArgs, now: i64) ->
     }
     let _ = writeln!(
         text,
-        "{} events: {} valid, {rejected} rejected, {warnings} warnings",
+        "{} {}: {} valid, {rejected} rejected, {warnings} {}",
         events.len(),
-        valid.len()
+        plural(events.len(), "event"),
+        valid.len(),
+        plural(warnings, "warning"),
     );
     Report {
         text,
         valid,
         rejected,
+    }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        word.to_owned()
+    } else {
+        format!("{word}s")
     }
 }
 
