@@ -36,8 +36,8 @@ pub struct MetaError {
     pub subcode: Option<i64>,
     pub error_type: &'static str,
     pub message: String,
-    pub user_title: Option<String>,
-    pub user_msg: Option<String>,
+    /// `error_user_title` and `error_user_msg`; boxed to keep `Result<_, MetaError>` small.
+    pub user_text: Option<Box<(String, String)>>,
     pub blame_field_specs: Vec<Vec<String>>,
     pub is_transient: bool,
 }
@@ -50,8 +50,7 @@ impl MetaError {
             subcode: None,
             error_type: "OAuthException",
             message: message.into(),
-            user_title: None,
-            user_msg: None,
+            user_text: None,
             blame_field_specs: Vec::new(),
             is_transient: false,
         }
@@ -72,8 +71,7 @@ impl MetaError {
     }
 
     pub fn with_user(mut self, title: impl Into<String>, msg: impl Into<String>) -> Self {
-        self.user_title = Some(title.into());
-        self.user_msg = Some(msg.into());
+        self.user_text = Some(Box::new((title.into(), msg.into())));
         self
     }
 
@@ -101,11 +99,9 @@ impl MetaError {
         if let Some(subcode) = self.subcode {
             obj.insert("error_subcode".into(), json!(subcode));
         }
-        if let Some(title) = &self.user_title {
-            obj.insert("error_user_title".into(), json!(title));
-        }
-        if let Some(msg) = &self.user_msg {
-            obj.insert("error_user_msg".into(), json!(msg));
+        if let Some(text) = &self.user_text {
+            obj.insert("error_user_title".into(), json!(text.0));
+            obj.insert("error_user_msg".into(), json!(text.1));
         }
         if !self.blame_field_specs.is_empty() {
             obj.insert(

@@ -103,7 +103,8 @@ async fn one_invalid_event_rejects_the_request_and_blames_its_field() {
 #[tokio::test]
 async fn meta_rules_per_event_are_enforced() {
     let (_sim, base) = spawn_simulator(SimulatorConfig::default()).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, i64, Option<i64>)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation, i64, Option<i64>)> = vec![
         (
             "missing click id",
             Box::new(|e: &mut Value| {
