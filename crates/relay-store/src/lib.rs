@@ -1,1 +1,287 @@
-//! placeholder
+//! Storage for capi-relay behind one trait, [`Store`], with two backends chosen by URL scheme:
+//! SQLite (`sqlite://file.db`, the embedded default) and PostgreSQL (`postgres://…`, for several
+//! relay instances sharing one database).
+//!
+//! Both backends keep the same rows and the same lease state machine; only the claim query
+//! differs (`UPDATE … RETURNING` on SQLite, `FOR UPDATE SKIP LOCKED` on PostgreSQL). Times are
+//! Unix milliseconds (`i64`) in both, so nothing depends on a backend's date types. Every method
+//! is one short transaction: no transaction is ever held across a network call.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use crate::{postgres::PostgresStore, sqlite::SqliteStore};
+
+/// Errors from the store. Pool and lock timeouts are `Unavailable` (HTTP 503 upstream).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Delivery state of an accepted event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    /// Waiting for its first send.
+    Queued,
+    /// Claimed by a worker (under lease).
+    Sending,
+    /// Meta acknowledged it.
+    Delivered,
+    /// A send failed; waiting for `next_attempt_at_ms`.
+    Retrying,
+    /// Given up: a dead letter with `dead_reason`.
+    Dead,
+}
+
+impl EventState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventState::Queued => "queued",
+            EventState::Sending => "sending",
+            EventState::Delivered => "delivered",
+            EventState::Retrying => "retrying",
+            EventState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventState> {
+        Some(match s {
+            "queued" => EventState::Queued,
+            "sending" => EventState::Sending,
+            "delivered" => EventState::Delivered,
+            "retrying" => EventState::Retrying,
+            "dead" => EventState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// Whether an asset's deliveries run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssetStatus {
+    Active,
+    /// Meta refused the token or a permission: deliveries wait until the token is updated.
+    Paused,
+}
+
+/// A business asset (WABA, Page or Instagram account) and where its events go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asset {
+    /// `whatsapp`, `messenger` or `instagram`.
+    pub channel: String,
+    pub asset_id: String,
+    pub dataset_id: String,
+    /// The Graph API access token. Never logged, printed or returned by the API.
+    pub access_token: String,
+    pub status: AssetStatus,
+    /// Why the asset is paused (Meta's message), if it is.
+    pub status_reason: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// An accepted event to store in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub dataset_id: String,
+    pub asset_id: String,
+    pub channel: String,
+    pub event_id: String,
+    pub event_name: String,
+    /// Unix seconds of the conversion (Meta's `event_time`).
+    pub event_time: i64,
+    /// The exact JSON sent to Meta for this event.
+    pub payload: String,
+    pub test_event_code: Option<String>,
+    pub accepted_at_ms: i64,
+}
+
+/// What happened to one `NewEvent` at insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// Stored; the row id.
+    Inserted(i64),
+    /// The same `event_id` for the same dataset is already stored (within retention).
+    Duplicate,
+}
+
+/// An event claimed for delivery under a lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedEvent {
+    pub id: i64,
+    pub dataset_id: String,
+    pub asset_id: String,
+    pub channel: String,
+    pub event_id: String,
+    pub event_time: i64,
+    pub payload: String,
+    pub test_event_code: Option<String>,
+    /// Sends attempted so far, including the one this claim is for.
+    pub attempts: i32,
+    pub accepted_at_ms: i64,
+}
+
+/// One send attempt as recorded for each event it carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    pub attempted_at_ms: i64,
+    /// Stable outcome name: `delivered`, `retryable:<kind>`, `permanent:<kind>`, `too_old`, …
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub fbtrace_id: Option<String>,
+    /// Meta's message or the transport error; `None` on success.
+    pub message: Option<String>,
+    pub latency_ms: i64,
+}
+
+/// Where a claimed batch goes after its send.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Delivered { delivered_at_ms: i64 },
+    /// Back to `retrying`, due at `next_attempt_at_ms`.
+    Retry { next_attempt_at_ms: i64 },
+    /// A dead letter with its reason.
+    Dead { reason: String, dead_at_ms: i64 },
+    /// Back to `queued` without counting the attempt (the asset was paused).
+    Release,
+}
+
+/// An event with its history, for `GET /v1/events/{event_id}` and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRecord {
+    pub id: i64,
+    pub dataset_id: String,
+    pub asset_id: String,
+    pub channel: String,
+    pub event_id: String,
+    pub event_name: String,
+    pub event_time: i64,
+    pub state: EventState,
+    pub attempts_count: i32,
+    pub next_attempt_at_ms: i64,
+    pub accepted_at_ms: i64,
+    pub delivered_at_ms: Option<i64>,
+    pub dead_reason: Option<String>,
+    pub dead_at_ms: Option<i64>,
+    pub test_event_code: Option<String>,
+    pub payload: String,
+    pub attempts: Vec<Attempt>,
+}
+
+/// Which dead letters to list or replay.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    pub dataset_id: Option<String>,
+    pub asset_id: Option<String>,
+    /// Only these event ids (any dataset unless `dataset_id` is set).
+    pub event_ids: Option<Vec<String>>,
+    /// Dead at or after this time.
+    pub since_ms: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+/// Queue figures for metrics and readiness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueStats {
+    /// Events in `queued`, `retrying` or `sending`.
+    pub depth: i64,
+    /// Accept time of the oldest such event.
+    pub oldest_accepted_at_ms: Option<i64>,
+    pub dead: i64,
+}
+
+/// The storage contract. Implementations must be safe to share between many tasks and, for
+/// PostgreSQL, between many relay processes.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies this backend's migrations (idempotent).
+    async fn migrate(&self) -> Result<()>;
+    /// Cheap round trip for `/readyz`.
+    async fn ping(&self) -> Result<()>;
+
+    /// Inserts or replaces an asset by `asset_id`. Replacing resumes a paused asset.
+    async fn upsert_asset(&self, asset: &Asset) -> Result<()>;
+    async fn get_asset(&self, asset_id: &str) -> Result<Option<Asset>>;
+    async fn list_assets(&self) -> Result<Vec<Asset>>;
+    /// Sets a new token and resumes the asset. `NotFound` if it does not exist.
+    async fn set_asset_token(&self, asset_id: &str, access_token: &str, now_ms: i64) -> Result<()>;
+    /// Pauses the asset's deliveries with Meta's reason.
+    async fn pause_asset(&self, asset_id: &str, reason: &str, now_ms: i64) -> Result<()>;
+
+    /// Inserts accepted events in one transaction, in order; a repeated `(dataset_id, event_id)`
+    /// (already stored, or earlier in the same call) is `Duplicate`. Returns one outcome per event.
+    async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>>;
+
+    /// Claims up to `limit` events that are due (`queued`/`retrying` with
+    /// `next_attempt_at_ms <= now_ms`, or `sending` with an expired lease), skipping paused assets
+    /// and datasets paused past `now_ms`. Sets `sending`, the lease and `attempts + 1`.
+    /// Oldest due first. Safe under concurrent callers and processes: an event is claimed once.
+    async fn claim_due(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ClaimedEvent>>;
+
+    /// Records `attempt` for every event in `ids` (only those still leased by `owner`) and moves
+    /// them as `resolution` says, clearing the lease. `Release` also undoes the attempt count.
+    /// Returns how many events were updated.
+    async fn resolve(
+        &self,
+        owner: &str,
+        ids: &[i64],
+        attempt: &Attempt,
+        resolution: &Resolution,
+    ) -> Result<u64>;
+
+    /// Holds a dataset's deliveries until `until_ms` (Meta's throttling).
+    async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> Result<()>;
+
+    /// Events with this `event_id`, optionally in one dataset, with their attempts.
+    async fn find_events(&self, event_id: &str, dataset_id: Option<&str>) -> Result<Vec<EventRecord>>;
+    /// Most recent events first, for the dashboard.
+    async fn recent_events(&self, limit: i64) -> Result<Vec<EventRecord>>;
+
+    async fn list_dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<EventRecord>>;
+    /// Puts matching dead letters back in the queue (`queued`, due now, attempts reset).
+    /// Returns how many.
+    async fn replay_dead_letters(&self, filter: &DeadLetterFilter, now_ms: i64) -> Result<u64>;
+
+    async fn queue_stats(&self) -> Result<QueueStats>;
+
+    /// Deletes delivered and dead events (and their attempts) accepted before `before_ms`.
+    /// Returns how many events were deleted.
+    async fn purge_finished(&self, before_ms: i64) -> Result<u64>;
+}
+
+/// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`.
+/// `postgres_schema`, when set, puts every table in that schema (created if missing); tests use
+/// it to get a fresh schema each.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}
