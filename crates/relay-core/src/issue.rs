@@ -43,6 +43,8 @@ pub enum IssueCode {
     FieldDropped,
     /// `messaging_channel` was absent and was inferred from the identity fields (warning).
     ChannelInferred,
+    /// The event's business asset is not registered with the relay.
+    UnknownAsset,
 }
 
 impl IssueCode {
@@ -65,6 +67,7 @@ impl IssueCode {
             IssueCode::LooksPrehashed => "looks_prehashed",
             IssueCode::FieldDropped => "field_dropped",
             IssueCode::ChannelInferred => "channel_inferred",
+            IssueCode::UnknownAsset => "unknown_asset",
         }
     }
 }

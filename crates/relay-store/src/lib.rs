@@ -8,6 +8,7 @@
 //! is one short transaction: no transaction is ever held across a network call.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use std::sync::Arc;
@@ -155,11 +156,18 @@ pub struct Attempt {
 /// Where a claimed batch goes after its send.
 #[derive(Debug, Clone)]
 pub enum Resolution {
-    Delivered { delivered_at_ms: i64 },
+    Delivered {
+        delivered_at_ms: i64,
+    },
     /// Back to `retrying`, due at `next_attempt_at_ms`.
-    Retry { next_attempt_at_ms: i64 },
+    Retry {
+        next_attempt_at_ms: i64,
+    },
     /// A dead letter with its reason.
-    Dead { reason: String, dead_at_ms: i64 },
+    Dead {
+        reason: String,
+        dead_at_ms: i64,
+    },
     /// Back to `queued` without counting the attempt (the asset was paused).
     Release,
 }
@@ -257,7 +265,11 @@ pub trait Store: Send + Sync + 'static {
     async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> Result<()>;
 
     /// Events with this `event_id`, optionally in one dataset, with their attempts.
-    async fn find_events(&self, event_id: &str, dataset_id: Option<&str>) -> Result<Vec<EventRecord>>;
+    async fn find_events(
+        &self,
+        event_id: &str,
+        dataset_id: Option<&str>,
+    ) -> Result<Vec<EventRecord>>;
     /// Most recent events first, for the dashboard.
     async fn recent_events(&self, limit: i64) -> Result<Vec<EventRecord>>;
 
@@ -273,9 +285,8 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_finished(&self, before_ms: i64) -> Result<u64>;
 }
 
-/// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`.
-/// `postgres_schema`, when set, puts every table in that schema (created if missing); tests use
-/// it to get a fresh schema each.
+/// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`
+/// (tests add `?options=-c%20search_path%3D<schema>` to get a schema of their own).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url).await?))

@@ -1,13 +1,21 @@
 //! capi-relay: a self-hosted relay for Meta's Conversions API for Business Messaging.
 //!
-//! - [`delivery`]: the Graph API client and the classification of Meta's answers.
+//! - [`app`]: the relay service (`serve`): HTTP API, delivery workers, retention.
+//! - [`http`]: the HTTP API; [`ingest`]: validating, routing and storing submitted events.
+//! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
+//! - [`config`]: layered configuration; [`observability`]: Prometheus metrics.
 //! - [`simulator`]: a Graph API simulator for tests, benchmarks and sandbox runs.
 //! - [`cli`]: the `capi-relay` command line.
 //!
 //! The domain rules (events, validation, hashing) live in the `relay-core` crate.
 
+pub mod app;
 pub mod cli;
+pub mod config;
 pub mod delivery;
 pub mod events_file;
+pub mod http;
+pub mod ingest;
+pub mod observability;
 pub mod simulator;
 pub mod telemetry;

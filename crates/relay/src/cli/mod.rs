@@ -1,12 +1,15 @@
 //! The `capi-relay` command line. Each subcommand lives in its own module and returns an exit
 //! code; errors that stop a command are printed once, here.
 
+mod assets;
 mod bench;
+mod dead_letters;
 mod send;
+mod serve;
 mod simulate;
 mod validate;
 
-use std::{process::ExitCode, str::FromStr, time::Duration};
+use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use relay_core::ValidationOptions;
@@ -32,6 +35,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the relay: HTTP API, durable outbox and delivery workers.
+    Serve(serve::ServeArgs),
+    /// Apply database migrations (serve also applies them at start).
+    Migrate(DbArgs),
+    /// Manage business assets (WABA, Page, Instagram account) and their datasets and tokens.
+    #[command(subcommand)]
+    Assets(assets::AssetsCommand),
+    /// List or replay dead letters.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
     /// Check events offline: every error and warning, with line numbers. Exit code 1 on errors.
     Validate(validate::ValidateArgs),
     /// Validate events and send them to a dataset, 1,000 per request; print Meta's answers.
@@ -67,6 +80,27 @@ impl ValidationArgs {
 fn parse_region(s: &str) -> Result<phonenumber::country::Id, String> {
     phonenumber::country::Id::from_str(&s.to_ascii_uppercase())
         .map_err(|_| format!("{s:?} is not a region code such as US or BR"))
+}
+
+/// The database of commands that read or change the relay's state.
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// sqlite://PATH or postgres://…
+    #[arg(
+        long,
+        env = "CAPI_RELAY_DATABASE_URL",
+        default_value = "sqlite://capi-relay.db"
+    )]
+    pub database_url: String,
+}
+
+impl DbArgs {
+    /// Opens the database and applies migrations.
+    pub async fn open(&self) -> anyhow::Result<Arc<dyn relay_store::Store>> {
+        let store = relay_store::connect(&self.database_url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
 }
 
 /// Where the Graph API is; shared by every command that calls Meta.
@@ -127,6 +161,10 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
+            Command::Serve(args) => serve::serve(args).await,
+            Command::Migrate(args) => serve::migrate(args).await,
+            Command::Assets(command) => assets::run(command).await,
+            Command::DeadLetters(command) => dead_letters::run(command).await,
             Command::Validate(args) => validate::run(args),
             Command::Send(args) => send::run(args).await,
             Command::SimulateGraph(args) => simulate::run(args).await,

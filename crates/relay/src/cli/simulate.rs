@@ -90,6 +90,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             throttle_regain_minutes: args.throttle_regain_minutes,
             latency_ms: args.latency_ms,
             timeout_hold_ms: 0,
+            reject_events_containing: None,
         },
         seed: args.seed,
         ..SimulatorConfig::default()

@@ -56,6 +56,9 @@ pub struct Faults {
     pub latency_ms: u64,
     /// How long a "timeout" holds the request, in milliseconds.
     pub timeout_hold_ms: u64,
+    /// Refuse, with code 100, any request holding an event whose JSON contains this text: a
+    /// stand-in for whatever Meta refuses that no local check can foresee (a "poison" event).
+    pub reject_events_containing: Option<String>,
 }
 
 /// How the simulator starts.
@@ -492,6 +495,15 @@ async fn handle_events(
     }
     let now = now_unix();
     let events = rules::check_events_request(&body, now)?;
+    let poison = sim.lock().faults.reject_events_containing.clone();
+    if let Some(marker) = poison.filter(|m| !m.is_empty())
+        && events.iter().any(|e| e.to_string().contains(&marker))
+    {
+        return Err(MetaError::new(400, 100, "Invalid parameter").with_user(
+            "Invalid event",
+            format!("An event in this request was refused (it contains {marker:?})."),
+        ));
+    }
     let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
     let (test_event_code, partner_agent) = (text("test_event_code"), text("partner_agent"));
     let count = events.len();

@@ -1,0 +1,491 @@
+//! The one implementation of [`Store`](crate::Store) for both backends.
+//!
+//! The backends differ only in a few places (placeholder syntax, how a write transaction starts,
+//! the claim query), which each backend module supplies; everything else is generated here once
+//! by `impl_store!`, so the two cannot drift apart.
+
+use sqlx::Row;
+
+use crate::{
+    Asset, AssetStatus, Attempt, ClaimedEvent, EventRecord, EventState, Result, StoreError,
+};
+
+/// Columns of `events` read into an [`EventRecord`].
+pub const RECORD_COLUMNS: &str = "id, dataset_id, asset_id, channel, event_id, event_name, \
+    event_time, state, attempts, next_attempt_at_ms, accepted_at_ms, delivered_at_ms, dead_reason, \
+    dead_at_ms, test_event_code, payload";
+
+/// Columns returned by a claim.
+pub const CLAIM_COLUMNS: &str = "id, dataset_id, asset_id, channel, event_id, event_time, payload, \
+    test_event_code, attempts, accepted_at_ms";
+
+/// The due-event condition shared by both claim queries (`$1` = now).
+pub const DUE_CONDITION: &str = "state IN ('queued', 'retrying', 'sending') \
+    AND next_attempt_at_ms <= $1 \
+    AND (state <> 'sending' OR lease_until_ms < $1) \
+    AND asset_id NOT IN (SELECT asset_id FROM assets WHERE status = 'paused') \
+    AND dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1)";
+
+pub fn asset_from_row<R: Row>(row: &R) -> Result<Asset>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get("status")?;
+    Ok(Asset {
+        channel: row.try_get("channel")?,
+        asset_id: row.try_get("asset_id")?,
+        dataset_id: row.try_get("dataset_id")?,
+        access_token: row.try_get("access_token")?,
+        status: if status == "paused" {
+            AssetStatus::Paused
+        } else {
+            AssetStatus::Active
+        },
+        status_reason: row.try_get("status_reason")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub fn claimed_from_row<R: Row>(row: &R) -> Result<ClaimedEvent>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ClaimedEvent {
+        id: row.try_get("id")?,
+        dataset_id: row.try_get("dataset_id")?,
+        asset_id: row.try_get("asset_id")?,
+        channel: row.try_get("channel")?,
+        event_id: row.try_get("event_id")?,
+        event_time: row.try_get("event_time")?,
+        payload: row.try_get("payload")?,
+        test_event_code: row.try_get("test_event_code")?,
+        attempts: row.try_get("attempts")?,
+        accepted_at_ms: row.try_get("accepted_at_ms")?,
+    })
+}
+
+pub fn record_from_row<R: Row>(row: &R) -> Result<EventRecord>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let state: String = row.try_get("state")?;
+    Ok(EventRecord {
+        id: row.try_get("id")?,
+        dataset_id: row.try_get("dataset_id")?,
+        asset_id: row.try_get("asset_id")?,
+        channel: row.try_get("channel")?,
+        event_id: row.try_get("event_id")?,
+        event_name: row.try_get("event_name")?,
+        event_time: row.try_get("event_time")?,
+        state: EventState::parse(&state)
+            .ok_or_else(|| StoreError::NotFound(format!("unknown event state {state:?}")))?,
+        attempts_count: row.try_get("attempts")?,
+        next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
+        accepted_at_ms: row.try_get("accepted_at_ms")?,
+        delivered_at_ms: row.try_get("delivered_at_ms")?,
+        dead_reason: row.try_get("dead_reason")?,
+        dead_at_ms: row.try_get("dead_at_ms")?,
+        test_event_code: row.try_get("test_event_code")?,
+        payload: row.try_get("payload")?,
+        attempts: Vec::new(),
+    })
+}
+
+pub fn attempt_from_row<R: Row>(row: &R) -> Result<(i64, Attempt)>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i32>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok((
+        row.try_get("event_row_id")?,
+        Attempt {
+            attempted_at_ms: row.try_get("attempted_at_ms")?,
+            outcome: row.try_get("outcome")?,
+            http_status: row.try_get("http_status")?,
+            fbtrace_id: row.try_get("fbtrace_id")?,
+            message: row.try_get("message")?,
+            latency_ms: row.try_get("latency_ms")?,
+        },
+    ))
+}
+
+/// Maps pool exhaustion and lock timeouts to `Unavailable`.
+pub fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(ref db) if db.message().contains("database is locked") => {
+            StoreError::Unavailable(e.to_string())
+        }
+        other => StoreError::Database(other),
+    }
+}
+
+/// Generates `impl Store` for a backend struct with a `pool` field and the backend hooks
+/// `sql(&str)`, `begin_write()`, `claim_sql()` and `MIGRATOR`.
+macro_rules! impl_store {
+    ($store:ty, $db:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            async fn migrate(&self) -> $crate::Result<()> {
+                Self::MIGRATOR.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> $crate::Result<()> {
+                sqlx::query("SELECT 1").execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn upsert_asset(&self, a: &$crate::Asset) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "INSERT INTO assets (asset_id, channel, dataset_id, access_token, status, status_reason, created_at_ms, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                     ON CONFLICT (asset_id) DO UPDATE SET channel = excluded.channel, dataset_id = excluded.dataset_id, \
+                     access_token = excluded.access_token, status = excluded.status, status_reason = excluded.status_reason, \
+                     updated_at_ms = excluded.updated_at_ms",
+                );
+                let status = match a.status {
+                    $crate::AssetStatus::Active => "active",
+                    $crate::AssetStatus::Paused => "paused",
+                };
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(&a.asset_id)
+                    .bind(&a.channel)
+                    .bind(&a.dataset_id)
+                    .bind(&a.access_token)
+                    .bind(status)
+                    .bind(&a.status_reason)
+                    .bind(a.created_at_ms)
+                    .bind(a.updated_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn get_asset(&self, asset_id: &str) -> $crate::Result<Option<$crate::Asset>> {
+                let sql = self.sql("SELECT * FROM assets WHERE asset_id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(asset_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                row.as_ref().map($crate::shared::asset_from_row).transpose()
+            }
+
+            async fn list_assets(&self) -> $crate::Result<Vec<$crate::Asset>> {
+                let rows = sqlx::query("SELECT * FROM assets ORDER BY channel, asset_id")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                rows.iter().map($crate::shared::asset_from_row).collect()
+            }
+
+            async fn set_asset_token(&self, asset_id: &str, token: &str, now_ms: i64) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "UPDATE assets SET access_token = $1, status = 'active', status_reason = NULL, updated_at_ms = $2 \
+                     WHERE asset_id = $3",
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(token)
+                    .bind(now_ms)
+                    .bind(asset_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!("asset {asset_id} is not registered")));
+                }
+                Ok(())
+            }
+
+            async fn pause_asset(&self, asset_id: &str, reason: &str, now_ms: i64) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "UPDATE assets SET status = 'paused', status_reason = $1, updated_at_ms = $2 WHERE asset_id = $3",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(reason)
+                    .bind(now_ms)
+                    .bind(asset_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn insert_events(&self, events: &[$crate::NewEvent]) -> $crate::Result<Vec<$crate::InsertOutcome>> {
+                use std::collections::HashMap;
+                let mut inserted: HashMap<(String, String), i64> = HashMap::with_capacity(events.len());
+                let mut tx = self.begin_write().await?;
+                // Multi-row inserts; 500 rows × 10 columns stays under every placeholder limit.
+                for chunk in events.chunks(500) {
+                    let mut builder = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO events (dataset_id, asset_id, channel, event_id, event_name, event_time, payload, \
+                         test_event_code, next_attempt_at_ms, accepted_at_ms) ",
+                    );
+                    builder.push_values(chunk, |mut b, e| {
+                        b.push_bind(&e.dataset_id)
+                            .push_bind(&e.asset_id)
+                            .push_bind(&e.channel)
+                            .push_bind(&e.event_id)
+                            .push_bind(&e.event_name)
+                            .push_bind(e.event_time)
+                            .push_bind(&e.payload)
+                            .push_bind(&e.test_event_code)
+                            .push_bind(e.accepted_at_ms)
+                            .push_bind(e.accepted_at_ms);
+                    });
+                    builder.push(" ON CONFLICT (dataset_id, event_id) DO NOTHING RETURNING id, dataset_id, event_id");
+                    let rows = builder.build().fetch_all(&mut *tx).await.map_err($crate::shared::map_err)?;
+                    for row in rows {
+                        use sqlx::Row;
+                        inserted.insert((row.try_get("dataset_id")?, row.try_get("event_id")?), row.try_get("id")?);
+                    }
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                // The first occurrence of a key took the row; any later one is a duplicate.
+                Ok(events
+                    .iter()
+                    .map(|e| match inserted.remove(&(e.dataset_id.clone(), e.event_id.clone())) {
+                        Some(id) => $crate::InsertOutcome::Inserted(id),
+                        None => $crate::InsertOutcome::Duplicate,
+                    })
+                    .collect())
+            }
+
+            async fn claim_due(
+                &self,
+                owner: &str,
+                now_ms: i64,
+                lease_until_ms: i64,
+                limit: i64,
+            ) -> $crate::Result<Vec<$crate::ClaimedEvent>> {
+                let claim = Self::claim_sql();
+                let sql = self.sql(&claim);
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(now_ms)
+                    .bind(limit)
+                    .bind(owner)
+                    .bind(lease_until_ms)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                let mut claimed = rows
+                    .iter()
+                    .map($crate::shared::claimed_from_row)
+                    .collect::<$crate::Result<Vec<_>>>()?;
+                claimed.sort_by_key(|e| e.id);
+                Ok(claimed)
+            }
+
+            async fn resolve(
+                &self,
+                owner: &str,
+                ids: &[i64],
+                attempt: &$crate::Attempt,
+                resolution: &$crate::Resolution,
+            ) -> $crate::Result<u64> {
+                use sqlx::Row;
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                let mut tx = self.begin_write().await?;
+                let mut updated: Vec<i64> = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(1000) {
+                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, ");
+                    match resolution {
+                        $crate::Resolution::Delivered { delivered_at_ms } => {
+                            b.push("state = 'delivered', delivered_at_ms = ").push_bind(*delivered_at_ms);
+                        }
+                        $crate::Resolution::Retry { next_attempt_at_ms } => {
+                            b.push("state = 'retrying', next_attempt_at_ms = ").push_bind(*next_attempt_at_ms);
+                        }
+                        $crate::Resolution::Dead { reason, dead_at_ms } => {
+                            b.push("state = 'dead', dead_reason = ")
+                                .push_bind(reason.clone())
+                                .push(", dead_at_ms = ")
+                                .push_bind(*dead_at_ms);
+                        }
+                        $crate::Resolution::Release => {
+                            b.push("state = 'queued', attempts = attempts - 1");
+                        }
+                    }
+                    b.push(" WHERE state = 'sending' AND lease_owner = ").push_bind(owner).push(" AND id IN (");
+                    let mut sep = b.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    b.push(") RETURNING id");
+                    let rows = b.build().fetch_all(&mut *tx).await.map_err($crate::shared::map_err)?;
+                    for row in rows {
+                        updated.push(row.try_get("id")?);
+                    }
+                }
+                for chunk in updated.chunks(500) {
+                    let mut b = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO attempts (event_row_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) ",
+                    );
+                    b.push_values(chunk, |mut row, id| {
+                        row.push_bind(*id)
+                            .push_bind(attempt.attempted_at_ms)
+                            .push_bind(attempt.outcome.clone())
+                            .push_bind(attempt.http_status)
+                            .push_bind(attempt.fbtrace_id.clone())
+                            .push_bind(attempt.message.clone())
+                            .push_bind(attempt.latency_ms);
+                    });
+                    b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok(updated.len() as u64)
+            }
+
+            async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "INSERT INTO dataset_pauses (dataset_id, until_ms) VALUES ($1, $2) \
+                     ON CONFLICT (dataset_id) DO UPDATE SET until_ms = excluded.until_ms",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(dataset_id)
+                    .bind(until_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn find_events(&self, event_id: &str, dataset_id: Option<&str>) -> $crate::Result<Vec<$crate::EventRecord>> {
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE event_id = ", $crate::shared::RECORD_COLUMNS));
+                b.push_bind(event_id);
+                if let Some(d) = dataset_id {
+                    b.push(" AND dataset_id = ").push_bind(d);
+                }
+                b.push(" ORDER BY id");
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                let records = rows.iter().map($crate::shared::record_from_row).collect::<$crate::Result<Vec<_>>>()?;
+                self.with_attempts(records).await
+            }
+
+            async fn recent_events(&self, limit: i64) -> $crate::Result<Vec<$crate::EventRecord>> {
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events ORDER BY id DESC LIMIT ", $crate::shared::RECORD_COLUMNS));
+                b.push_bind(limit);
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                let records = rows.iter().map($crate::shared::record_from_row).collect::<$crate::Result<Vec<_>>>()?;
+                self.with_attempts(records).await
+            }
+
+            async fn list_dead_letters(&self, filter: &$crate::DeadLetterFilter) -> $crate::Result<Vec<$crate::EventRecord>> {
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE state = 'dead'", $crate::shared::RECORD_COLUMNS));
+                Self::push_filter(&mut b, filter);
+                b.push(" ORDER BY dead_at_ms DESC, id DESC LIMIT ").push_bind(filter.limit.unwrap_or(1000));
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                let records = rows.iter().map($crate::shared::record_from_row).collect::<$crate::Result<Vec<_>>>()?;
+                self.with_attempts(records).await
+            }
+
+            async fn replay_dead_letters(&self, filter: &$crate::DeadLetterFilter, now_ms: i64) -> $crate::Result<u64> {
+                let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET state = 'queued', attempts = 0, dead_reason = NULL, dead_at_ms = NULL, next_attempt_at_ms = ");
+                b.push_bind(now_ms).push(" WHERE state = 'dead'");
+                Self::push_filter(&mut b, filter);
+                let done = b.build().execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn queue_stats(&self) -> $crate::Result<$crate::QueueStats> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT \
+                       (SELECT COUNT(*) FROM events WHERE state IN ('queued', 'retrying', 'sending')) AS depth, \
+                       (SELECT MIN(accepted_at_ms) FROM events WHERE state IN ('queued', 'retrying', 'sending')) AS oldest, \
+                       (SELECT COUNT(*) FROM events WHERE state = 'dead') AS dead",
+                )
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::shared::map_err)?;
+                Ok($crate::QueueStats {
+                    depth: row.try_get("depth")?,
+                    oldest_accepted_at_ms: row.try_get("oldest")?,
+                    dead: row.try_get("dead")?,
+                })
+            }
+
+            async fn purge_finished(&self, before_ms: i64) -> $crate::Result<u64> {
+                let sql = self.sql("DELETE FROM events WHERE state IN ('delivered', 'dead') AND accepted_at_ms < $1");
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(before_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(done.rows_affected())
+            }
+        }
+
+        impl $store {
+            fn push_filter(b: &mut sqlx::QueryBuilder<$db>, filter: &$crate::DeadLetterFilter) {
+                if let Some(d) = &filter.dataset_id {
+                    b.push(" AND dataset_id = ").push_bind(d.clone());
+                }
+                if let Some(a) = &filter.asset_id {
+                    b.push(" AND asset_id = ").push_bind(a.clone());
+                }
+                if let Some(since) = filter.since_ms {
+                    b.push(" AND dead_at_ms >= ").push_bind(since);
+                }
+                if let Some(ids) = &filter.event_ids {
+                    b.push(" AND event_id IN (");
+                    if ids.is_empty() {
+                        b.push("NULL");
+                    }
+                    let mut sep = b.separated(", ");
+                    for id in ids {
+                        sep.push_bind(id.clone());
+                    }
+                    b.push(")");
+                }
+            }
+
+            async fn with_attempts(&self, mut records: Vec<$crate::EventRecord>) -> $crate::Result<Vec<$crate::EventRecord>> {
+                if records.is_empty() {
+                    return Ok(records);
+                }
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT event_row_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms \
+                     FROM attempts WHERE event_row_id IN (",
+                );
+                let mut sep = b.separated(", ");
+                for r in &records {
+                    sep.push_bind(r.id);
+                }
+                b.push(") ORDER BY attempted_at_ms, id");
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                for row in &rows {
+                    let (event_row_id, attempt) = $crate::shared::attempt_from_row(row)?;
+                    if let Some(r) = records.iter_mut().find(|r| r.id == event_row_id) {
+                        r.attempts.push(attempt);
+                    }
+                }
+                Ok(records)
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,140 @@
+//! The relay service: HTTP API, delivery workers and the retention job, started together and
+//! stopped together. Tests call [`run`] with a listener on port 0 and their own shutdown signal.
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use relay_store::Store;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Config,
+    delivery::{
+        GraphClient,
+        worker::{self, DeliveryContext, now_ms},
+    },
+    http::{self, AppState},
+    observability,
+};
+
+/// Opens the store, applies migrations, and serves until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = relay_store::connect(&config.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                redact_url(&config.database_url)
+            )
+        })?;
+    store
+        .migrate()
+        .await
+        .context("cannot apply database migrations")?;
+    run_with_store(config, store, listener, shutdown).await
+}
+
+/// Serves with an already opened and migrated store.
+pub async fn run_with_store(
+    config: Config,
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let api_key = config.api_key.clone().context(
+        "no API key: set CAPI_RELAY_API_KEY (or api_key in the config file), or use --sandbox",
+    )?;
+    let validation = config.validation_options()?;
+    let graph = GraphClient::new(config.graph_config()).context("cannot build the HTTP client")?;
+    let wake = Arc::new(Notify::new());
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    let owner = worker::process_owner_id();
+    let ctx = DeliveryContext {
+        store: store.clone(),
+        graph,
+        config: config.delivery.clone(),
+        wake: wake.clone(),
+    };
+    for n in 0..config.delivery.workers {
+        tasks.spawn(worker::run_worker(
+            ctx.clone(),
+            format!("{owner}-w{n}"),
+            cancel.clone(),
+        ));
+    }
+    tasks.spawn(purge_loop(store.clone(), config.clone(), cancel.clone()));
+
+    let state = AppState {
+        store,
+        validation,
+        api_key: Arc::new(api_key),
+        wake,
+        metrics: observability::prometheus(),
+    };
+    let app = http::router(state, config.max_body_bytes);
+    tracing::info!(address = %listener.local_addr()?, workers = config.delivery.workers, "capi-relay serving");
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+
+    // HTTP has stopped taking events; let workers finish the sends in flight.
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("capi-relay stopped");
+    served.context("the HTTP server failed")
+}
+
+/// Deletes finished events older than the retention (the deduplication window) now and then.
+async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationToken) {
+    loop {
+        let cutoff = now_ms() - config.retention.finished_events.as_millis() as i64;
+        match store.purge_finished(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "finished events past retention purged"),
+            Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(config.retention.purge_interval) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// The database URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn database_passwords_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://relay:s3cret@db:5432/relay"),
+            "postgres://relay:***@db:5432/relay"
+        );
+        assert_eq!(
+            redact_url("sqlite://capi-relay.db"),
+            "sqlite://capi-relay.db"
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! `capi-relay serve` and `capi-relay migrate`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Args;
+use rand::Rng;
+use relay_store::{Asset, AssetStatus};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+
+use super::DbArgs;
+use crate::{
+    app,
+    config::Config,
+    delivery::{GraphClient, GraphConfig, worker::now_ms},
+    simulator::{Simulator, SimulatorConfig},
+};
+
+/// Database used by `--sandbox` unless one is given, so demo data stays apart.
+const SANDBOX_DATABASE_URL: &str = "sqlite://capi-relay-sandbox.db";
+const SANDBOX_TOKEN: &str = "sandbox-token";
+
+#[derive(Debug, Args, Serialize)]
+pub struct ServeArgs {
+    /// TOML configuration file (every key can also be set as a CAPI_RELAY_* variable).
+    #[arg(long, env = "CAPI_RELAY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address of the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// sqlite://PATH or postgres://… [default: sqlite://capi-relay.db].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+
+    /// Graph API base URL [default: https://graph.facebook.com].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub graph_url: Option<String>,
+
+    /// Deliver to a bundled Graph API simulator instead of Meta; needs no credentials.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
+}
+
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(args.config.as_deref(), &args)?;
+    let simulator = if config.sandbox {
+        Some(prepare_sandbox(&mut config).await?)
+    } else {
+        None
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    if let Some(sim_url) = &simulator {
+        print_sandbox_banner(&config, address, sim_url);
+    } else {
+        println!(
+            "capi-relay listening on http://{address} (database {})",
+            app::redact_url(&config.database_url)
+        );
+    }
+    app::run(config, listener, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the simulator, points delivery at it, and makes sure there is something to try.
+async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
+    if config.database_url == Config::default().database_url {
+        config.database_url = SANDBOX_DATABASE_URL.into();
+    }
+    let simulator = Simulator::new(SimulatorConfig::default());
+    let addr = simulator.clone().spawn("127.0.0.1:0".parse()?).await?;
+    let sim_url = format!("http://{addr}");
+    config.graph_url = sim_url.clone();
+    config.meta_app_secret = None;
+    if config.api_key.is_none() {
+        let key: [u8; 16] = rand::rng().random();
+        config.api_key = Some(SecretString::from(format!("sandbox-{}", hex::encode(key))));
+    }
+
+    let store = relay_store::connect(&config.database_url).await?;
+    store.migrate().await?;
+    let graph = GraphClient::new(GraphConfig {
+        base_url: sim_url.clone(),
+        ..GraphConfig::default()
+    })?;
+    let token = SecretString::from(SANDBOX_TOKEN.to_owned());
+    let mut assets = store.list_assets().await?;
+    if assets.is_empty() {
+        for (channel, asset_id) in [
+            ("whatsapp", "102290129340398"),
+            ("messenger", "1234567890123"),
+            ("instagram", "17841400000000000"),
+        ] {
+            let dataset = graph
+                .create_or_get_dataset(asset_id, &token, Some("capi-relay sandbox"))
+                .await?;
+            let now = now_ms();
+            store
+                .upsert_asset(&Asset {
+                    channel: channel.into(),
+                    asset_id: asset_id.into(),
+                    dataset_id: dataset.id,
+                    access_token: SANDBOX_TOKEN.into(),
+                    status: AssetStatus::Active,
+                    status_reason: None,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                })
+                .await?;
+        }
+        assets = store.list_assets().await?;
+    }
+    // Datasets from earlier sandbox runs must exist in this run's simulator.
+    for asset in &assets {
+        simulator.add_dataset(&asset.dataset_id);
+    }
+    Ok(sim_url)
+}
+
+fn print_sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) {
+    let key = config
+        .api_key
+        .as_ref()
+        .map(|k| k.expose_secret().to_owned())
+        .unwrap_or_default();
+    let now = chrono::Utc::now().timestamp();
+    println!("==================================================================");
+    println!(" SANDBOX MODE: events go to the bundled Graph API simulator,");
+    println!(" NOT to Meta. Nothing you send here reaches Events Manager.");
+    println!("==================================================================");
+    println!(" relay API:   http://{address}");
+    println!(" simulator:   {sim_url}  (GET {sim_url}/__sim/events)");
+    println!(" database:    {}", config.database_url);
+    println!(" API key:     {key}");
+    println!(
+        " demo assets: whatsapp 102290129340398, messenger 1234567890123, instagram 17841400000000000"
+    );
+    println!();
+    println!(" try:");
+    println!(
+        "  curl -s -X POST http://{address}/v1/events -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\"
+    );
+    println!(
+        "    -d '{{\"data\":[{{\"event_name\":\"Purchase\",\"event_time\":{now},\"messaging_channel\":\"whatsapp\",\"user_data\":{{\"whatsapp_business_account_id\":\"102290129340398\",\"ctwa_clid\":\"ARAkLkA8rmlFeiCktEJQ\"}},\"custom_data\":{{\"currency\":\"USD\",\"value\":42}}}}]}}'"
+    );
+    println!("==================================================================");
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing the sends in flight");
+}
+
+pub async fn migrate(args: DbArgs) -> anyhow::Result<ExitCode> {
+    let store = args.open().await?;
+    store.migrate().await?;
+    println!(
+        "migrations applied to {}",
+        app::redact_url(&args.database_url)
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,278 @@
+//! Service configuration: compiled-in defaults, then an optional TOML file, then `CAPI_RELAY_*`
+//! environment variables (nested keys with `__`, e.g. `CAPI_RELAY_DELIVERY__WORKERS`), then
+//! command-line flags. Validated once at start-up and shared read-only.
+
+use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use relay_core::ValidationOptions;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::delivery::{GraphConfig, graph_client};
+
+/// Everything `capi-relay serve` needs.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (created on first run) or `postgres://…`.
+    pub database_url: String,
+    /// Bearer key clients use for `/v1/*` (`CAPI_RELAY_API_KEY`).
+    #[serde(skip_serializing)]
+    pub api_key: Option<SecretString>,
+    /// Start the bundled Graph simulator and deliver to it instead of Meta.
+    pub sandbox: bool,
+    /// Graph API base URL.
+    pub graph_url: String,
+    /// Graph API version.
+    pub graph_api_version: String,
+    /// Timeout of one Graph API request.
+    #[serde(with = "humantime_serde")]
+    pub graph_timeout: Duration,
+    /// `partner_agent` sent with every request.
+    pub partner_agent: Option<String>,
+    /// Meta app secret, for `appsecret_proof` (`CAPI_RELAY_META_APP_SECRET`).
+    #[serde(skip_serializing)]
+    pub meta_app_secret: Option<SecretString>,
+    /// Send event names outside Meta's 14 business-messaging names.
+    pub allow_custom_event_names: bool,
+    /// Region for phone numbers without a country code (e.g. `BR`).
+    pub default_phone_region: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    pub delivery: DeliveryConfig,
+    pub retention: RetentionConfig,
+}
+
+/// Outbox workers and retries.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DeliveryConfig {
+    /// Concurrent delivery workers in this process.
+    pub workers: usize,
+    /// Events claimed per worker round (then split by dataset and batch limits).
+    pub claim_limit: i64,
+    /// Most events in one request to Meta (Meta's maximum is 1,000).
+    pub batch_max_events: usize,
+    /// Most bytes of event JSON in one request.
+    pub batch_max_bytes: usize,
+    /// How long a claim is held before another worker may take the events over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Wait before each retry; the number of entries is the number of retries.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// Random spread of each retry wait, as a fraction (0.2 = ±20%).
+    pub retry_jitter: f64,
+    /// Dataset pause when Meta throttles without saying for how long.
+    #[serde(with = "humantime_serde")]
+    pub throttle_pause: Duration,
+    /// Events this close to Meta's 7-day limit are dead-lettered instead of sent.
+    #[serde(with = "humantime_serde")]
+    pub too_old_margin: Duration,
+    /// Shortest and longest sleep of an idle worker.
+    #[serde(with = "humantime_serde")]
+    pub idle_poll_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_poll_max: Duration,
+}
+
+/// How long finished events are kept (the deduplication window).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RetentionConfig {
+    /// Delivered and dead events older than this are purged. At least 8 days.
+    #[serde(with = "humantime_serde")]
+    pub finished_events: Duration,
+    #[serde(with = "humantime_serde")]
+    pub purge_interval: Duration,
+}
+
+/// Meta's 7-day limit plus a day: a retried submission is still recognised as a duplicate.
+pub const MIN_DEDUP_WINDOW: Duration = Duration::from_secs(8 * 24 * 3600);
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://capi-relay.db".into(),
+            api_key: None,
+            sandbox: false,
+            graph_url: graph_client::DEFAULT_GRAPH_URL.into(),
+            graph_api_version: graph_client::DEFAULT_API_VERSION.into(),
+            graph_timeout: graph_client::DEFAULT_REQUEST_TIMEOUT,
+            partner_agent: None,
+            meta_app_secret: None,
+            allow_custom_event_names: false,
+            default_phone_region: None,
+            max_body_bytes: 8 * 1024 * 1024,
+            delivery: DeliveryConfig::default(),
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        DeliveryConfig {
+            workers: 2,
+            claim_limit: 2_000,
+            batch_max_events: relay_core::MAX_EVENTS_PER_REQUEST,
+            batch_max_bytes: 4 * 1024 * 1024,
+            lease: Duration::from_secs(120),
+            retry_schedule: vec![
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+                minutes(2),
+                minutes(10),
+                minutes(30),
+                minutes(60),
+                minutes(180),
+                minutes(360),
+                minutes(720),
+                minutes(720),
+            ],
+            retry_jitter: 0.2,
+            throttle_pause: minutes(1),
+            too_old_margin: minutes(30),
+            idle_poll_min: Duration::from_millis(20),
+            idle_poll_max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            finished_events: MIN_DEDUP_WINDOW,
+            purge_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Config {
+    /// Layers defaults, the optional file, the environment and `overrides` (CLI flags).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        let config: Config = figment
+            .merge(Env::prefixed("CAPI_RELAY_").split("__"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.delivery;
+        let fail = |m: String| Err(ConfigError(m));
+        if d.workers == 0 {
+            return fail("delivery.workers must be at least 1".into());
+        }
+        if !(1..=relay_core::MAX_EVENTS_PER_REQUEST).contains(&d.batch_max_events) {
+            return fail(
+                "delivery.batch_max_events must be between 1 and 1000 (Meta's limit)".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&d.retry_jitter) {
+            return fail("delivery.retry_jitter must be between 0 and 1".into());
+        }
+        if d.idle_poll_min > d.idle_poll_max {
+            return fail("delivery.idle_poll_min must not exceed delivery.idle_poll_max".into());
+        }
+        if self.retention.finished_events < MIN_DEDUP_WINDOW {
+            return fail(format!(
+                "retention.finished_events must be at least 8 days (the deduplication window); got {}",
+                humantime_serde::re::humantime::format_duration(self.retention.finished_events)
+            ));
+        }
+        self.validation_options()?;
+        Ok(())
+    }
+
+    pub fn validation_options(&self) -> Result<ValidationOptions, ConfigError> {
+        let default_phone_region = match &self.default_phone_region {
+            None => None,
+            Some(r) => Some(
+                phonenumber::country::Id::from_str(&r.to_ascii_uppercase()).map_err(|_| {
+                    ConfigError(format!(
+                        "default_phone_region {r:?} is not a region code such as US or BR"
+                    ))
+                })?,
+            ),
+        };
+        Ok(ValidationOptions {
+            allow_custom_event_names: self.allow_custom_event_names,
+            default_phone_region,
+        })
+    }
+
+    pub fn graph_config(&self) -> GraphConfig {
+        GraphConfig {
+            base_url: self.graph_url.clone(),
+            api_version: self.graph_api_version.clone(),
+            request_timeout: self.graph_timeout,
+            app_secret: self.meta_app_secret.clone(),
+            partner_agent: self.partner_agent.clone(),
+            ..GraphConfig::default()
+        }
+    }
+}
+
+/// A configuration problem, said in one sentence.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// A list of humantime durations (`["5s", "30s", "2m"]`).
+mod duration_list {
+    use std::time::Duration;
+
+    use humantime_serde::re::humantime;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error, ser::SerializeSeq};
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for d in list {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Items {
+            List(Vec<String>),
+            Text(String),
+        }
+        // Environment variables give one string: "5s,30s,2m".
+        let items = match Items::deserialize(d)? {
+            Items::List(items) => items,
+            Items::Text(text) => text.split(',').map(|s| s.trim().to_owned()).collect(),
+        };
+        items
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                humantime::parse_duration(s).map_err(|e| D::Error::custom(format!("{s:?}: {e}")))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,81 @@
+//! `GET /v1/dead-letters` and `POST /v1/dead-letters/replay`.
+
+use axum::{
+    Json,
+    extract::{Query, State},
+    http::StatusCode,
+};
+use relay_store::DeadLetterFilter;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, auth::ApiKey, events::record_json};
+use crate::delivery::worker::now_ms;
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    dataset_id: Option<String>,
+    asset_id: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let filter = DeadLetterFilter {
+        dataset_id: q.dataset_id,
+        asset_id: q.asset_id,
+        limit: Some(q.limit.unwrap_or(100).clamp(1, 1_000)),
+        ..DeadLetterFilter::default()
+    };
+    let records = state.store.list_dead_letters(&filter).await?;
+    let data: Vec<Value> = records.into_iter().map(record_json).collect();
+    Ok(Json(json!({ "count": data.len(), "data": data })))
+}
+
+/// Which dead letters to replay. At least one selector, or `all: true`, is required.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    event_ids: Option<Vec<String>>,
+    dataset_id: Option<String>,
+    asset_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+pub async fn replay(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("expected {{\"event_ids\": [...]}}, {{\"dataset_id\": ...}}, {{\"asset_id\": ...}} or {{\"all\": true}}: {e}"),
+        )
+    })?;
+    let selective =
+        request.event_ids.is_some() || request.dataset_id.is_some() || request.asset_id.is_some();
+    if !selective && !request.all {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_selector",
+            "name event_ids, a dataset_id or an asset_id, or pass \"all\": true to replay every dead letter",
+        ));
+    }
+    let filter = DeadLetterFilter {
+        dataset_id: request.dataset_id,
+        asset_id: request.asset_id,
+        event_ids: request.event_ids,
+        ..DeadLetterFilter::default()
+    };
+    let replayed = state.store.replay_dead_letters(&filter, now_ms()).await?;
+    if replayed > 0 {
+        state.wake.notify_waiters();
+    }
+    Ok(Json(json!({ "replayed": replayed })))
+}

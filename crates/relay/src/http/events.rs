@@ -1,0 +1,99 @@
+//! `POST /v1/events` and `GET /v1/events/{event_id}`.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State, rejection::BytesRejection},
+    http::StatusCode,
+};
+use relay_core::MAX_EVENTS_PER_REQUEST;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{ApiError, AppState, auth::ApiKey};
+use crate::ingest::{self, IngestReport};
+
+pub async fn submit(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
+    let body = body?;
+    let request: Value = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not JSON: {e}"),
+        )
+    })?;
+    let events = request
+        .get("data")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "missing_data",
+                "the body must be {\"data\": [ ...events... ]}",
+            )
+        })?;
+    if events.is_empty() || events.len() > MAX_EVENTS_PER_REQUEST {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_size",
+            format!(
+                "data holds {} events; send between 1 and {MAX_EVENTS_PER_REQUEST} per request",
+                events.len()
+            ),
+        ));
+    }
+    let test_event_code = request.get("test_event_code").and_then(Value::as_str);
+    let report = ingest::ingest(
+        state.store.as_ref(),
+        &state.validation,
+        events,
+        test_event_code,
+    )
+    .await?;
+    if report.accepted > 0 {
+        state.wake.notify_waiters();
+    }
+    Ok((StatusCode::ACCEPTED, Json(report)))
+}
+
+#[derive(Deserialize)]
+pub struct ShowQuery {
+    dataset_id: Option<String>,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    Path(event_id): Path<String>,
+    Query(query): Query<ShowQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let mut found = state
+        .store
+        .find_events(&event_id, query.dataset_id.as_deref())
+        .await?;
+    match found.len() {
+        0 => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no event with event_id {event_id:?}"),
+        )),
+        1 => Ok(Json(record_json(found.remove(0)))),
+        n => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous",
+            format!("event_id {event_id:?} exists in {n} datasets; add ?dataset_id="),
+        )),
+    }
+}
+
+/// An event record as the API shows it: the payload as JSON, not as a string.
+pub fn record_json(record: relay_store::EventRecord) -> Value {
+    let payload: Value = serde_json::from_str(&record.payload).unwrap_or(Value::Null);
+    let mut value = serde_json::to_value(&record).expect("records serialise");
+    value["payload"] = payload;
+    value
+}

@@ -1,0 +1,51 @@
+//! The HTTP API. Handlers are thin: extract, call a service function, map the result.
+
+mod auth;
+mod dead_letters;
+mod error;
+mod events;
+mod ops;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{get, post},
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use relay_core::ValidationOptions;
+use relay_store::Store;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use tower_http::trace::TraceLayer;
+
+pub use self::error::ApiError;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub validation: ValidationOptions,
+    pub api_key: Arc<SecretString>,
+    /// Wakes the delivery workers after an ingest.
+    pub wake: Arc<Notify>,
+    pub metrics: PrometheusHandle,
+}
+
+/// All routes, with the body limit and request tracing.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/v1/events", post(events::submit))
+        .route("/v1/events/{event_id}", get(events::show))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/replay", post(dead_letters::replay))
+        .layer(DefaultBodyLimit::max(max_body_bytes));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
