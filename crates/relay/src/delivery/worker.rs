@@ -154,7 +154,7 @@ async fn deliver_batch(
                         (now - e.accepted_at_ms).max(0) as u64,
                     ));
                 }
-                count_by_channel(&events, |c, n| observability::delivered(c, n));
+                count_by_channel(&events, observability::delivered);
             }
             SendOutcome::Retryable {
                 kind,

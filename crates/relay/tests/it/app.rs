@@ -102,7 +102,6 @@ pub fn test_config(db_url: &str, graph_url: &str) -> Config {
 pub struct TestApp {
     pub base: String,
     pub sim: Simulator,
-    pub sim_url: String,
     pub store: Arc<dyn Store>,
     pub db: TestDb,
     pub client: reqwest::Client,
@@ -172,7 +171,6 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
     let mut app = TestApp {
         base: String::new(),
         sim,
-        sim_url,
         store,
         db,
         client: reqwest::Client::new(),
@@ -194,10 +192,6 @@ impl TestApp {
         }));
         self.shutdown = Some(tx);
         self.handle = Some(handle);
-    }
-
-    pub fn config(&self) -> Config {
-        test_config(&self.db.url, &self.sim_url)
     }
 
     /// Graceful stop; returns when in-flight sends are finished.

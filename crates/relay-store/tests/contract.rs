@@ -1,0 +1,550 @@
+//! The storage contract, written once and run against SQLite and PostgreSQL.
+//!
+//! PostgreSQL runs when `CAPI_RELAY_TEST_POSTGRES_URL` is set; under CI (`CI` set) a missing URL
+//! fails the tests instead of skipping them. Each test gets a fresh SQLite file or PG schema.
+
+use std::{collections::HashSet, sync::Arc};
+
+use relay_store::{
+    Asset, AssetStatus, Attempt, DeadLetterFilter, EventState, InsertOutcome, NewEvent, Resolution,
+    Store, StoreError,
+};
+
+struct Db {
+    store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn sqlite() -> Option<Db> {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("contract.db").display());
+    let store = relay_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    Some(Db {
+        store,
+        _dir: Some(dir),
+    })
+}
+
+async fn postgres() -> Option<Db> {
+    let base = match std::env::var("CAPI_RELAY_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("CAPI_RELAY_TEST_POSTGRES_URL must be set in CI")
+        }
+        _ => {
+            eprintln!(
+                "CAPI_RELAY_TEST_POSTGRES_URL is not set: skipping a PostgreSQL contract test"
+            );
+            return None;
+        }
+    };
+    let schema = format!("contract_{:016x}", rand::random::<u64>());
+    let pool = sqlx::PgPool::connect(&base)
+        .await
+        .expect("PostgreSQL is reachable");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let store = relay_store::connect(&format!("{base}{sep}options=-c%20search_path%3D{schema}"))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    Some(Db { store, _dir: None })
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { if let Some(db) = super::sqlite().await { super::$name(db.store.clone()).await } })*
+        }
+        mod on_postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { if let Some(db) = super::postgres().await { super::$name(db.store.clone()).await } })*
+        }
+    };
+}
+
+contract!(
+    migrations_can_run_twice_and_assets_round_trip,
+    a_repeated_event_id_is_a_duplicate_only_within_its_dataset,
+    claims_take_only_due_events_of_active_assets_and_datasets,
+    concurrent_claimers_never_share_an_event,
+    an_expired_lease_moves_to_another_owner,
+    each_resolution_sets_state_and_records_the_attempt,
+    dead_letters_are_listed_and_replayed_by_filter,
+    queue_stats_and_retention_purge,
+    payloads_and_times_round_trip_exactly,
+);
+
+fn asset(id: &str, dataset: &str) -> Asset {
+    Asset {
+        channel: "whatsapp".into(),
+        asset_id: id.into(),
+        dataset_id: dataset.into(),
+        access_token: "token-1".into(),
+        status: AssetStatus::Active,
+        status_reason: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    }
+}
+
+fn event(dataset: &str, asset: &str, event_id: &str, accepted_at_ms: i64) -> NewEvent {
+    NewEvent {
+        dataset_id: dataset.into(),
+        asset_id: asset.into(),
+        channel: "whatsapp".into(),
+        event_id: event_id.into(),
+        event_name: "Purchase".into(),
+        event_time: accepted_at_ms / 1000,
+        payload: format!("{{\"event_id\":\"{event_id}\"}}"),
+        test_event_code: None,
+        accepted_at_ms,
+    }
+}
+
+fn attempt(outcome: &str, at: i64) -> Attempt {
+    Attempt {
+        attempted_at_ms: at,
+        outcome: outcome.into(),
+        http_status: Some(200),
+        fbtrace_id: Some("trace".into()),
+        message: None,
+        latency_ms: 12,
+    }
+}
+
+async fn seed(store: &Arc<dyn Store>, n: usize) -> Vec<i64> {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| event("d1", "100", &format!("e{i}"), 1_000 + i as i64))
+        .collect();
+    store
+        .insert_events(&events)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| match o {
+            InsertOutcome::Inserted(id) => id,
+            InsertOutcome::Duplicate => panic!("fresh events are not duplicates"),
+        })
+        .collect()
+}
+
+async fn migrations_can_run_twice_and_assets_round_trip(store: Arc<dyn Store>) {
+    store.migrate().await.unwrap();
+    store.ping().await.unwrap();
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    store.upsert_asset(&asset("200", "d2")).await.unwrap();
+    assert_eq!(
+        store.get_asset("100").await.unwrap(),
+        Some(asset("100", "d1"))
+    );
+    assert_eq!(store.list_assets().await.unwrap().len(), 2);
+
+    store
+        .pause_asset("100", "auth: token expired", 5)
+        .await
+        .unwrap();
+    let paused = store.get_asset("100").await.unwrap().unwrap();
+    assert_eq!(paused.status, AssetStatus::Paused);
+    assert_eq!(paused.status_reason.as_deref(), Some("auth: token expired"));
+    store.set_asset_token("100", "token-2", 6).await.unwrap();
+    let resumed = store.get_asset("100").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            resumed.status,
+            resumed.access_token.as_str(),
+            resumed.status_reason
+        ),
+        (AssetStatus::Active, "token-2", None)
+    );
+    assert!(matches!(
+        store.set_asset_token("999", "t", 7).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.get_asset("999").await.unwrap(), None);
+}
+
+async fn a_repeated_event_id_is_a_duplicate_only_within_its_dataset(store: Arc<dyn Store>) {
+    let first = store
+        .insert_events(&[
+            event("d1", "100", "a", 1),
+            event("d1", "100", "b", 1),
+            event("d1", "100", "a", 1),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(first[0], InsertOutcome::Inserted(_)));
+    assert!(matches!(first[1], InsertOutcome::Inserted(_)));
+    assert_eq!(
+        first[2],
+        InsertOutcome::Duplicate,
+        "repeated within one call"
+    );
+    let again = store
+        .insert_events(&[event("d1", "100", "a", 2), event("d2", "200", "a", 2)])
+        .await
+        .unwrap();
+    assert_eq!(again[0], InsertOutcome::Duplicate);
+    assert!(
+        matches!(again[1], InsertOutcome::Inserted(_)),
+        "another dataset may reuse the id"
+    );
+    assert_eq!(store.queue_stats().await.unwrap().depth, 3);
+}
+
+async fn claims_take_only_due_events_of_active_assets_and_datasets(store: Arc<dyn Store>) {
+    let ids = seed(&store, 5).await;
+    assert!(
+        store
+            .claim_due("w", 999, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing due yet"
+    );
+    let claimed = store.claim_due("w", 1_002, 10_000, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids[..3].to_vec()
+    );
+    assert!(claimed.iter().all(|e| e.attempts == 1));
+    let limited = store.claim_due("w", 5_000, 10_000, 1).await.unwrap();
+    assert_eq!(limited.len(), 1);
+
+    store.pause_asset("100", "auth", 0).await.unwrap();
+    assert!(
+        store
+            .claim_due("w", 5_000, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "paused asset"
+    );
+    store.set_asset_token("100", "t", 0).await.unwrap();
+    store.pause_dataset("d1", 6_000).await.unwrap();
+    assert!(
+        store
+            .claim_due("w", 5_000, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "paused dataset"
+    );
+    assert_eq!(
+        store.claim_due("w", 6_001, 20_000, 10).await.unwrap().len(),
+        1,
+        "pause over"
+    );
+}
+
+async fn concurrent_claimers_never_share_an_event(store: Arc<dyn Store>) {
+    let total = 600;
+    seed(&store, total).await;
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store
+                    .claim_due(&format!("w{worker}"), 10_000, 100_000, 25)
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    break;
+                }
+                mine.extend(claimed.into_iter().map(|e| e.id));
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an event was claimed twice");
+    assert_eq!(all.len(), total);
+}
+
+async fn an_expired_lease_moves_to_another_owner(store: Arc<dyn Store>) {
+    let ids = seed(&store, 1).await;
+    assert_eq!(
+        store
+            .claim_due("old", 2_000, 3_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .claim_due("new", 2_500, 9_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "lease still held"
+    );
+    let reclaimed = store.claim_due("new", 3_001, 9_000, 10).await.unwrap();
+    assert_eq!((reclaimed.len(), reclaimed[0].attempts), (1, 2));
+    let stale = store
+        .resolve(
+            "old",
+            &ids,
+            &attempt("delivered", 3_100),
+            &Resolution::Delivered {
+                delivered_at_ms: 3_100,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stale, 0, "the old owner no longer holds the event");
+    let done = store
+        .resolve(
+            "new",
+            &ids,
+            &attempt("delivered", 3_200),
+            &Resolution::Delivered {
+                delivered_at_ms: 3_200,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, 1);
+}
+
+async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store>) {
+    let ids = seed(&store, 4).await;
+    store.claim_due("w", 5_000, 50_000, 10).await.unwrap();
+    let at = 6_000;
+    store
+        .resolve(
+            "w",
+            &ids[0..1],
+            &attempt("delivered", at),
+            &Resolution::Delivered {
+                delivered_at_ms: at,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .resolve(
+            "w",
+            &ids[1..2],
+            &attempt("retryable:transient", at),
+            &Resolution::Retry {
+                next_attempt_at_ms: 9_000,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .resolve(
+            "w",
+            &ids[2..3],
+            &attempt("permanent:invalid_payload", at),
+            &Resolution::Dead {
+                reason: "Meta said no".into(),
+                dead_at_ms: at,
+            },
+        )
+        .await
+        .unwrap();
+    store
+        .resolve(
+            "w",
+            &ids[3..4],
+            &attempt("permanent:auth", at),
+            &Resolution::Release,
+        )
+        .await
+        .unwrap();
+
+    let get = |id: &str| {
+        let store = store.clone();
+        let id = id.to_owned();
+        async move { store.find_events(&id, Some("d1")).await.unwrap().remove(0) }
+    };
+    let delivered = get("e0").await;
+    assert_eq!(
+        (delivered.state, delivered.delivered_at_ms),
+        (EventState::Delivered, Some(at))
+    );
+    assert_eq!(delivered.attempts, vec![attempt("delivered", at)]);
+    let retrying = get("e1").await;
+    assert_eq!(
+        (
+            retrying.state,
+            retrying.next_attempt_at_ms,
+            retrying.attempts_count
+        ),
+        (EventState::Retrying, 9_000, 1)
+    );
+    let dead = get("e2").await;
+    assert_eq!(
+        (dead.state, dead.dead_reason.as_deref(), dead.dead_at_ms),
+        (EventState::Dead, Some("Meta said no"), Some(at))
+    );
+    let released = get("e3").await;
+    assert_eq!(
+        (released.state, released.attempts_count),
+        (EventState::Queued, 0),
+        "release undoes the count"
+    );
+    assert_eq!(released.attempts.len(), 1, "but the attempt is on record");
+
+    assert!(
+        store
+            .claim_due("w", 8_000, 50_000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|e| e.event_id == "e3")
+    );
+    let again = store.claim_due("w", 9_000, 50_000, 10).await.unwrap();
+    assert_eq!(
+        again
+            .iter()
+            .map(|e| e.event_id.as_str())
+            .collect::<Vec<_>>(),
+        ["e1"]
+    );
+    assert_eq!(again[0].attempts, 2);
+}
+
+async fn dead_letters_are_listed_and_replayed_by_filter(store: Arc<dyn Store>) {
+    let ids = seed(&store, 3).await;
+    store.claim_due("w", 5_000, 50_000, 10).await.unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let dead = Resolution::Dead {
+            reason: format!("reason {n}"),
+            dead_at_ms: 6_000 + n as i64,
+        };
+        store
+            .resolve("w", &[*id], &attempt("permanent:other", 6_000), &dead)
+            .await
+            .unwrap();
+    }
+    let all = store
+        .list_dead_letters(&DeadLetterFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+        ["e2", "e1", "e0"],
+        "newest first"
+    );
+    let one = DeadLetterFilter {
+        event_ids: Some(vec!["e1".into()]),
+        ..Default::default()
+    };
+    assert_eq!(store.list_dead_letters(&one).await.unwrap().len(), 1);
+    let other_dataset = DeadLetterFilter {
+        dataset_id: Some("d9".into()),
+        ..Default::default()
+    };
+    assert!(
+        store
+            .list_dead_letters(&other_dataset)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    assert_eq!(store.replay_dead_letters(&one, 7_000).await.unwrap(), 1);
+    let replayed = store.find_events("e1", None).await.unwrap().remove(0);
+    assert_eq!(
+        (
+            replayed.state,
+            replayed.attempts_count,
+            replayed.dead_reason
+        ),
+        (EventState::Queued, 0, None)
+    );
+    assert_eq!(
+        store.claim_due("w", 7_000, 50_000, 10).await.unwrap().len(),
+        1
+    );
+    let rest = DeadLetterFilter {
+        asset_id: Some("100".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.replay_dead_letters(&rest, 7_000).await.unwrap(), 2);
+    assert_eq!(store.queue_stats().await.unwrap().dead, 0);
+}
+
+async fn queue_stats_and_retention_purge(store: Arc<dyn Store>) {
+    let ids = seed(&store, 3).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(
+        (stats.depth, stats.oldest_accepted_at_ms, stats.dead),
+        (3, Some(1_000), 0)
+    );
+    store.claim_due("w", 5_000, 50_000, 10).await.unwrap();
+    store
+        .resolve(
+            "w",
+            &ids[..2],
+            &attempt("delivered", 6_000),
+            &Resolution::Delivered {
+                delivered_at_ms: 6_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.queue_stats().await.unwrap().depth, 1);
+    // e0 was accepted at 1000, e1 at 1001: only e0 is older than the cut-off; e2 is unfinished.
+    assert_eq!(store.purge_finished(1_001).await.unwrap(), 1);
+    assert!(store.find_events("e0", None).await.unwrap().is_empty());
+    assert_eq!(store.find_events("e1", None).await.unwrap().len(), 1);
+    assert_eq!(
+        store.purge_finished(i64::MAX).await.unwrap(),
+        1,
+        "never an event still in the queue"
+    );
+    assert_eq!(store.find_events("e2", None).await.unwrap().len(), 1);
+    // A purged id may be accepted again: the deduplication window has passed.
+    let again = store
+        .insert_events(&[event("d1", "100", "e0", 9_000)])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], InsertOutcome::Inserted(_)));
+}
+
+async fn payloads_and_times_round_trip_exactly(store: Arc<dyn Store>) {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    let payload = format!(
+        "{{\"event_name\":\"Purchase\",\"user_data\":{{\"fn\":\"São Paulo – 정 ✓\"}},\"long\":\"{}\"}}",
+        "x".repeat(20_000)
+    );
+    let far_future = 4_102_444_800_000_i64; // 2100-01-01 in ms
+    let mut e = event("d1", "100", "unicode", far_future);
+    e.payload = payload.clone();
+    e.test_event_code = Some("TEST123".into());
+    e.event_time = 1_767_000_000;
+    store.insert_events(&[e]).await.unwrap();
+    let record = store.find_events("unicode", None).await.unwrap().remove(0);
+    assert_eq!(record.payload, payload);
+    assert_eq!(
+        (record.accepted_at_ms, record.event_time),
+        (far_future, 1_767_000_000)
+    );
+    assert_eq!(record.test_event_code.as_deref(), Some("TEST123"));
+    let claimed = store
+        .claim_due("w", far_future, far_future + 1, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].payload, payload);
+    assert_eq!(
+        store.recent_events(10).await.unwrap()[0].event_id,
+        "unicode"
+    );
+}
