@@ -18,6 +18,9 @@ use crate::simulator::{Simulator, SimulatorConfig};
 pub enum BenchCommand {
     /// How many events per second the Graph simulator accepts in 1,000-event requests.
     Simulator(SimulatorBenchArgs),
+    /// The relay end to end (a `serve` child process against an in-process simulator): batch
+    /// ingest, single-event requests, delivery, latency at a fixed rate, peak RSS.
+    Relay(super::bench_relay::RelayBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -36,6 +39,7 @@ pub struct SimulatorBenchArgs {
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Simulator(args) => bench_simulator(args).await,
+        BenchCommand::Relay(args) => super::bench_relay::run(args).await,
     }
 }
 
@@ -141,7 +145,7 @@ async fn bench_simulator(args: SimulatorBenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

@@ -3,6 +3,7 @@
 
 mod assets;
 mod bench;
+mod bench_relay;
 mod dead_letters;
 mod send;
 mod serve;

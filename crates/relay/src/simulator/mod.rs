@@ -97,6 +97,8 @@ impl Default for SimulatorConfig {
 pub struct AcceptedEvent {
     pub dataset_id: String,
     pub received_at: i64,
+    /// Unix milliseconds, for latency measurements.
+    pub received_at_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_event_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,6 +174,11 @@ impl Simulator {
             .filter(|e| dataset_id.is_none_or(|d| e.dataset_id == d))
             .cloned()
             .collect()
+    }
+
+    /// Events acknowledged since the start or the last reset (stored or not).
+    pub fn stats_events_accepted(&self) -> u64 {
+        self.stats.events_accepted.load(Ordering::Relaxed)
     }
 
     pub fn set_faults(&self, faults: Faults) {
@@ -264,10 +271,6 @@ fn error_response(error: &MetaError) -> Response {
         HeaderValue::from_static("OAuth \"Facebook Platform\" \"invalid_request\""),
     );
     response
-}
-
-fn now_unix() -> i64 {
-    chrono::Utc::now().timestamp()
 }
 
 /// The token from `Authorization: Bearer`, the query or the body, as Graph accepts all three.
@@ -493,7 +496,8 @@ async fn handle_events(
     if let Some(fault) = injected_fault(sim).await {
         return Ok(fault);
     }
-    let now = now_unix();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let now = now_ms / 1000;
     let events = rules::check_events_request(&body, now)?;
     let poison = sim.lock().faults.reject_events_containing.clone();
     if let Some(marker) = poison.filter(|m| !m.is_empty())
@@ -514,6 +518,7 @@ async fn handle_events(
             .extend(events.iter().take(room).map(|event| AcceptedEvent {
                 dataset_id: dataset_id.to_owned(),
                 received_at: now,
+                received_at_ms: now_ms,
                 test_event_code: test_event_code.clone(),
                 partner_agent: partner_agent.clone(),
                 event: event.clone(),

@@ -1,0 +1,337 @@
+//! `capi-relay bench relay`: the relay measured from the outside, as clients and Meta see it.
+//!
+//! The relay runs as a child `serve` process (so its peak RSS is its own) on a fresh SQLite
+//! file or PostgreSQL schema; Meta is an in-process simulator; this process is the client.
+
+use std::{
+    process::{ExitCode, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::Args;
+use relay_store::{Asset, AssetStatus, Store};
+use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+    sync::Semaphore,
+};
+
+use super::bench::percentile;
+use crate::{
+    delivery::worker::now_ms,
+    simulator::{Simulator, SimulatorConfig},
+};
+
+const WABA: &str = "102290129340398";
+const DATASET: &str = "1000000000000001";
+const API_KEY: &str = "bench-api-key";
+
+#[derive(Debug, Args)]
+pub struct RelayBenchArgs {
+    /// Events for the batch-ingest and delivery phases.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    /// Requests for the single-event phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub single_requests: usize,
+    /// Requests in flight at once (batch phase).
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Requests in flight at once (single-event phase).
+    #[arg(long, default_value_t = 64)]
+    pub single_concurrency: usize,
+    /// Offered rate of the latency phase, events per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub rate: u64,
+    /// Length of the latency phase, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+    /// Also run on PostgreSQL at this URL (a fresh schema is created and dropped).
+    #[arg(long, env = "CAPI_RELAY_TEST_POSTGRES_URL")]
+    pub postgres_url: Option<String>,
+    /// Skip SQLite (run PostgreSQL only).
+    #[arg(long)]
+    pub skip_sqlite: bool,
+}
+
+pub async fn run(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    if !args.skip_sqlite {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        ok &= bench_backend("SQLite", &url, &args).await?;
+    }
+    if let Some(base) = &args.postgres_url {
+        let schema = format!("bench_{:08x}", rand::random::<u32>());
+        let pool = sqlx::PgPool::connect(base)
+            .await
+            .context("cannot reach PostgreSQL")?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&pool)
+            .await?;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        let result = bench_backend("PostgreSQL", &url, &args).await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&pool)
+            .await?;
+        ok &= result?;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn event(tag: &str, i: usize, now: i64) -> Value {
+    json!({
+        "event_name": "Purchase",
+        "event_time": now,
+        "event_id": format!("{tag}-{i}"),
+        "messaging_channel": "whatsapp",
+        "user_data": {
+            "whatsapp_business_account_id": WABA,
+            "ctwa_clid": format!("ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7Jw{i:08}"),
+            "em": format!("customer{i}@example.com"),
+            "ph": format!("+55 11 9{:04} {:04}", (i / 10_000) % 10_000, i % 10_000),
+        },
+        "custom_data": {"currency": "BRL", "value": "120.50", "order_id": format!("order-{i}")}
+    })
+}
+
+async fn start_relay(db_url: &str, graph_url: &str) -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CAPI_RELAY_API_KEY", API_KEY)
+        .env("CAPI_RELAY_DATABASE_URL", db_url)
+        .env("CAPI_RELAY_GRAPH_URL", graph_url)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().context("no stdout")?).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(rest) = line.strip_prefix("capi-relay listening on ") {
+            let base = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            return Ok((child, base));
+        }
+    }
+    anyhow::bail!("the relay exited before listening")
+}
+
+/// Peak resident set size of a process, in MiB (Linux `VmHWM`).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Posts `bodies` with at most `concurrency` in flight; returns (failures, per-request latency).
+async fn post_all(
+    client: &reqwest::Client,
+    url: &str,
+    bodies: Vec<Vec<u8>>,
+    concurrency: usize,
+) -> anyhow::Result<(usize, Vec<Duration>)> {
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let permit = limit.clone().acquire_owned().await?;
+        let (client, url) = (client.clone(), url.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let response = client
+                .post(url)
+                .bearer_auth(API_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            drop(permit);
+            let ok = matches!(&response, Ok(r) if r.status().as_u16() == 202);
+            (ok, started.elapsed())
+        }));
+    }
+    let mut failures = 0;
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        let (ok, latency) = task.await?;
+        failures += usize::from(!ok);
+        latencies.push(latency);
+    }
+    latencies.sort();
+    Ok((failures, latencies))
+}
+
+async fn wait_drained(store: &dyn Store, timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while store.queue_stats().await?.depth > 0 {
+        anyhow::ensure!(
+            started.elapsed() < timeout,
+            "the queue did not drain in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyhow::Result<bool> {
+    let simulator = Simulator::new(SimulatorConfig {
+        datasets: vec![DATASET.into()],
+        max_stored_events: 200_000,
+        ..SimulatorConfig::default()
+    });
+    let sim_addr = simulator.clone().spawn("127.0.0.1:0".parse()?).await?;
+    let store = relay_store::connect(db_url).await?;
+    store.migrate().await?;
+    let now = now_ms();
+    store
+        .upsert_asset(&Asset {
+            channel: "whatsapp".into(),
+            asset_id: WABA.into(),
+            dataset_id: DATASET.into(),
+            access_token: "bench-token".into(),
+            status: AssetStatus::Active,
+            status_reason: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+        })
+        .await?;
+    let (mut relay, base) = start_relay(db_url, &format!("http://{sim_addr}")).await?;
+    let pid = relay.id().unwrap_or_default();
+    let url = format!("{base}/v1/events");
+    let client = reqwest::Client::new();
+    let far = || now_ms() + 3_600_000;
+    let secs = chrono::Utc::now().timestamp();
+    println!(
+        "== {name}: {} events, batch concurrency {}, single concurrency {}",
+        args.events, args.concurrency, args.single_concurrency
+    );
+
+    // 1. Batch ingest, with delivery held back so the two do not mix.
+    store.pause_dataset(DATASET, far()).await?;
+    let bodies: Vec<Vec<u8>> = (0..args.events)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|c| {
+            serde_json::to_vec(
+                &json!({"data": c.iter().map(|i| event("b", *i, secs)).collect::<Vec<_>>()}),
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let (failed, _) = post_all(&client, &url, bodies, args.concurrency).await?;
+    let ingest = started.elapsed();
+    let ingest_rate = (args.events - failed * 1_000) as f64 / ingest.as_secs_f64();
+    println!(
+        "  batch ingest:        {ingest_rate:>9.0} events/s  (1,000-event requests, {failed} failed)"
+    );
+
+    // 2. Delivery of the backlog.
+    let started = Instant::now();
+    store.pause_dataset(DATASET, 0).await?;
+    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
+    let delivered = simulator_count(&simulator);
+    let deliver_rate = delivered as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  delivered:           {deliver_rate:>9.0} events/s  ({delivered} acknowledged by the simulator)"
+    );
+
+    // 3. Single-event requests.
+    store.pause_dataset(DATASET, far()).await?;
+    let bodies: Vec<Vec<u8>> = (0..args.single_requests)
+        .map(|i| serde_json::to_vec(&json!({"data": [event("s", i, secs)]})))
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let (failed, latencies) = post_all(&client, &url, bodies, args.single_concurrency).await?;
+    let single_rate = (args.single_requests - failed) as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  single-event:        {single_rate:>9.0} requests/s  (p50 {} ms, p99 {} ms, {failed} failed)",
+        percentile(&latencies, 0.5).as_millis(),
+        percentile(&latencies, 0.99).as_millis()
+    );
+    store.pause_dataset(DATASET, 0).await?;
+    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
+
+    simulator.reset();
+    // 4. Ingest-to-Meta-ack latency at a fixed offered rate: 20 events every 1/(rate/20) s.
+    let per_request = 20usize;
+    let interval = Duration::from_secs_f64(per_request as f64 / args.rate as f64);
+    let requests = (args.rate * args.latency_secs) as usize / per_request;
+    let sent_at: Arc<std::sync::Mutex<Vec<(String, i64)>>> = Arc::default();
+    let mut ticker = tokio::time::interval(interval);
+    let mut tasks = Vec::with_capacity(requests);
+    for r in 0..requests {
+        ticker.tick().await;
+        let events: Vec<Value> = (0..per_request)
+            .map(|k| event("l", r * per_request + k, secs))
+            .collect();
+        let body = serde_json::to_vec(&json!({ "data": events }))?;
+        let (client, url, sent_at) = (client.clone(), url.clone(), sent_at.clone());
+        tasks.push(tokio::spawn(async move {
+            let at = now_ms();
+            let ok = client
+                .post(url)
+                .bearer_auth(API_KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().as_u16() == 202);
+            let mut sent = sent_at.lock().unwrap_or_else(|p| p.into_inner());
+            for k in 0..per_request {
+                sent.push((format!("l-{}", r * per_request + k), at));
+            }
+            ok
+        }));
+    }
+    for task in tasks {
+        task.await?;
+    }
+    wait_drained(store.as_ref(), Duration::from_secs(120)).await?;
+    let received: std::collections::HashMap<String, i64> = simulator
+        .accepted(Some(DATASET))
+        .into_iter()
+        .filter_map(|a| Some((a.event["event_id"].as_str()?.to_owned(), a.received_at_ms)))
+        .collect();
+    let mut lat: Vec<Duration> = sent_at
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(|(id, at)| {
+            received
+                .get(id)
+                .map(|r| Duration::from_millis((r - at).max(0) as u64))
+        })
+        .collect();
+    lat.sort();
+    println!(
+        "  ingest→Meta ack:     p50 {} ms, p99 {} ms at {} events/s offered ({} of {} events measured)",
+        percentile(&lat, 0.5).as_millis(),
+        percentile(&lat, 0.99).as_millis(),
+        args.rate,
+        lat.len(),
+        requests * per_request
+    );
+    let rss = peak_rss_mib(pid);
+    match rss {
+        Some(mib) => println!("  relay peak RSS:      {mib:>9.1} MiB"),
+        None => println!("  relay peak RSS:      unavailable (no /proc)"),
+    }
+    relay.start_kill()?;
+    relay.wait().await?;
+    Ok(true)
+}
+
+fn simulator_count(simulator: &Simulator) -> usize {
+    simulator.stats_events_accepted() as usize
+}
