@@ -359,16 +359,26 @@ macro_rules! impl_store {
             }
 
             async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> $crate::Result<()> {
-                let sql = self.sql(
+                let pause = self.sql(
                     "INSERT INTO dataset_pauses (dataset_id, until_ms) VALUES ($1, $2) \
                      ON CONFLICT (dataset_id) DO UPDATE SET until_ms = excluded.until_ms",
                 );
-                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
-                    .bind(dataset_id)
-                    .bind(until_ms)
-                    .execute(&self.pool)
-                    .await
-                    .map_err($crate::shared::map_err)?;
+                // Pushing the due time keeps the held events out of every claim's index range,
+                // so a large throttled backlog costs nothing while it waits.
+                let hold = self.sql(
+                    "UPDATE events SET next_attempt_at_ms = $2 \
+                     WHERE dataset_id = $1 AND state IN ('queued', 'retrying') AND next_attempt_at_ms < $2",
+                );
+                let mut tx = self.begin_write().await?;
+                for sql in [pause, hold] {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                        .bind(dataset_id)
+                        .bind(until_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
                 Ok(())
             }
 

@@ -72,8 +72,8 @@ pub async fn run_with_store(
     tasks.spawn(purge_loop(store.clone(), config.clone(), cancel.clone()));
 
     let state = AppState {
+        ingestor: Arc::new(crate::ingest::Ingestor::new(store.clone(), validation)),
         store,
-        validation,
         api_key: Arc::new(api_key),
         wake,
         metrics: observability::prometheus(),

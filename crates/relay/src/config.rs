@@ -53,7 +53,8 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DeliveryConfig {
-    /// Concurrent delivery workers in this process.
+    /// Concurrent delivery workers in this process; 0 makes an ingest-only instance (other
+    /// instances on the same PostgreSQL database deliver).
     pub workers: usize,
     /// Events claimed per worker round (then split by dataset and batch limits).
     pub claim_limit: i64,
@@ -182,9 +183,6 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let d = &self.delivery;
         let fail = |m: String| Err(ConfigError(m));
-        if d.workers == 0 {
-            return fail("delivery.workers must be at least 1".into());
-        }
         if !(1..=relay_core::MAX_EVENTS_PER_REQUEST).contains(&d.batch_max_events) {
             return fail(
                 "delivery.batch_max_events must be between 1 and 1000 (Meta's limit)".into(),

@@ -1,13 +1,22 @@
 //! Ingestion: validates a batch of submitted events, routes each to its asset's dataset, and
-//! commits the accepted ones to the outbox in one transaction. A bad event never fails its
-//! neighbours; a duplicate is reported and never stored twice.
+//! commits the accepted ones to the outbox. A bad event never fails its neighbours; a duplicate
+//! is reported and never stored twice.
+//!
+//! Concurrent requests are committed together by one writer task (group commit): SQLite has a
+//! single writer, so one transaction for many small requests is what makes single-event
+//! requests fast. Each request still gets its answer only after its events are committed.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use relay_core::{Issue, ValidationOptions, validate_event};
 use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError};
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::{delivery::worker::now_ms, observability};
 
@@ -54,20 +63,125 @@ struct Routed {
     new: NewEvent,
 }
 
-/// Validates, routes and stores `events`. Returns after the accepted ones are committed.
-pub async fn ingest(
-    store: &dyn Store,
-    options: &ValidationOptions,
+/// How long the asset registry is cached; `assets add` shows up within this time.
+const ASSET_CACHE_TTL: Duration = Duration::from_secs(1);
+/// A snapshot younger than this is not reloaded for an unknown asset (bounds reload storms).
+const ASSET_RELOAD_MIN_AGE: Duration = Duration::from_millis(100);
+/// Most events committed in one group transaction.
+const MAX_GROUP_EVENTS: usize = 5_000;
+
+/// The ingestion service: validation options, the asset registry cache and the group writer.
+pub struct Ingestor {
+    store: Arc<dyn Store>,
+    options: ValidationOptions,
+    assets: Mutex<(Instant, Arc<HashMap<String, Asset>>)>,
+    writer: mpsc::Sender<WriteJob>,
+}
+
+struct WriteJob {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
+}
+
+impl Ingestor {
+    /// Starts the group-commit writer task; it ends when the `Ingestor` is dropped.
+    pub fn new(store: Arc<dyn Store>, options: ValidationOptions) -> Self {
+        let (writer, jobs) = mpsc::channel(1_024);
+        tokio::spawn(group_writer(store.clone(), jobs));
+        let stale = Instant::now() - ASSET_CACHE_TTL * 2;
+        Ingestor {
+            store,
+            options,
+            assets: Mutex::new((stale, Arc::default())),
+            writer,
+        }
+    }
+
+    async fn assets(&self, force: bool) -> Result<Arc<HashMap<String, Asset>>, StoreError> {
+        {
+            let cached = self.assets.lock().unwrap_or_else(|p| p.into_inner());
+            let age = cached.0.elapsed();
+            if age < ASSET_CACHE_TTL && !(force && age >= ASSET_RELOAD_MIN_AGE) {
+                return Ok(cached.1.clone());
+            }
+        }
+        let fresh: Arc<HashMap<String, Asset>> = Arc::new(
+            self.store
+                .list_assets()
+                .await?
+                .into_iter()
+                .map(|a| (a.asset_id.clone(), a))
+                .collect(),
+        );
+        *self.assets.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh.clone());
+        Ok(fresh)
+    }
+
+    async fn insert(&self, events: Vec<NewEvent>) -> Result<Vec<InsertOutcome>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let unavailable = || StoreError::Unavailable("the ingest writer stopped".into());
+        self.writer
+            .send(WriteJob { events, reply })
+            .await
+            .map_err(|_| unavailable())?;
+        answer.await.map_err(|_| unavailable())?
+    }
+
+    /// Validates, routes and stores `events`. Returns after the accepted ones are committed.
+    pub async fn ingest(
+        &self,
+        events: &[Value],
+        test_event_code: Option<&str>,
+    ) -> Result<IngestReport, StoreError> {
+        ingest(self, events, test_event_code).await
+    }
+}
+
+/// Commits queued jobs together: whatever is waiting when a transaction starts joins it.
+async fn group_writer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut group = vec![first];
+        let mut total = group[0].events.len();
+        while total < MAX_GROUP_EVENTS {
+            match jobs.try_recv() {
+                Ok(job) => {
+                    total += job.events.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let sizes: Vec<usize> = group.iter().map(|j| j.events.len()).collect();
+        let all: Vec<NewEvent> = group.iter_mut().flat_map(|j| j.events.drain(..)).collect();
+        match store.insert_events(&all).await {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for (job, size) in group.into_iter().zip(sizes) {
+                    let _ = job.reply.send(Ok(outcomes.by_ref().take(size).collect()));
+                }
+            }
+            Err(e) => {
+                // Nothing of the group was committed; every request is told to retry.
+                tracing::warn!(error = %e, "group insert failed");
+                let message = e.to_string();
+                for job in group {
+                    let _ = job
+                        .reply
+                        .send(Err(StoreError::Unavailable(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn ingest(
+    ingestor: &Ingestor,
     events: &[Value],
     test_event_code: Option<&str>,
 ) -> Result<IngestReport, StoreError> {
+    let options = &ingestor.options;
     let now = now_ms();
-    let assets: HashMap<String, Asset> = store
-        .list_assets()
-        .await?
-        .into_iter()
-        .map(|a| (a.asset_id.clone(), a))
-        .collect();
+    let mut assets = ingestor.assets(false).await?;
 
     let mut results: Vec<Option<EventResult>> = (0..events.len()).map(|_| None).collect();
     let mut routed = Vec::with_capacity(events.len());
@@ -86,6 +200,10 @@ pub async fn ingest(
         let event = valid.event;
         let channel = event.messaging_channel;
         let asset_id = event.asset_id().to_owned();
+        if !assets.contains_key(&asset_id) {
+            // Maybe added since the snapshot was taken.
+            assets = ingestor.assets(true).await?;
+        }
         let asset = match assets.get(&asset_id) {
             Some(asset) if asset.channel == channel.as_str() => asset,
             found => {
@@ -134,7 +252,7 @@ pub async fn ingest(
     let outcomes = if new_events.is_empty() {
         Vec::new()
     } else {
-        store.insert_events(&new_events).await?
+        ingestor.insert(new_events).await?
     };
     for (r, outcome) in routed.into_iter().zip(outcomes) {
         let (event_id, dataset_id) = (r.new.event_id, r.new.dataset_id);

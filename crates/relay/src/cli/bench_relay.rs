@@ -103,9 +103,15 @@ fn event(tag: &str, i: usize, now: i64) -> Value {
     })
 }
 
-async fn start_relay(db_url: &str, graph_url: &str) -> anyhow::Result<(Child, String)> {
+/// `workers: 0` starts an ingest-only relay, so ingestion is measured on its own.
+async fn start_relay(
+    db_url: &str,
+    graph_url: &str,
+    workers: usize,
+) -> anyhow::Result<(Child, String)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CAPI_RELAY_DELIVERY__WORKERS", workers.to_string())
         .env("CAPI_RELAY_API_KEY", API_KEY)
         .env("CAPI_RELAY_DATABASE_URL", db_url)
         .env("CAPI_RELAY_GRAPH_URL", graph_url)
@@ -206,19 +212,17 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
             updated_at_ms: now,
         })
         .await?;
-    let (mut relay, base) = start_relay(db_url, &format!("http://{sim_addr}")).await?;
-    let pid = relay.id().unwrap_or_default();
+    let graph_url = format!("http://{sim_addr}");
+    let (mut ingest_only, base) = start_relay(db_url, &graph_url, 0).await?;
     let url = format!("{base}/v1/events");
     let client = reqwest::Client::new();
-    let far = || now_ms() + 3_600_000;
     let secs = chrono::Utc::now().timestamp();
     println!(
         "== {name}: {} events, batch concurrency {}, single concurrency {}",
         args.events, args.concurrency, args.single_concurrency
     );
 
-    // 1. Batch ingest, with delivery held back so the two do not mix.
-    store.pause_dataset(DATASET, far()).await?;
+    // 1. Batch ingest, on an ingest-only relay so delivery does not mix in.
     let bodies: Vec<Vec<u8>> = (0..args.events)
         .collect::<Vec<_>>()
         .chunks(1_000)
@@ -236,18 +240,7 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
         "  batch ingest:        {ingest_rate:>9.0} events/s  (1,000-event requests, {failed} failed)"
     );
 
-    // 2. Delivery of the backlog.
-    let started = Instant::now();
-    store.pause_dataset(DATASET, 0).await?;
-    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
-    let delivered = simulator_count(&simulator);
-    let deliver_rate = delivered as f64 / started.elapsed().as_secs_f64();
-    println!(
-        "  delivered:           {deliver_rate:>9.0} events/s  ({delivered} acknowledged by the simulator)"
-    );
-
-    // 3. Single-event requests.
-    store.pause_dataset(DATASET, far()).await?;
+    // 2. Single-event requests, still ingest-only.
     let bodies: Vec<Vec<u8>> = (0..args.single_requests)
         .map(|i| serde_json::to_vec(&json!({"data": [event("s", i, secs)]})))
         .collect::<Result<_, _>>()?;
@@ -259,8 +252,21 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
         percentile(&latencies, 0.5).as_millis(),
         percentile(&latencies, 0.99).as_millis()
     );
-    store.pause_dataset(DATASET, 0).await?;
+    let ingest_rss = peak_rss_mib(ingest_only.id().unwrap_or_default());
+    ingest_only.start_kill()?;
+    ingest_only.wait().await?;
+
+    // 3. Delivery of the backlog by a relay with workers.
+    let started = Instant::now();
+    let (mut relay, base) = start_relay(db_url, &graph_url, 2).await?;
+    let pid = relay.id().unwrap_or_default();
+    let url = format!("{base}/v1/events");
     wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
+    let delivered = simulator_count(&simulator);
+    let deliver_rate = delivered as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  delivered:           {deliver_rate:>9.0} events/s  ({delivered} acknowledged by the simulator, start-up included)"
+    );
 
     simulator.reset();
     // 4. Ingest-to-Meta-ack latency at a fixed offered rate: 20 events every 1/(rate/20) s.
@@ -322,10 +328,18 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
         lat.len(),
         requests * per_request
     );
-    let rss = peak_rss_mib(pid);
-    match rss {
-        Some(mib) => println!("  relay peak RSS:      {mib:>9.1} MiB"),
-        None => println!("  relay peak RSS:      unavailable (no /proc)"),
+    for (role, rss) in [
+        ("ingest-only", ingest_rss),
+        ("delivering", peak_rss_mib(pid)),
+    ] {
+        match rss {
+            Some(mib) => println!(
+                "  peak RSS ({role}):{:>width$.1} MiB",
+                mib,
+                width = 22 - role.len()
+            ),
+            None => println!("  peak RSS ({role}): unavailable (no /proc)"),
+        }
     }
     relay.start_kill()?;
     relay.wait().await?;

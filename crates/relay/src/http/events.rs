@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{ApiError, AppState, auth::ApiKey};
-use crate::ingest::{self, IngestReport};
+use crate::ingest::IngestReport;
 
 pub async fn submit(
     State(state): State<AppState>,
@@ -47,13 +47,7 @@ pub async fn submit(
         ));
     }
     let test_event_code = request.get("test_event_code").and_then(Value::as_str);
-    let report = ingest::ingest(
-        state.store.as_ref(),
-        &state.validation,
-        events,
-        test_event_code,
-    )
-    .await?;
+    let report = state.ingestor.ingest(events, test_event_code).await?;
     if report.accepted > 0 {
         state.wake.notify_waiters();
     }

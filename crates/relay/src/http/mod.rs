@@ -14,7 +14,6 @@ use axum::{
     routing::{get, post},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
-use relay_core::ValidationOptions;
 use relay_store::Store;
 use secrecy::SecretString;
 use tokio::sync::Notify;
@@ -26,7 +25,7 @@ pub use self::error::ApiError;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
-    pub validation: ValidationOptions,
+    pub ingestor: Arc<crate::ingest::Ingestor>,
     pub api_key: Arc<SecretString>,
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
