@@ -274,3 +274,32 @@ mod duration_list {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_example_configuration_loads() {
+        let readme = include_str!("../../../README.md");
+        let start = readme.find("```toml\n").expect("README has a TOML example") + 8;
+        let toml = &readme[start..start + readme[start..].find("```").unwrap()];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, toml).unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        assert_eq!(config.delivery.retry_schedule.len(), 10);
+        assert_eq!(config.retention.finished_events, MIN_DEDUP_WINDOW);
+        assert_eq!(config.default_phone_region.as_deref(), Some("BR"));
+    }
+
+    #[test]
+    fn a_dedup_window_shorter_than_8_days_is_refused() {
+        let mut config = Config::default();
+        config.retention.finished_events = Duration::from_secs(86_400);
+        assert!(config.validate().unwrap_err().to_string().contains("at least 8 days"));
+        let mut config = Config::default();
+        config.delivery.batch_max_events = 1_001;
+        assert!(config.validate().is_err());
+    }
+}
