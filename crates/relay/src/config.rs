@@ -297,7 +297,13 @@ mod tests {
     fn a_dedup_window_shorter_than_8_days_is_refused() {
         let mut config = Config::default();
         config.retention.finished_events = Duration::from_secs(86_400);
-        assert!(config.validate().unwrap_err().to_string().contains("at least 8 days"));
+        assert!(
+            config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 8 days")
+        );
         let mut config = Config::default();
         config.delivery.batch_max_events = 1_001;
         assert!(config.validate().is_err());

@@ -17,6 +17,15 @@ use crate::{
 
 /// Starts `capi-relay serve` on a random port; returns the child and the relay's base URL.
 async fn start_relay(env: &TestEnv, claim_limit: u32) -> (Child, String) {
+    start_relay_logging(env, claim_limit, "warn", Stdio::inherit()).await
+}
+
+async fn start_relay_logging(
+    env: &TestEnv,
+    claim_limit: u32,
+    log: &str,
+    stderr: Stdio,
+) -> (Child, String) {
     let mut child = Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CAPI_RELAY_API_KEY", API_KEY)
@@ -30,9 +39,10 @@ async fn start_relay(env: &TestEnv, claim_limit: u32) -> (Child, String) {
         .env("CAPI_RELAY_DELIVERY__IDLE_POLL_MAX", "50ms")
         .env("CAPI_RELAY_DELIVERY__BATCH_MAX_EVENTS", "100")
         .env("CAPI_RELAY_DELIVERY__CLAIM_LIMIT", claim_limit.to_string())
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", log)
+        .env("CAPI_RELAY_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
@@ -95,7 +105,62 @@ macro_rules! both_backends {
 both_backends!(
     a_relay_killed_mid_delivery_loses_nothing_after_restart,
     two_relays_on_one_database_deliver_each_event_exactly_once,
+    no_log_line_holds_a_token_or_raw_pii,
 );
+
+async fn no_log_line_holds_a_token_or_raw_pii(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    // Every failure path logs something: an expired token pauses the asset, then a new one resumes it.
+    env.store
+        .set_asset_token(crate::app::WABA, "EAAB-expired-secret", 0)
+        .await
+        .unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (mut relay, base) =
+        start_relay_logging(&env, 100, "debug", Stdio::from(log.reopen().unwrap())).await;
+    let mut event = whatsapp_event(1);
+    event["user_data"]["em"] = json!("maria.secret@example.com");
+    event["user_data"]["ph"] = json!("+55 11 98765-4321");
+    post(&base, &[event, whatsapp_event(2)]).await;
+    let started = std::time::Instant::now();
+    while env
+        .store
+        .get_asset(crate::app::WABA)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        != relay_store::AssetStatus::Paused
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.store
+        .set_asset_token(crate::app::WABA, crate::app::TOKEN, 0)
+        .await
+        .unwrap();
+    wait_drained(&env, Duration::from_secs(30)).await;
+    relay.start_kill().unwrap();
+    relay.wait().await.unwrap();
+
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        text.lines().count() > 10,
+        "debug logging produced lines to check"
+    );
+    for secret in [
+        API_KEY,
+        "EAAB-expired-secret",
+        crate::app::TOKEN,
+        "maria.secret@example.com",
+        "98765-4321",
+        "5511987654321",
+    ] {
+        assert!(!text.contains(secret), "a log line contains {secret:?}");
+    }
+}
 
 async fn a_relay_killed_mid_delivery_loses_nothing_after_restart(backend: Backend) {
     let Some(env) = prepare_env(backend).await else {
