@@ -151,15 +151,20 @@ pub fn validate_event(
         .get("custom_data")
         .and_then(|v| check_custom_data(v, &mut check));
     if event_name.as_deref() == Some("Purchase") {
-        let cd = custom_data.as_ref();
-        if cd.and_then(|c| c.value).is_none() {
+        // Only absent fields: a present but invalid one already has its own error.
+        let submitted = |key: &str| {
+            obj.get("custom_data")
+                .and_then(|c| c.get(key))
+                .is_some_and(|v| !v.is_null())
+        };
+        if !submitted("value") {
             check.error(
                 IssueCode::MissingField,
                 "custom_data.value",
                 "is required for Purchase events (the amount of the sale)",
             );
         }
-        if cd.and_then(|c| c.currency.as_ref()).is_none() {
+        if !submitted("currency") {
             check.error(
                 IssueCode::MissingField,
                 "custom_data.currency",
