@@ -89,19 +89,6 @@ async fn wait_drained(env: &TestEnv, timeout: Duration) {
     }
 }
 
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 both_backends!(
     a_relay_killed_mid_delivery_loses_nothing_after_restart,
     two_relays_on_one_database_deliver_each_event_exactly_once,

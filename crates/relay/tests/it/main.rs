@@ -1,6 +1,20 @@
 //! End-to-end tests of the capi-relay crate: the simulator and the Graph client over real
 //! sockets, and the binary as a user runs it.
 
+/// Runs a test body once per backend.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::Postgres).await })*
+        }
+    };
+}
+
 mod app;
 mod cli;
 mod crash;

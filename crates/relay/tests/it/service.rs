@@ -17,20 +17,6 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Runs a test body once per backend.
-macro_rules! both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(super::Backend::Postgres).await })*
-        }
-    };
-}
-
 both_backends!(
     accepted_events_reach_meta_with_the_exact_payload,
     duplicates_are_reported_and_never_sent_again,
