@@ -45,6 +45,8 @@ pub enum IssueCode {
     ChannelInferred,
     /// The event's business asset is not registered with the relay.
     UnknownAsset,
+    /// A conversion by contact for which no click or scoped id could be found.
+    NoAttribution,
 }
 
 impl IssueCode {
@@ -68,6 +70,7 @@ impl IssueCode {
             IssueCode::FieldDropped => "field_dropped",
             IssueCode::ChannelInferred => "channel_inferred",
             IssueCode::UnknownAsset => "unknown_asset",
+            IssueCode::NoAttribution => "no_attribution",
         }
     }
 }

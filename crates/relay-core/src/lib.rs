@@ -5,6 +5,7 @@
 //! testable on its own. Storage lives in `relay-store`; HTTP, delivery and the CLI in `capi-relay`.
 
 pub mod channel;
+pub mod contact;
 pub mod event;
 pub mod event_id;
 pub mod event_name;
@@ -12,6 +13,7 @@ pub mod issue;
 pub mod money;
 pub mod pii;
 pub mod validate;
+pub mod webhook;
 
 pub use channel::Channel;
 pub use event::{CustomData, MetaEvent, UserData};

@@ -39,6 +39,9 @@ pub struct ValidationOptions {
     pub allow_custom_event_names: bool,
     /// Region for phone numbers written without a country code.
     pub default_phone_region: Option<country::Id>,
+    /// Accept WhatsApp events without `ctwa_clid` when they carry a hashed phone (`ph`): set
+    /// per event for assets that allow unattributed conversions by contact.
+    pub whatsapp_without_click_id: bool,
 }
 
 /// An event that passed: what to send, and what was changed or dropped on the way.
@@ -146,7 +149,13 @@ pub fn validate_event(
         default_phone_region: opts.default_phone_region,
         current_year,
     };
-    let (channel, user_data) = check_user_data(obj, &pre_hashed, &pii_ctx, &mut check);
+    let (channel, user_data) = check_user_data(
+        obj,
+        &pre_hashed,
+        &pii_ctx,
+        opts.whatsapp_without_click_id,
+        &mut check,
+    );
     let custom_data = obj
         .get("custom_data")
         .and_then(|v| check_custom_data(v, &mut check));
@@ -490,6 +499,7 @@ fn check_user_data(
     obj: &Map<String, Value>,
     pre_hashed: &PreHashed,
     pii_ctx: &PiiContext,
+    whatsapp_without_click_id: bool,
     check: &mut Check,
 ) -> (Option<Channel>, Option<UserData>) {
     let ud = match obj.get("user_data") {
@@ -548,7 +558,10 @@ fn check_user_data(
 
     let channel = resolve_channel(obj, &data, check);
     if let Some(channel) = channel {
-        require_identity(channel, &mut data, check);
+        let phone_only = whatsapp_without_click_id
+            && channel == Channel::WhatsApp
+            && ud.get("ph").is_some_and(|v| !v.is_null());
+        require_identity(channel, &mut data, phone_only, check);
     }
 
     for (key, value) in ud {
@@ -633,9 +646,9 @@ fn asset_and_click(channel: Channel, data: &UserData) -> [Option<&String>; 2] {
 }
 
 /// Checks the channel's id pair and drops ids of other channels (they would confuse matching).
-fn require_identity(channel: Channel, data: &mut UserData, check: &mut Check) {
+fn require_identity(channel: Channel, data: &mut UserData, phone_only: bool, check: &mut Check) {
     let [asset, click] = asset_and_click(channel, data);
-    let (asset_missing, click_missing) = (asset.is_none(), click.is_none());
+    let (asset_missing, click_missing) = (asset.is_none(), click.is_none() && !phone_only);
     let describe = |field: &str| match field {
         "whatsapp_business_account_id" => "the WhatsApp Business Account id",
         "ctwa_clid" => "the click id from the message's ad referral",

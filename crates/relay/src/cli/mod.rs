@@ -74,6 +74,7 @@ impl ValidationArgs {
         ValidationOptions {
             allow_custom_event_names: self.allow_custom_event_names,
             default_phone_region: self.default_phone_region,
+            ..ValidationOptions::default()
         }
     }
 }

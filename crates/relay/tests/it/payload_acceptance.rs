@@ -114,6 +114,7 @@ proptest! {
         let options = ValidationOptions {
             allow_custom_event_names: allow_custom,
             default_phone_region: Some(phonenumber::country::Id::BR),
+            ..ValidationOptions::default()
         };
         if let Ok(valid) = validate_event(&event, &options, NOW) {
             let wire = serde_json::to_value(&valid.event).unwrap();

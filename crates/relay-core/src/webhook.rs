@@ -1,0 +1,402 @@
+//! Meta messaging webhooks, parsed into what attribution needs: who wrote to which business
+//! asset, when, and through which ad (spec §4.4–§4.6). Pure: bytes in, facts out.
+//!
+//! Shapes understood: WhatsApp Cloud API `messages` and `automatic_events`, the older
+//! On-Premises `messages` shape (bare or in a `data[]` wrapper), Messenger `messaging`
+//! (messages, `messaging_referrals`, `messaging_postbacks`) and Instagram `messaging`.
+//! Unknown objects, fields and event kinds are skipped, never an error: Meta adds fields often.
+//! The only errors are a body that is not a JSON object, and an On-Premises payload without a
+//! WABA id to file it under.
+
+use serde_json::{Map, Value};
+
+use crate::Channel;
+
+/// Unix seconds beyond this are taken for milliseconds.
+const MILLIS_THRESHOLD: i64 = 100_000_000_000;
+
+/// Everything a webhook delivery said that attribution keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parsed {
+    /// Messages, referrals and postbacks from customers, in payload order.
+    pub inbound: Vec<Inbound>,
+    /// Meta-detected WhatsApp conversions (`automatic_events`).
+    pub automatic_events: Vec<AutomaticEvent>,
+}
+
+/// The customer's identities as one webhook names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerIds {
+    /// WhatsApp: the phone number in E.164 digits (may be withheld since 2026).
+    pub wa_id: Option<String>,
+    /// WhatsApp: the business-scoped user id (`user_id`, e.g. `US.1349…`).
+    pub user_id: Option<String>,
+    /// Messenger PSID or Instagram IGSID (`sender.id`).
+    pub scoped_id: Option<String>,
+}
+
+impl CustomerIds {
+    pub fn is_empty(&self) -> bool {
+        self.wa_id.is_none() && self.user_id.is_none() && self.scoped_id.is_none()
+    }
+}
+
+/// One message (or referral, or postback) from a customer to a business asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inbound {
+    pub channel: Channel,
+    /// WABA id, Page id or Instagram account id.
+    pub asset_id: String,
+    pub customer: CustomerIds,
+    /// `wamid…` / `mid` — or, for referrals without a message, a stable id made from the
+    /// sender and the time so a redelivery maps to the same id.
+    pub message_id: String,
+    /// When Meta says it happened, Unix milliseconds (0 when the payload has no time).
+    pub timestamp_ms: i64,
+    /// The ad (or link) the customer came from, when the payload names one.
+    pub referral: Option<Referral>,
+}
+
+/// An ad or link referral. Fields are as Meta sent them; none is invented.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Referral {
+    /// WhatsApp `ctwa_clid` (absent for Status ads). Never filled from `source_id`.
+    pub click_id: Option<String>,
+    /// WhatsApp `source_id`, Messenger/Instagram `ad_id`.
+    pub ad_id: Option<String>,
+    /// WhatsApp `source_type` (`ad`, `post`), Messenger/Instagram `source` (`ADS`, `SHORTLINK`).
+    pub source_type: Option<String>,
+    pub source_url: Option<String>,
+    /// WhatsApp `headline`, Messenger/Instagram `ads_context_data.ad_title`.
+    pub headline: Option<String>,
+    pub body: Option<String>,
+    pub media_type: Option<String>,
+    /// Image or video URL of the ad.
+    pub media_url: Option<String>,
+    /// Messenger/Instagram `ref` parameter.
+    pub ref_param: Option<String>,
+}
+
+/// A Meta-detected conversion from the WhatsApp `automatic_events` webhook field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutomaticEvent {
+    pub waba_id: String,
+    /// The message Meta detected it in (`id`).
+    pub message_id: String,
+    /// `LeadSubmitted` or `Purchase`.
+    pub event_name: String,
+    /// Unix seconds.
+    pub timestamp: i64,
+    pub ctwa_clid: Option<String>,
+    /// `{currency, value}` when Meta sent them, untouched.
+    pub custom_data: Option<Value>,
+}
+
+/// Why a signed payload cannot be used. Kept with the stored webhook for inspection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the body is JSON but not an object")]
+    NotAnObject,
+    #[error(
+        "an On-Premises payload carries no WABA id; post it to /webhooks/meta?waba_id=<WABA id>"
+    )]
+    OnPremisesWithoutWaba,
+}
+
+/// Parses one webhook body. `waba_hint` files On-Premises payloads, which carry no WABA id.
+pub fn parse(body: &[u8], waba_hint: Option<&str>) -> Result<Parsed, ParseError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let Value::Object(root) = value else {
+        return Err(ParseError::NotAnObject);
+    };
+    let mut parsed = Parsed::default();
+    match root.get("object").and_then(Value::as_str) {
+        Some("whatsapp_business_account") => whatsapp_cloud(&root, &mut parsed),
+        Some("page") => messaging(&root, Channel::Messenger, &mut parsed),
+        Some("instagram") => messaging(&root, Channel::Instagram, &mut parsed),
+        Some(_) => {}
+        // No `object`: the On-Premises client's shape, bare or wrapped in `data[]`.
+        None => {
+            let parts: Vec<&Map<String, Value>> = match root.get("data") {
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_object).collect(),
+                _ => vec![&root],
+            };
+            let has_messages = parts.iter().any(|p| p.get("messages").is_some());
+            if has_messages {
+                let waba = waba_hint
+                    .map(str::trim)
+                    .filter(|w| !w.is_empty())
+                    .ok_or(ParseError::OnPremisesWithoutWaba)?;
+                for part in parts {
+                    whatsapp_value(waba, part, &mut parsed);
+                }
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+fn array<'a>(map: &'a Map<String, Value>, key: &str) -> impl Iterator<Item = &'a Value> {
+    map.get(key).and_then(Value::as_array).into_iter().flatten()
+}
+
+fn objects<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = &'a Map<String, Value>> {
+    array(map, key).filter_map(Value::as_object)
+}
+
+/// A string or integer id, trimmed; empty is absent.
+fn id(map: &Map<String, Value>, key: &str) -> Option<String> {
+    match map.get(key)? {
+        Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn text(map: &Map<String, Value>, key: &str) -> Option<String> {
+    match map.get(key)? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Seconds or milliseconds, as a number or a string, into milliseconds.
+fn time_ms(map: &Map<String, Value>, key: &str) -> Option<i64> {
+    let raw = match map.get(key)? {
+        Value::Number(n) => n.as_i64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    if raw <= 0 {
+        return None;
+    }
+    Some(if raw >= MILLIS_THRESHOLD {
+        raw
+    } else {
+        raw.saturating_mul(1000)
+    })
+}
+
+fn whatsapp_cloud(root: &Map<String, Value>, parsed: &mut Parsed) {
+    for entry in objects(root, "entry") {
+        let Some(waba) = id(entry, "id") else {
+            continue;
+        };
+        for change in objects(entry, "changes") {
+            let Some(value) = change.get("value").and_then(Value::as_object) else {
+                continue;
+            };
+            match change.get("field").and_then(Value::as_str) {
+                Some("messages") => whatsapp_value(&waba, value, parsed),
+                Some("automatic_events") => automatic_events(&waba, value, parsed),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The `value` of a Cloud API `messages` change, or one On-Premises payload: same inner shape.
+fn whatsapp_value(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
+    let contacts: Vec<CustomerIds> = objects(value, "contacts")
+        .map(|c| CustomerIds {
+            wa_id: id(c, "wa_id"),
+            user_id: id(c, "user_id"),
+            scoped_id: None,
+        })
+        .collect();
+    for message in objects(value, "messages") {
+        let Some(message_id) = id(message, "id") else {
+            continue;
+        };
+        let from = id(message, "from");
+        let from_user_id = id(message, "from_user_id");
+        // The contact this message is from: matched by number or user id, else the only one.
+        let matched = contacts
+            .iter()
+            .find(|c| {
+                (from.is_some() && c.wa_id == from)
+                    || (from_user_id.is_some() && c.user_id == from_user_id)
+            })
+            .or(if contacts.len() == 1 {
+                contacts.first()
+            } else {
+                None
+            });
+        let mut customer = matched.cloned().unwrap_or_default();
+        if customer.wa_id.is_none() {
+            // `from` is the number unless it is a user id (usernames, 2026).
+            customer.wa_id = from.filter(|f| f.bytes().all(|b| b.is_ascii_digit()));
+        }
+        if customer.user_id.is_none() {
+            customer.user_id = from_user_id;
+        }
+        if customer.is_empty() {
+            continue;
+        }
+        let referral = message
+            .get("referral")
+            .and_then(Value::as_object)
+            .map(whatsapp_referral);
+        parsed.inbound.push(Inbound {
+            channel: Channel::WhatsApp,
+            asset_id: waba.to_owned(),
+            customer,
+            message_id,
+            timestamp_ms: time_ms(message, "timestamp").unwrap_or(0),
+            referral,
+        });
+    }
+}
+
+fn whatsapp_referral(r: &Map<String, Value>) -> Referral {
+    let media_type = text(r, "media_type");
+    let media_url = text(r, "image_url").or_else(|| text(r, "video_url"));
+    Referral {
+        // Only ever `ctwa_clid`: `source_id` is the ad, not the click.
+        click_id: id(r, "ctwa_clid"),
+        ad_id: id(r, "source_id"),
+        source_type: text(r, "source_type"),
+        source_url: text(r, "source_url"),
+        headline: text(r, "headline"),
+        body: text(r, "body"),
+        media_type,
+        media_url,
+        ref_param: None,
+    }
+}
+
+fn automatic_events(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
+    for event in objects(value, "automatic_events") {
+        let (Some(message_id), Some(event_name)) = (id(event, "id"), text(event, "event_name"))
+        else {
+            continue;
+        };
+        let Some(timestamp_ms) = time_ms(event, "timestamp") else {
+            continue;
+        };
+        parsed.automatic_events.push(AutomaticEvent {
+            waba_id: waba.to_owned(),
+            message_id,
+            event_name,
+            timestamp: timestamp_ms / 1000,
+            ctwa_clid: id(event, "ctwa_clid"),
+            custom_data: event.get("custom_data").filter(|v| v.is_object()).cloned(),
+        });
+    }
+}
+
+/// Messenger (`object: page`) and Instagram (`object: instagram`): `entry[].messaging[]`.
+fn messaging(root: &Map<String, Value>, channel: Channel, parsed: &mut Parsed) {
+    for entry in objects(root, "entry") {
+        let entry_id = id(entry, "id");
+        for item in objects(entry, "messaging") {
+            let sender = item.get("sender").and_then(Value::as_object);
+            let recipient = item.get("recipient").and_then(Value::as_object);
+            let (Some(sender), Some(asset)) = (
+                sender.and_then(|s| id(s, "id")),
+                recipient.and_then(|r| id(r, "id")).or(entry_id.clone()),
+            ) else {
+                continue;
+            };
+            let message = item.get("message").and_then(Value::as_object);
+            let postback = item.get("postback").and_then(Value::as_object);
+            let top_referral = item.get("referral").and_then(Value::as_object);
+            // Echoes are the business's own messages: the sender is the asset, not a customer.
+            if sender == asset
+                || entry_id.as_deref() == Some(sender.as_str())
+                || message.is_some_and(|m| m.get("is_echo").and_then(Value::as_bool) == Some(true))
+            {
+                continue;
+            }
+            let referral = message
+                .and_then(|m| m.get("referral"))
+                .or_else(|| postback.and_then(|p| p.get("referral")))
+                .and_then(Value::as_object)
+                .or(top_referral)
+                .map(page_referral);
+            if message.is_none() && postback.is_none() && top_referral.is_none() {
+                // Deliveries, reads, reactions, opt-ins…: not a customer writing in.
+                continue;
+            }
+            let timestamp_ms = time_ms(item, "timestamp").unwrap_or(0);
+            let message_id = message
+                .and_then(|m| id(m, "mid"))
+                .or_else(|| postback.and_then(|p| id(p, "mid")))
+                .unwrap_or_else(|| {
+                    let kind = if postback.is_some() {
+                        "postback"
+                    } else {
+                        "referral"
+                    };
+                    format!("{kind}:{sender}:{timestamp_ms}")
+                });
+            parsed.inbound.push(Inbound {
+                channel,
+                asset_id: asset,
+                customer: CustomerIds {
+                    scoped_id: Some(sender),
+                    ..CustomerIds::default()
+                },
+                message_id,
+                timestamp_ms,
+                referral,
+            });
+        }
+    }
+}
+
+fn page_referral(r: &Map<String, Value>) -> Referral {
+    let ads = r.get("ads_context_data").and_then(Value::as_object);
+    let from_ads = |key: &str| ads.and_then(|a| text(a, key));
+    let (media_type, media_url) = match (from_ads("photo_url"), from_ads("video_url")) {
+        (_, Some(video)) => (Some("video".to_owned()), Some(video)),
+        (Some(photo), None) => (Some("image".to_owned()), Some(photo)),
+        (None, None) => (None, None),
+    };
+    Referral {
+        click_id: None,
+        ad_id: id(r, "ad_id"),
+        source_type: text(r, "source"),
+        source_url: None,
+        headline: from_ads("ad_title"),
+        body: None,
+        media_type,
+        media_url,
+        ref_param: text(r, "ref"),
+    }
+}
+
+/// The `event_id` of an automatic event: `<event_name>:<message id>`. A CRM reporting the same
+/// conversion for the same message sends this id, and the relay keeps only the first.
+pub fn automatic_event_id(event: &AutomaticEvent) -> String {
+    format!("{}:{}", event.event_name, event.message_id)
+}
+
+/// The server event re-posting an automatic event (Meta's sample: the trigger timestamp as
+/// `event_time`, `messaging_outcome_data.outcome_type = automatic_events`). `None` without a
+/// click id: a WhatsApp event cannot be attributed without one.
+pub fn automatic_event_json(event: &AutomaticEvent) -> Option<Value> {
+    let clid = event.ctwa_clid.as_ref()?;
+    let mut out = serde_json::json!({
+        "event_name": event.event_name,
+        "event_time": event.timestamp,
+        "event_id": automatic_event_id(event),
+        "action_source": "business_messaging",
+        "messaging_channel": "whatsapp",
+        "user_data": {
+            "whatsapp_business_account_id": event.waba_id,
+            "ctwa_clid": clid,
+        },
+        "messaging_outcome_data": {"outcome_type": "automatic_events"},
+    });
+    if let Some(custom) = &event.custom_data {
+        out["custom_data"] = custom.clone();
+    }
+    Some(out)
+}
