@@ -7,6 +7,7 @@
 //! Unix milliseconds (`i64`) in both, so nothing depends on a backend's date types. Every method
 //! is one short transaction: no transaction is ever held across a network call.
 
+pub mod capture;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use crate::{postgres::PostgresStore, sqlite::SqliteStore};
+pub use crate::{capture::CaptureStore, postgres::PostgresStore, sqlite::SqliteStore};
 
 /// Errors from the store. Pool and lock timeouts are `Unavailable` (HTTP 503 upstream).
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +28,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("not found: {0}")]
     NotFound(String),
+    /// The change contradicts stored data (e.g. a customer id linked to another contact).
+    #[error("conflict: {0}")]
+    Conflict(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
@@ -218,8 +222,9 @@ pub struct QueueStats {
 
 /// The storage contract. Implementations must be safe to share between many tasks and, for
 /// PostgreSQL, between many relay processes.
+/// Capture (webhooks, contacts, touches) is a supertrait, so `dyn Store` has it too.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: CaptureStore + Send + Sync + 'static {
     /// Applies this backend's migrations (idempotent).
     async fn migrate(&self) -> Result<()>;
     /// Cheap round trip for `/readyz`.

@@ -10,6 +10,7 @@ use sqlx::{
 
 use crate::{
     Result,
+    capture::impl_capture_store,
     shared::{CLAIM_COLUMNS, DUE_CONDITION, impl_store, map_err},
 };
 
@@ -57,3 +58,4 @@ impl PostgresStore {
 }
 
 impl_store!(PostgresStore, Postgres);
+impl_capture_store!(PostgresStore, Postgres);

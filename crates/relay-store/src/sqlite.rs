@@ -10,6 +10,7 @@ use sqlx::{
 
 use crate::{
     Result,
+    capture::impl_capture_store,
     shared::{CLAIM_COLUMNS, DUE_CONDITION, impl_store, map_err},
 };
 
@@ -63,3 +64,4 @@ impl SqliteStore {
 }
 
 impl_store!(SqliteStore, Sqlite);
+impl_capture_store!(SqliteStore, Sqlite);

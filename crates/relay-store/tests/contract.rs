@@ -8,6 +8,10 @@ use std::{collections::HashSet, sync::Arc};
 use relay_store::{
     Asset, AssetStatus, Attempt, DeadLetterFilter, EventState, InsertOutcome, NewEvent, Resolution,
     Store, StoreError,
+    capture::{
+        CaptureOptions, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook,
+        WebhookInsert,
+    },
 };
 
 struct Db {
@@ -79,6 +83,13 @@ contract!(
     dead_letters_are_listed_and_replayed_by_filter,
     queue_stats_and_retention_purge,
     payloads_and_times_round_trip_exactly,
+    // Capture (issue #4).
+    webhooks_are_stored_once_per_body_and_processed_or_kept_failed,
+    forwards_are_claimed_once_retried_and_resolved,
+    sightings_create_one_contact_per_customer_and_touches_never_overwrite,
+    contacts_are_found_by_every_identity_and_linked_to_a_customer_id,
+    capture_options_default_off_and_round_trip,
+    capture_retention_purges_old_touches_contacts_and_webhooks,
 );
 
 fn asset(id: &str, dataset: &str) -> Asset {
@@ -547,4 +558,392 @@ async fn payloads_and_times_round_trip_exactly(store: Arc<dyn Store>) {
         store.recent_events(10).await.unwrap()[0].event_id,
         "unicode"
     );
+}
+
+// ---- Capture (issue #4): webhooks, forwards, contacts, touches ----
+
+fn webhook(body: &str, at: i64, forward: bool) -> NewWebhook {
+    NewWebhook {
+        body: body.as_bytes().to_vec(),
+        body_sha256: format!("{:x}", body.len()) + body,
+        signature: "sha256=00".into(),
+        waba_hint: None,
+        received_at_ms: at,
+        forward,
+    }
+}
+
+async fn webhooks_are_stored_once_per_body_and_processed_or_kept_failed(store: Arc<dyn Store>) {
+    // Bytes that are not UTF-8 round-trip exactly.
+    let mut raw = webhook("{\"a\":1}", 1_000, false);
+    raw.body.push(0xff);
+    let WebhookInsert::Inserted(first) = store.insert_webhook(&raw).await.unwrap() else {
+        panic!("first insert is stored");
+    };
+    assert_eq!(
+        store.insert_webhook(&raw).await.unwrap(),
+        WebhookInsert::Duplicate
+    );
+    let WebhookInsert::Inserted(second) = store
+        .insert_webhook(&webhook("{\"b\":2}", 2_000, false))
+        .await
+        .unwrap()
+    else {
+        panic!("another body is stored");
+    };
+    let pending = store.pending_webhooks(10).await.unwrap();
+    assert_eq!(
+        pending.iter().map(|p| p.id).collect::<Vec<_>>(),
+        [first, second]
+    );
+    assert_eq!(pending[0].body, raw.body);
+    store.finish_webhook(first, None, 3_000).await.unwrap();
+    store
+        .finish_webhook(second, Some("the body is not JSON"), 3_000)
+        .await
+        .unwrap();
+    assert!(store.pending_webhooks(10).await.unwrap().is_empty());
+    let failed = store.list_webhooks(Some("failed"), 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].error.as_deref(), Some("the body is not JSON"));
+    assert_eq!(store.list_webhooks(None, 10).await.unwrap().len(), 2);
+}
+
+async fn forwards_are_claimed_once_retried_and_resolved(store: Arc<dyn Store>) {
+    store
+        .insert_webhook(&webhook("{\"no\":1}", 1_000, false))
+        .await
+        .unwrap();
+    let WebhookInsert::Inserted(id) = store
+        .insert_webhook(&webhook("{\"fwd\":1}", 1_000, true))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    let jobs = store.claim_forwards("a", 1_000, 5_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1, "only the webhook queued for forwarding");
+    assert_eq!((jobs[0].id, jobs[0].attempts), (id, 1));
+    assert_eq!(jobs[0].signature, "sha256=00");
+    assert!(
+        store
+            .claim_forwards("b", 1_000, 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .resolve_forward(
+            id,
+            "a",
+            &ForwardResolution::Retry {
+                next_at_ms: 2_000,
+                error: "HTTP 503".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_forwards("b", 1_500, 5_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = store.claim_forwards("b", 2_000, 9_000, 10).await.unwrap();
+    assert_eq!(again[0].attempts, 2);
+    // A lease that ran out moves to another owner; the late owner's result is ignored.
+    let taken = store.claim_forwards("c", 9_001, 20_000, 10).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    store
+        .resolve_forward(id, "b", &ForwardResolution::Done)
+        .await
+        .unwrap();
+    store
+        .resolve_forward(
+            id,
+            "c",
+            &ForwardResolution::Dead {
+                error: "HTTP 404".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let shown = store.list_webhooks(None, 10).await.unwrap();
+    let fwd = shown.iter().find(|w| w.id == id).unwrap();
+    assert_eq!(fwd.forward_state.as_deref(), Some("dead"));
+    assert_eq!(fwd.forward_error.as_deref(), Some("HTTP 404"));
+    assert!(
+        store
+            .claim_forwards("d", 99_000, 100_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+fn sighting(
+    phone: Option<&str>,
+    user: Option<&str>,
+    touch: Option<(&str, i64, Option<&str>)>,
+) -> NewSighting {
+    let at = touch.map_or(1_000, |t| t.1);
+    NewSighting {
+        channel: "whatsapp".into(),
+        asset_id: "100".into(),
+        phone_hash: phone.map(str::to_owned),
+        wa_user_id: user.map(str::to_owned),
+        scoped_id: None,
+        conversation_id: format!("cv1-{}", phone.or(user).unwrap()),
+        seen_at_ms: at,
+        touch: touch.map(|(mid, at, click)| NewTouch {
+            message_id: mid.into(),
+            touched_at_ms: at,
+            click_id: click.map(str::to_owned),
+            ad_id: Some("ad-1".into()),
+            source_type: Some("ad".into()),
+            headline: Some("Café".into()),
+            ..NewTouch::default()
+        }),
+    }
+}
+
+async fn sightings_create_one_contact_per_customer_and_touches_never_overwrite(
+    store: Arc<dyn Store>,
+) {
+    let a = store
+        .record_sighting(&sighting(Some("h1"), None, Some(("m1", 1_000, Some("C1")))))
+        .await
+        .unwrap();
+    assert!(a.touch_inserted);
+    // A redelivery of the same message with other data changes nothing.
+    let again = store
+        .record_sighting(&sighting(
+            Some("h1"),
+            None,
+            Some(("m1", 5_000, Some("OTHER"))),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(again.contact_id, a.contact_id);
+    assert!(!again.touch_inserted);
+    // The same customer, now with a user id too, and a later touch without click id.
+    let b = store
+        .record_sighting(&sighting(
+            Some("h1"),
+            Some("US.1"),
+            Some(("m2", 2_000, None)),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(b.contact_id, a.contact_id);
+    // A message without a referral only updates the contact.
+    store
+        .record_sighting(&sighting(Some("h1"), None, None))
+        .await
+        .unwrap();
+    let touches = store.contact_touches(a.contact_id).await.unwrap();
+    assert_eq!(touches.len(), 2);
+    assert_eq!(touches[0].touch.message_id, "m2", "newest first");
+    assert_eq!(touches[1].touch.click_id.as_deref(), Some("C1"));
+    assert_eq!(touches[1].touch.touched_at_ms, 1_000);
+    assert_eq!(touches[1].touch.headline.as_deref(), Some("Café"));
+    let other = store
+        .record_sighting(&sighting(Some("h2"), None, None))
+        .await
+        .unwrap();
+    assert_ne!(other.contact_id, a.contact_id);
+    // Concurrent first sightings of one customer make one contact.
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            store
+                .record_sighting(&sighting(
+                    Some("h3"),
+                    None,
+                    Some((&format!("c{i}"), 3_000, Some("C"))),
+                ))
+                .await
+                .unwrap()
+                .contact_id
+        }));
+    }
+    let mut ids = HashSet::new();
+    for h in handles {
+        ids.insert(h.await.unwrap());
+    }
+    assert_eq!(ids.len(), 1);
+}
+
+async fn contacts_are_found_by_every_identity_and_linked_to_a_customer_id(store: Arc<dyn Store>) {
+    store
+        .record_sighting(&sighting(Some("h1"), Some("US.1"), None))
+        .await
+        .unwrap();
+    store
+        .record_sighting(&sighting(Some("h2"), None, None))
+        .await
+        .unwrap();
+    let by_phone = store
+        .find_contact("whatsapp", "100", &ContactKey::PhoneHash("h1".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_phone.conversation_id, "cv1-h1");
+    assert_eq!(by_phone.wa_user_id.as_deref(), Some("US.1"));
+    for key in [
+        ContactKey::WaUserId("US.1".into()),
+        ContactKey::ConversationId("cv1-h1".into()),
+    ] {
+        let found = store.find_contact("whatsapp", "100", &key).await.unwrap();
+        assert_eq!(found.as_ref().map(|c| c.id), Some(by_phone.id), "{key:?}");
+    }
+    // Keyed by channel and asset: another asset does not see it.
+    assert!(
+        store
+            .find_contact("whatsapp", "999", &ContactKey::PhoneHash("h1".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let linked = store
+        .link_customer_id(
+            "whatsapp",
+            "100",
+            &ContactKey::PhoneHash("h1".into()),
+            "crm-1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(linked.customer_id.as_deref(), Some("crm-1"));
+    let found = store
+        .find_contact("whatsapp", "100", &ContactKey::CustomerId("crm-1".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, by_phone.id);
+    // Linking again is fine; linking the id to another contact is a conflict.
+    store
+        .link_customer_id(
+            "whatsapp",
+            "100",
+            &ContactKey::PhoneHash("h1".into()),
+            "crm-1",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .link_customer_id(
+                "whatsapp",
+                "100",
+                &ContactKey::PhoneHash("h2".into()),
+                "crm-1"
+            )
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .link_customer_id(
+                "whatsapp",
+                "100",
+                &ContactKey::PhoneHash("nope".into()),
+                "crm-2"
+            )
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn capture_options_default_off_and_round_trip(store: Arc<dyn Store>) {
+    assert_eq!(
+        store.capture_options("100").await.unwrap(),
+        CaptureOptions::default()
+    );
+    let on = CaptureOptions {
+        allow_unattributed: true,
+        automatic_events: true,
+    };
+    store.set_capture_options("100", &on, 1).await.unwrap();
+    assert_eq!(store.capture_options("100").await.unwrap(), on);
+    let half = CaptureOptions {
+        allow_unattributed: false,
+        automatic_events: true,
+    };
+    store.set_capture_options("100", &half, 2).await.unwrap();
+    assert_eq!(store.capture_options("100").await.unwrap(), half);
+}
+
+async fn capture_retention_purges_old_touches_contacts_and_webhooks(store: Arc<dyn Store>) {
+    let old = store
+        .record_sighting(&sighting(
+            Some("old"),
+            None,
+            Some(("m-old", 1_000, Some("C"))),
+        ))
+        .await
+        .unwrap();
+    let mixed = store
+        .record_sighting(&sighting(
+            Some("mixed"),
+            None,
+            Some(("m-a", 1_000, Some("A"))),
+        ))
+        .await
+        .unwrap();
+    store
+        .record_sighting(&sighting(
+            Some("mixed"),
+            None,
+            Some(("m-b", 50_000, Some("B"))),
+        ))
+        .await
+        .unwrap();
+    let WebhookInsert::Inserted(done) = store
+        .insert_webhook(&webhook("{\"old\":1}", 1_000, false))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    store.finish_webhook(done, None, 1_000).await.unwrap();
+    store
+        .insert_webhook(&webhook("{\"pending\":1}", 1_000, false))
+        .await
+        .unwrap();
+    store
+        .insert_webhook(&webhook("{\"forward\":1}", 1_000, true))
+        .await
+        .unwrap();
+    store
+        .insert_webhook(&webhook("{\"new\":1}", 50_000, false))
+        .await
+        .unwrap();
+
+    let purged = store.purge_capture(10_000).await.unwrap();
+    assert_eq!((purged.touches, purged.contacts), (2, 1));
+    assert_eq!(
+        purged.webhooks, 1,
+        "pending and unforwarded deliveries are kept"
+    );
+    assert!(
+        store
+            .contact_touches(old.contact_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .find_contact("whatsapp", "100", &ContactKey::PhoneHash("old".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let kept = store.contact_touches(mixed.contact_id).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].touch.message_id, "m-b");
+    assert_eq!(store.list_webhooks(None, 10).await.unwrap().len(), 3);
 }

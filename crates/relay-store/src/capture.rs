@@ -1,0 +1,743 @@
+//! Capture storage: webhook deliveries as received (and their forward queue), contacts per
+//! (channel, asset, customer), and their ad touches. A supertrait of [`Store`](crate::Store),
+//! implemented once for both backends by `impl_capture_store!`.
+//!
+//! Everything is keyed by `(channel, asset_id, …)` so that ownership of an asset is all a
+//! tenant check needs. Phone numbers are only ever stored as SHA-256 hashes.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::Result;
+
+/// A verified webhook delivery to store before answering Meta.
+#[derive(Debug, Clone)]
+pub struct NewWebhook {
+    /// The raw body, byte for byte as signed.
+    pub body: Vec<u8>,
+    /// Lower-case hex SHA-256 of `body`: identical redeliveries are stored once.
+    pub body_sha256: String,
+    /// The `X-Hub-Signature-256` header as received, for forwarding.
+    pub signature: String,
+    /// WABA id from the URL, for On-Premises payloads that carry none.
+    pub waba_hint: Option<String>,
+    pub received_at_ms: i64,
+    /// Queue it for forwarding upstream.
+    pub forward: bool,
+}
+
+/// What happened to a `NewWebhook` at insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookInsert {
+    Inserted(i64),
+    /// The same body is already stored.
+    Duplicate,
+}
+
+/// A stored webhook waiting to be parsed.
+#[derive(Debug, Clone)]
+pub struct PendingWebhook {
+    pub id: i64,
+    pub body: Vec<u8>,
+    pub waba_hint: Option<String>,
+    pub received_at_ms: i64,
+}
+
+/// A stored webhook as inspection shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebhookRecord {
+    pub id: i64,
+    pub received_at_ms: i64,
+    /// `pending`, `processed` or `failed` (signed but not understood; `error` says why).
+    pub state: String,
+    pub error: Option<String>,
+    pub processed_at_ms: Option<i64>,
+    /// `pending`, `sending`, `done` or `dead`; `None` when not forwarded.
+    pub forward_state: Option<String>,
+    pub forward_attempts: i32,
+    pub forward_error: Option<String>,
+    /// The body, lossily decoded for display.
+    pub body: String,
+}
+
+/// A webhook claimed for forwarding under a lease.
+#[derive(Debug, Clone)]
+pub struct ForwardJob {
+    pub id: i64,
+    pub body: Vec<u8>,
+    pub signature: String,
+    /// Attempts so far, including this one.
+    pub attempts: i32,
+}
+
+/// Where a forward goes after an attempt.
+#[derive(Debug, Clone)]
+pub enum ForwardResolution {
+    Done,
+    Retry { next_at_ms: i64, error: String },
+    Dead { error: String },
+}
+
+/// How a customer is looked up. Each names one column of `contacts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContactKey {
+    PhoneHash(String),
+    WaUserId(String),
+    ScopedId(String),
+    ConversationId(String),
+    CustomerId(String),
+}
+
+impl ContactKey {
+    pub fn column(&self) -> &'static str {
+        match self {
+            ContactKey::PhoneHash(_) => "phone_hash",
+            ContactKey::WaUserId(_) => "wa_user_id",
+            ContactKey::ScopedId(_) => "scoped_id",
+            ContactKey::ConversationId(_) => "conversation_id",
+            ContactKey::CustomerId(_) => "customer_id",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            ContactKey::PhoneHash(v)
+            | ContactKey::WaUserId(v)
+            | ContactKey::ScopedId(v)
+            | ContactKey::ConversationId(v)
+            | ContactKey::CustomerId(v) => v,
+        }
+    }
+}
+
+/// A customer of one business asset on one channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Contact {
+    #[serde(skip)]
+    pub id: i64,
+    pub channel: String,
+    pub asset_id: String,
+    /// The relay's id for the conversation, generated once per (channel, asset, customer).
+    pub conversation_id: String,
+    /// SHA-256 of the E.164 digits of the phone (`wa_id`).
+    pub phone_hash: Option<String>,
+    /// WhatsApp business-scoped user id.
+    pub wa_user_id: Option<String>,
+    /// PSID or IGSID.
+    pub scoped_id: Option<String>,
+    /// The CRM's id, once linked.
+    pub customer_id: Option<String>,
+    pub first_seen_at_ms: i64,
+    pub last_seen_at_ms: i64,
+}
+
+/// A customer message seen in a webhook, with its ad referral if it had one.
+#[derive(Debug, Clone)]
+pub struct NewSighting {
+    pub channel: String,
+    pub asset_id: String,
+    pub phone_hash: Option<String>,
+    pub wa_user_id: Option<String>,
+    pub scoped_id: Option<String>,
+    /// Used when the contact is new.
+    pub conversation_id: String,
+    pub seen_at_ms: i64,
+    pub touch: Option<NewTouch>,
+}
+
+/// An ad (or link) touch. Never overwrites an earlier one: unique per message id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct NewTouch {
+    pub message_id: String,
+    pub touched_at_ms: i64,
+    pub click_id: Option<String>,
+    pub ad_id: Option<String>,
+    pub source_type: Option<String>,
+    pub source_url: Option<String>,
+    pub headline: Option<String>,
+    pub body: Option<String>,
+    pub media_type: Option<String>,
+    pub media_url: Option<String>,
+    pub ref_param: Option<String>,
+}
+
+/// A stored touch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Touch {
+    pub touch_id: i64,
+    #[serde(flatten)]
+    pub touch: NewTouch,
+    pub received_at_ms: i64,
+}
+
+/// What recording a sighting did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SightingOutcome {
+    pub contact_id: i64,
+    /// False when the touch's message id was already stored (a redelivery).
+    pub touch_inserted: bool,
+}
+
+/// Per-asset capture switches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CaptureOptions {
+    /// WhatsApp conversions by contact without a click id go out with the hashed phone only.
+    pub allow_unattributed: bool,
+    /// Report Meta-detected `automatic_events` to the asset's dataset.
+    pub automatic_events: bool,
+}
+
+/// Rows removed by the attribution retention job.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapturePurge {
+    pub contacts: u64,
+    pub touches: u64,
+    pub webhooks: u64,
+}
+
+#[async_trait]
+pub trait CaptureStore: Send + Sync + 'static {
+    /// Stores a verified delivery (committed when this returns). An identical body is
+    /// `Duplicate`.
+    async fn insert_webhook(&self, webhook: &NewWebhook) -> Result<WebhookInsert>;
+    /// Webhooks not yet parsed, oldest first.
+    async fn pending_webhooks(&self, limit: i64) -> Result<Vec<PendingWebhook>>;
+    /// Marks a webhook processed, or failed with the reason it could not be understood.
+    async fn finish_webhook(&self, id: i64, error: Option<&str>, now_ms: i64) -> Result<()>;
+    /// Newest first, optionally only in `state`.
+    async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> Result<Vec<WebhookRecord>>;
+
+    /// Claims forwards that are due (lease as for events).
+    async fn claim_forwards(
+        &self,
+        owner: &str,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<ForwardJob>>;
+    async fn resolve_forward(
+        &self,
+        id: i64,
+        owner: &str,
+        resolution: &ForwardResolution,
+    ) -> Result<()>;
+
+    /// Finds or creates the contact (by any identity it carries, filling in new ones) and
+    /// stores the touch unless its message id is already stored. One transaction.
+    async fn record_sighting(&self, sighting: &NewSighting) -> Result<SightingOutcome>;
+    async fn find_contact(
+        &self,
+        channel: &str,
+        asset_id: &str,
+        key: &ContactKey,
+    ) -> Result<Option<Contact>>;
+    /// Every touch of a contact, newest first.
+    async fn contact_touches(&self, contact_id: i64) -> Result<Vec<Touch>>;
+    /// Links the CRM's customer id to the contact found by `key`. `NotFound` without such a
+    /// contact, `Conflict` when the id belongs to another contact of the asset.
+    async fn link_customer_id(
+        &self,
+        channel: &str,
+        asset_id: &str,
+        key: &ContactKey,
+        customer_id: &str,
+    ) -> Result<Contact>;
+
+    async fn capture_options(&self, asset_id: &str) -> Result<CaptureOptions>;
+    async fn set_capture_options(
+        &self,
+        asset_id: &str,
+        options: &CaptureOptions,
+        now_ms: i64,
+    ) -> Result<()>;
+
+    /// Deletes touches, contacts not seen and finished webhooks received before `before_ms`.
+    async fn purge_capture(&self, before_ms: i64) -> Result<CapturePurge>;
+}
+
+/// Columns of `contacts` read into a [`Contact`].
+pub const CONTACT_COLUMNS: &str = "id, channel, asset_id, conversation_id, phone_hash, \
+    wa_user_id, scoped_id, customer_id, first_seen_at_ms, last_seen_at_ms";
+
+/// Columns of `touches` read into a [`Touch`].
+pub const TOUCH_COLUMNS: &str = "id, message_id, touched_at_ms, click_id, ad_id, source_type, \
+    source_url, headline, body, media_type, media_url, ref_param, received_at_ms";
+
+macro_rules! impl_capture_store {
+    ($store:ty, $db:ty) => {
+        impl $store {
+            fn contact_from_row(row: &<$db as sqlx::Database>::Row) -> $crate::Result<$crate::capture::Contact> {
+                use sqlx::Row;
+                Ok($crate::capture::Contact {
+                    id: row.try_get("id")?,
+                    channel: row.try_get("channel")?,
+                    asset_id: row.try_get("asset_id")?,
+                    conversation_id: row.try_get("conversation_id")?,
+                    phone_hash: row.try_get("phone_hash")?,
+                    wa_user_id: row.try_get("wa_user_id")?,
+                    scoped_id: row.try_get("scoped_id")?,
+                    customer_id: row.try_get("customer_id")?,
+                    first_seen_at_ms: row.try_get("first_seen_at_ms")?,
+                    last_seen_at_ms: row.try_get("last_seen_at_ms")?,
+                })
+            }
+
+            fn touch_from_row(row: &<$db as sqlx::Database>::Row) -> $crate::Result<$crate::capture::Touch> {
+                use sqlx::Row;
+                Ok($crate::capture::Touch {
+                    touch_id: row.try_get("id")?,
+                    touch: $crate::capture::NewTouch {
+                        message_id: row.try_get("message_id")?,
+                        touched_at_ms: row.try_get("touched_at_ms")?,
+                        click_id: row.try_get("click_id")?,
+                        ad_id: row.try_get("ad_id")?,
+                        source_type: row.try_get("source_type")?,
+                        source_url: row.try_get("source_url")?,
+                        headline: row.try_get("headline")?,
+                        body: row.try_get("body")?,
+                        media_type: row.try_get("media_type")?,
+                        media_url: row.try_get("media_url")?,
+                        ref_param: row.try_get("ref_param")?,
+                    },
+                    received_at_ms: row.try_get("received_at_ms")?,
+                })
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::capture::CaptureStore for $store {
+            async fn insert_webhook(&self, w: &$crate::capture::NewWebhook) -> $crate::Result<$crate::capture::WebhookInsert> {
+                use sqlx::Row;
+                let sql = self.sql(
+                    "INSERT INTO webhooks (body_sha256, body, signature, waba_hint, received_at_ms, forward_state, forward_next_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $5) ON CONFLICT (body_sha256) DO NOTHING RETURNING id",
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(&w.body_sha256)
+                    .bind(&w.body)
+                    .bind(&w.signature)
+                    .bind(&w.waba_hint)
+                    .bind(w.received_at_ms)
+                    .bind(w.forward.then_some("pending"))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(match row {
+                    Some(row) => $crate::capture::WebhookInsert::Inserted(row.try_get("id")?),
+                    None => $crate::capture::WebhookInsert::Duplicate,
+                })
+            }
+
+            async fn pending_webhooks(&self, limit: i64) -> $crate::Result<Vec<$crate::capture::PendingWebhook>> {
+                use sqlx::Row;
+                let sql = self.sql(
+                    "SELECT id, body, waba_hint, received_at_ms FROM webhooks WHERE state = 'pending' ORDER BY id LIMIT $1",
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::capture::PendingWebhook {
+                            id: row.try_get("id")?,
+                            body: row.try_get("body")?,
+                            waba_hint: row.try_get("waba_hint")?,
+                            received_at_ms: row.try_get("received_at_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn finish_webhook(&self, id: i64, error: Option<&str>, now_ms: i64) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "UPDATE webhooks SET state = $1, error = $2, processed_at_ms = $3 WHERE id = $4",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(if error.is_some() { "failed" } else { "processed" })
+                    .bind(error)
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> $crate::Result<Vec<$crate::capture::WebhookRecord>> {
+                use sqlx::Row;
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, received_at_ms, state, error, processed_at_ms, forward_state, forward_attempts, forward_error, body \
+                     FROM webhooks",
+                );
+                if let Some(state) = state {
+                    b.push(" WHERE state = ").push_bind(state.to_owned());
+                }
+                b.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        let body: Vec<u8> = row.try_get("body")?;
+                        Ok($crate::capture::WebhookRecord {
+                            id: row.try_get("id")?,
+                            received_at_ms: row.try_get("received_at_ms")?,
+                            state: row.try_get("state")?,
+                            error: row.try_get("error")?,
+                            processed_at_ms: row.try_get("processed_at_ms")?,
+                            forward_state: row.try_get("forward_state")?,
+                            forward_attempts: row.try_get("forward_attempts")?,
+                            forward_error: row.try_get("forward_error")?,
+                            body: String::from_utf8_lossy(&body).into_owned(),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_forwards(
+                &self,
+                owner: &str,
+                now_ms: i64,
+                lease_until_ms: i64,
+                limit: i64,
+            ) -> $crate::Result<Vec<$crate::capture::ForwardJob>> {
+                use sqlx::Row;
+                // The due condition is repeated outside the sub-select: PostgreSQL re-checks it
+                // after waiting on a row another claimer just took, so no row is claimed twice.
+                let due = "((forward_state = 'pending' AND forward_next_at_ms <= $1) \
+                           OR (forward_state = 'sending' AND forward_lease_until_ms < $1))";
+                let sql = self.sql(&format!(
+                    "UPDATE webhooks SET forward_state = 'sending', forward_lease_owner = $2, forward_lease_until_ms = $3, \
+                     forward_attempts = forward_attempts + 1 \
+                     WHERE id IN (SELECT id FROM webhooks WHERE {due} ORDER BY forward_next_at_ms, id LIMIT $4) AND {due} \
+                     RETURNING id, body, signature, forward_attempts"
+                ))
+                .into_owned();
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(now_ms)
+                    .bind(owner)
+                    .bind(lease_until_ms)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                let mut jobs = rows
+                    .iter()
+                    .map(|row| {
+                        Ok($crate::capture::ForwardJob {
+                            id: row.try_get("id")?,
+                            body: row.try_get("body")?,
+                            signature: row.try_get("signature")?,
+                            attempts: row.try_get("forward_attempts")?,
+                        })
+                    })
+                    .collect::<$crate::Result<Vec<_>>>()?;
+                jobs.sort_by_key(|j| j.id);
+                Ok(jobs)
+            }
+
+            async fn resolve_forward(
+                &self,
+                id: i64,
+                owner: &str,
+                resolution: &$crate::capture::ForwardResolution,
+            ) -> $crate::Result<()> {
+                let (state, next_at, error) = match resolution {
+                    $crate::capture::ForwardResolution::Done => ("done", None, None),
+                    $crate::capture::ForwardResolution::Retry { next_at_ms, error } => ("pending", Some(*next_at_ms), Some(error.as_str())),
+                    $crate::capture::ForwardResolution::Dead { error } => ("dead", None, Some(error.as_str())),
+                };
+                let sql = self.sql(
+                    "UPDATE webhooks SET forward_state = $1, forward_next_at_ms = COALESCE($2, forward_next_at_ms), \
+                     forward_error = $3, forward_lease_owner = NULL, forward_lease_until_ms = NULL \
+                     WHERE id = $4 AND forward_lease_owner = $5 AND forward_state = 'sending'",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(state)
+                    .bind(next_at)
+                    .bind(error)
+                    .bind(id)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn record_sighting(&self, s: &$crate::capture::NewSighting) -> $crate::Result<$crate::capture::SightingOutcome> {
+                use sqlx::Row;
+                let mut tx = self.begin_write().await?;
+                let find = self.sql(&format!(
+                    "SELECT {} FROM contacts WHERE channel = $1 AND asset_id = $2 \
+                     AND (phone_hash = $3 OR wa_user_id = $4 OR scoped_id = $5) ORDER BY id LIMIT 1",
+                    $crate::capture::CONTACT_COLUMNS
+                ))
+                .into_owned();
+                let mut existing = None;
+                for attempt in 0..2 {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(find.clone()))
+                        .bind(&s.channel)
+                        .bind(&s.asset_id)
+                        .bind(&s.phone_hash)
+                        .bind(&s.wa_user_id)
+                        .bind(&s.scoped_id)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    if let Some(row) = row {
+                        existing = Some(Self::contact_from_row(&row)?);
+                        break;
+                    }
+                    if attempt == 1 {
+                        break;
+                    }
+                    let insert = self.sql(
+                        "INSERT INTO contacts (channel, asset_id, conversation_id, phone_hash, wa_user_id, scoped_id, \
+                         first_seen_at_ms, last_seen_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+                         ON CONFLICT DO NOTHING RETURNING id",
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(insert.into_owned()))
+                        .bind(&s.channel)
+                        .bind(&s.asset_id)
+                        .bind(&s.conversation_id)
+                        .bind(&s.phone_hash)
+                        .bind(&s.wa_user_id)
+                        .bind(&s.scoped_id)
+                        .bind(s.seen_at_ms)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    if row.is_some() {
+                        break;
+                    }
+                    // Another writer created it meanwhile: read theirs.
+                }
+                let contact_id: i64 = match existing {
+                    Some(c) => {
+                        // Fill in identities this message adds (a phone after a user id, …).
+                        let update = self.sql(
+                            "UPDATE contacts SET phone_hash = COALESCE(phone_hash, $1), wa_user_id = COALESCE(wa_user_id, $2), \
+                             scoped_id = COALESCE(scoped_id, $3), \
+                             last_seen_at_ms = CASE WHEN last_seen_at_ms < $4 THEN $4 ELSE last_seen_at_ms END \
+                             WHERE id = $5",
+                        );
+                        sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
+                            .bind(&s.phone_hash)
+                            .bind(&s.wa_user_id)
+                            .bind(&s.scoped_id)
+                            .bind(s.seen_at_ms)
+                            .bind(c.id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::shared::map_err)?;
+                        c.id
+                    }
+                    None => {
+                        let sql = self.sql("SELECT id FROM contacts WHERE conversation_id = $1");
+                        let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                            .bind(&s.conversation_id)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err($crate::shared::map_err)?;
+                        row.try_get("id")?
+                    }
+                };
+                let mut touch_inserted = false;
+                if let Some(t) = &s.touch {
+                    let insert = self.sql(
+                        "INSERT INTO touches (contact_id, channel, asset_id, message_id, touched_at_ms, click_id, ad_id, \
+                         source_type, source_url, headline, body, media_type, media_url, ref_param, received_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                         ON CONFLICT (channel, asset_id, message_id) DO NOTHING RETURNING id",
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(insert.into_owned()))
+                        .bind(contact_id)
+                        .bind(&s.channel)
+                        .bind(&s.asset_id)
+                        .bind(&t.message_id)
+                        .bind(t.touched_at_ms)
+                        .bind(&t.click_id)
+                        .bind(&t.ad_id)
+                        .bind(&t.source_type)
+                        .bind(&t.source_url)
+                        .bind(&t.headline)
+                        .bind(&t.body)
+                        .bind(&t.media_type)
+                        .bind(&t.media_url)
+                        .bind(&t.ref_param)
+                        .bind(s.seen_at_ms)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    touch_inserted = row.is_some();
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok($crate::capture::SightingOutcome { contact_id, touch_inserted })
+            }
+
+            async fn find_contact(
+                &self,
+                channel: &str,
+                asset_id: &str,
+                key: &$crate::capture::ContactKey,
+            ) -> $crate::Result<Option<$crate::capture::Contact>> {
+                let sql = self.sql(&format!(
+                    "SELECT {} FROM contacts WHERE channel = $1 AND asset_id = $2 AND {} = $3",
+                    $crate::capture::CONTACT_COLUMNS,
+                    key.column()
+                ))
+                .into_owned();
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(channel)
+                    .bind(asset_id)
+                    .bind(key.value())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                row.as_ref().map(Self::contact_from_row).transpose()
+            }
+
+            async fn contact_touches(&self, contact_id: i64) -> $crate::Result<Vec<$crate::capture::Touch>> {
+                let sql = self.sql(&format!(
+                    "SELECT {} FROM touches WHERE contact_id = $1 ORDER BY touched_at_ms DESC, id DESC",
+                    $crate::capture::TOUCH_COLUMNS
+                ))
+                .into_owned();
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(contact_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                rows.iter().map(Self::touch_from_row).collect()
+            }
+
+            async fn link_customer_id(
+                &self,
+                channel: &str,
+                asset_id: &str,
+                key: &$crate::capture::ContactKey,
+                customer_id: &str,
+            ) -> $crate::Result<$crate::capture::Contact> {
+                let mut tx = self.begin_write().await?;
+                let find = |column: &str| {
+                    self.sql(&format!(
+                        "SELECT {} FROM contacts WHERE channel = $1 AND asset_id = $2 AND {column} = $3",
+                        $crate::capture::CONTACT_COLUMNS
+                    ))
+                    .into_owned()
+                };
+                let row = sqlx::query(sqlx::AssertSqlSafe(find(key.column())))
+                    .bind(channel)
+                    .bind(asset_id)
+                    .bind(key.value())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                let Some(row) = row else {
+                    return Err($crate::StoreError::NotFound(format!(
+                        "no {channel} contact of asset {asset_id} with that {}",
+                        key.column()
+                    )));
+                };
+                let mut contact = Self::contact_from_row(&row)?;
+                let other = sqlx::query(sqlx::AssertSqlSafe(find("customer_id")))
+                    .bind(channel)
+                    .bind(asset_id)
+                    .bind(customer_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                if let Some(other) = other {
+                    let other = Self::contact_from_row(&other)?;
+                    if other.id != contact.id {
+                        return Err($crate::StoreError::Conflict(format!(
+                            "customer id {customer_id:?} is already linked to conversation {}",
+                            other.conversation_id
+                        )));
+                    }
+                }
+                let update = self.sql("UPDATE contacts SET customer_id = $1 WHERE id = $2");
+                sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
+                    .bind(customer_id)
+                    .bind(contact.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                contact.customer_id = Some(customer_id.to_owned());
+                Ok(contact)
+            }
+
+            async fn capture_options(&self, asset_id: &str) -> $crate::Result<$crate::capture::CaptureOptions> {
+                use sqlx::Row;
+                let sql = self.sql("SELECT allow_unattributed, automatic_events FROM capture_options WHERE asset_id = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(asset_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(match row {
+                    Some(row) => $crate::capture::CaptureOptions {
+                        allow_unattributed: row.try_get("allow_unattributed")?,
+                        automatic_events: row.try_get("automatic_events")?,
+                    },
+                    None => $crate::capture::CaptureOptions::default(),
+                })
+            }
+
+            async fn set_capture_options(
+                &self,
+                asset_id: &str,
+                options: &$crate::capture::CaptureOptions,
+                now_ms: i64,
+            ) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "INSERT INTO capture_options (asset_id, allow_unattributed, automatic_events, updated_at_ms) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (asset_id) DO UPDATE SET \
+                     allow_unattributed = excluded.allow_unattributed, automatic_events = excluded.automatic_events, \
+                     updated_at_ms = excluded.updated_at_ms",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(asset_id)
+                    .bind(options.allow_unattributed)
+                    .bind(options.automatic_events)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn purge_capture(&self, before_ms: i64) -> $crate::Result<$crate::capture::CapturePurge> {
+                let mut tx = self.begin_write().await?;
+                let mut counts = [0u64; 3];
+                for (i, sql) in [
+                    "DELETE FROM touches WHERE touched_at_ms < $1",
+                    "DELETE FROM contacts WHERE last_seen_at_ms < $1 \
+                     AND NOT EXISTS (SELECT 1 FROM touches WHERE touches.contact_id = contacts.id)",
+                    "DELETE FROM webhooks WHERE received_at_ms < $1 AND state <> 'pending' \
+                     AND (forward_state IS NULL OR forward_state IN ('done', 'dead'))",
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let sql = self.sql(sql);
+                    let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                        .bind(before_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    counts[i] = done.rows_affected();
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok($crate::capture::CapturePurge {
+                    touches: counts[0],
+                    contacts: counts[1],
+                    webhooks: counts[2],
+                })
+            }
+        }
+    };
+}
+
+pub(crate) use impl_capture_store;
