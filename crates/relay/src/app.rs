@@ -9,6 +9,7 @@ use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    capture::{self, Capture},
     config::Config,
     delivery::{
         GraphClient,
@@ -71,14 +72,38 @@ pub async fn run_with_store(
     }
     tasks.spawn(purge_loop(store.clone(), config.clone(), cancel.clone()));
 
+    let capture = Arc::new(Capture::new(store.clone(), &config));
+    let ingestor = Arc::new(
+        crate::ingest::Ingestor::new(store.clone(), validation).with_capture(capture.clone()),
+    );
+    // Webhooks stored before a crash are processed now; new ones as they arrive.
+    tasks.spawn(capture::process_loop(
+        capture.clone(),
+        ingestor.clone(),
+        wake.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(capture::forward_loop(
+        store.clone(),
+        config.clone(),
+        format!("{owner}-fwd"),
+        cancel.clone(),
+    ));
+    tasks.spawn(capture::purge_loop(
+        store.clone(),
+        config.clone(),
+        cancel.clone(),
+    ));
+
     let state = AppState {
-        ingestor: Arc::new(crate::ingest::Ingestor::new(store.clone(), validation)),
+        ingestor,
+        capture,
         store,
         api_key: Arc::new(api_key),
         wake,
         metrics: observability::prometheus(),
     };
-    let app = http::router(state, config.max_body_bytes);
+    let app = http::router(state, config.max_body_bytes, config.webhooks.max_body_bytes);
     tracing::info!(address = %listener.local_addr()?, workers = config.delivery.workers, "capi-relay serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

@@ -45,8 +45,52 @@ pub struct Config {
     pub default_phone_region: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Verify token of Meta's webhook handshake (`CAPI_RELAY_META_VERIFY_TOKEN`); pairs with
+    /// `meta_app_secret`. More apps go in `webhooks.apps`.
+    #[serde(skip_serializing)]
+    pub meta_verify_token: Option<SecretString>,
     pub delivery: DeliveryConfig,
     pub retention: RetentionConfig,
+    pub webhooks: WebhooksConfig,
+    pub attribution: AttributionConfig,
+}
+
+/// Meta webhooks received on `/webhooks/meta`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct WebhooksConfig {
+    /// Further Meta apps whose webhooks this relay receives; each signature is checked against
+    /// every app secret (`meta_app_secret` included).
+    #[serde(skip_serializing)]
+    pub apps: Vec<MetaApp>,
+    /// Largest accepted webhook body, in bytes (larger: 413).
+    pub max_body_bytes: usize,
+    /// Relay every verified webhook, body and signature unchanged, to this URL (with retries
+    /// on `delivery.retry_schedule`).
+    pub forward_url: Option<String>,
+    /// Timeout of one forward request.
+    #[serde(with = "humantime_serde")]
+    pub forward_timeout: Duration,
+}
+
+/// One Meta app: its secret signs the webhooks, its verify token answers the handshake.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetaApp {
+    pub app_secret: SecretString,
+    pub verify_token: Option<SecretString>,
+}
+
+/// The attribution store filled from webhooks.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct AttributionConfig {
+    /// Contacts, touches and processed webhooks older than this are deleted.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// A conversion by contact uses the latest ad touch at most this old at the event's time.
+    /// 7 days: Meta's default click-through attribution window.
+    #[serde(with = "humantime_serde")]
+    pub max_touch_age: Duration,
 }
 
 /// Outbox workers and retries.
@@ -112,8 +156,33 @@ impl Default for Config {
             allow_custom_event_names: false,
             default_phone_region: None,
             max_body_bytes: 8 * 1024 * 1024,
+            meta_verify_token: None,
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            attribution: AttributionConfig::default(),
+        }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            apps: Vec::new(),
+            // Meta batches up to 1,000 updates in one delivery.
+            max_body_bytes: 4 * 1024 * 1024,
+            forward_url: None,
+            forward_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        let days = |d: u64| Duration::from_secs(d * 24 * 3600);
+        AttributionConfig {
+            retention: days(90),
+            max_touch_age: days(7),
         }
     }
 }
@@ -200,8 +269,33 @@ impl Config {
                 humantime_serde::re::humantime::format_duration(self.retention.finished_events)
             ));
         }
+        if self.attribution.max_touch_age > self.attribution.retention {
+            return fail(
+                "attribution.max_touch_age must not exceed attribution.retention (older touches are deleted)"
+                    .into(),
+            );
+        }
+        if let Some(url) = &self.webhooks.forward_url
+            && reqwest::Url::parse(url).is_err()
+        {
+            return fail(format!("webhooks.forward_url {url:?} is not a URL"));
+        }
         self.validation_options()?;
         Ok(())
+    }
+
+    /// Every configured Meta app: `meta_app_secret` with `meta_verify_token`, then
+    /// `webhooks.apps`.
+    pub fn meta_apps(&self) -> Vec<MetaApp> {
+        let mut apps = Vec::new();
+        if let Some(secret) = &self.meta_app_secret {
+            apps.push(MetaApp {
+                app_secret: secret.clone(),
+                verify_token: self.meta_verify_token.clone(),
+            });
+        }
+        apps.extend(self.webhooks.apps.iter().cloned());
+        apps
     }
 
     pub fn validation_options(&self) -> Result<ValidationOptions, ConfigError> {
@@ -218,6 +312,7 @@ impl Config {
         Ok(ValidationOptions {
             allow_custom_event_names: self.allow_custom_event_names,
             default_phone_region,
+            ..ValidationOptions::default()
         })
     }
 

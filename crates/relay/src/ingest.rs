@@ -7,18 +7,23 @@
 //! requests fast. Each request still gets its answer only after its events are committed.
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use relay_core::{Issue, ValidationOptions, validate_event};
+use relay_core::{Issue, ValidationOptions, contact::Attribution, validate_event};
 use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{delivery::worker::now_ms, observability};
+use crate::{
+    capture::{Capture, Resolved},
+    delivery::worker::now_ms,
+    observability,
+};
 
 /// The result of one submitted event.
 #[derive(Debug, Serialize)]
@@ -28,6 +33,9 @@ pub enum EventResult {
         index: usize,
         event_id: String,
         dataset_id: String,
+        /// The contact's touch used for a conversion by contact.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attribution: Option<Attribution>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<Issue>,
     },
@@ -35,6 +43,8 @@ pub enum EventResult {
         index: usize,
         event_id: String,
         dataset_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attribution: Option<Attribution>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<Issue>,
     },
@@ -60,6 +70,7 @@ struct Routed {
     index: usize,
     channel: &'static str,
     warnings: Vec<Issue>,
+    attribution: Option<Attribution>,
     new: NewEvent,
 }
 
@@ -76,6 +87,8 @@ pub struct Ingestor {
     options: ValidationOptions,
     assets: Mutex<(Instant, Arc<HashMap<String, Asset>>)>,
     writer: mpsc::Sender<WriteJob>,
+    /// Resolves conversions by contact; without it, `contact` is not understood.
+    capture: Option<Arc<Capture>>,
 }
 
 struct WriteJob {
@@ -94,7 +107,14 @@ impl Ingestor {
             options,
             assets: Mutex::new((stale, Arc::default())),
             writer,
+            capture: None,
         }
+    }
+
+    /// Resolves conversions by contact through `capture`.
+    pub fn with_capture(mut self, capture: Arc<Capture>) -> Self {
+        self.capture = Some(capture);
+        self
     }
 
     async fn assets(&self, force: bool) -> Result<Arc<HashMap<String, Asset>>, StoreError> {
@@ -186,7 +206,27 @@ async fn ingest(
     let mut results: Vec<Option<EventResult>> = (0..events.len()).map(|_| None).collect();
     let mut routed = Vec::with_capacity(events.len());
     for (index, input) in events.iter().enumerate() {
-        let valid = match validate_event(input, options, now / 1000) {
+        // A conversion by contact becomes a normal event first (rewritten before validation).
+        let mut event_options = *options;
+        let (input, attribution) = match &ingestor.capture {
+            Some(capture) => match capture.resolve(input, now).await? {
+                Resolved::AsIs(input) => (Cow::Borrowed(input), None),
+                Resolved::Rewritten { event, attribution } => {
+                    event_options.whatsapp_without_click_id = attribution.unattributed;
+                    (Cow::Owned(event), Some(attribution))
+                }
+                Resolved::Rejected(errors) => {
+                    results[index] = Some(EventResult::Rejected {
+                        index,
+                        errors,
+                        warnings: Vec::new(),
+                    });
+                    continue;
+                }
+            },
+            None => (Cow::Borrowed(input), None),
+        };
+        let valid = match validate_event(&input, &event_options, now / 1000) {
             Ok(valid) => valid,
             Err(rejected) => {
                 results[index] = Some(EventResult::Rejected {
@@ -234,6 +274,7 @@ async fn ingest(
             index,
             channel: observability::channel_label(channel.as_str()),
             warnings: valid.warnings,
+            attribution,
             new: NewEvent {
                 dataset_id: asset.dataset_id.clone(),
                 asset_id,
@@ -263,6 +304,7 @@ async fn ingest(
                     index: r.index,
                     event_id,
                     dataset_id,
+                    attribution: r.attribution,
                     warnings: r.warnings,
                 }
             }
@@ -272,6 +314,7 @@ async fn ingest(
                     index: r.index,
                     event_id,
                     dataset_id,
+                    attribution: r.attribution,
                     warnings: r.warnings,
                 }
             }

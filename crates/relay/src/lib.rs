@@ -2,6 +2,7 @@
 //!
 //! - [`app`]: the relay service (`serve`): HTTP API, delivery workers, retention.
 //! - [`http`]: the HTTP API; [`ingest`]: validating, routing and storing submitted events.
+//! - [`capture`]: Meta webhooks, the attribution store, conversions by contact.
 //! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
 //! - [`config`]: layered configuration; [`observability`]: Prometheus metrics.
 //! - [`simulator`]: a Graph API simulator for tests, benchmarks and sandbox runs.
@@ -10,6 +11,7 @@
 //! The domain rules (events, validation, hashing) live in the `relay-core` crate.
 
 pub mod app;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -45,6 +45,7 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::NotFound(what) => ApiError::new(StatusCode::NOT_FOUND, "not_found", what),
+            StoreError::Conflict(what) => ApiError::new(StatusCode::CONFLICT, "conflict", what),
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::new(

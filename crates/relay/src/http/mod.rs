@@ -1,17 +1,19 @@
 //! The HTTP API. Handlers are thin: extract, call a service function, map the result.
 
 mod auth;
+mod contacts;
 mod dead_letters;
 mod error;
 mod events;
 mod ops;
+mod webhooks;
 
 use std::sync::Arc;
 
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post},
+    routing::{get, post, put},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_store::Store;
@@ -26,22 +28,40 @@ pub use self::error::ApiError;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub ingestor: Arc<crate::ingest::Ingestor>,
+    /// Webhooks, contacts and touches.
+    pub capture: Arc<crate::capture::Capture>,
     pub api_key: Arc<SecretString>,
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
 }
 
-/// All routes, with the body limit and request tracing.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// All routes, with the body limits and request tracing.
+pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) -> Router {
     let api = Router::new()
         .route("/v1/events", post(events::submit))
         .route("/v1/events/{event_id}", get(events::show))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/replay", post(dead_letters::replay))
+        .route(
+            "/v1/contacts/{channel}/{asset_id}/{customer}",
+            get(contacts::show),
+        )
+        .route(
+            "/v1/contacts/{channel}/{asset_id}/{customer}/customer-id",
+            put(contacts::link_customer_id),
+        )
+        .route("/v1/webhooks", get(contacts::list_webhooks))
         .layer(DefaultBodyLimit::max(max_body_bytes));
+    let webhooks = Router::new()
+        .route(
+            "/webhooks/meta",
+            get(webhooks::verify).post(webhooks::receive),
+        )
+        .layer(DefaultBodyLimit::max(max_webhook_bytes));
     Router::new()
         .merge(api)
+        .merge(webhooks)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

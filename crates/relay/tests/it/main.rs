@@ -16,6 +16,7 @@ macro_rules! both_backends {
 }
 
 mod app;
+mod capture;
 mod cli;
 mod crash;
 mod graph_client;

@@ -1,0 +1,559 @@
+//! Capture: the service between Meta's webhooks, the attribution store and ingestion.
+//!
+//! - Webhook deliveries are verified ([`verify_signature`]) and stored raw before Meta gets its
+//!   200; [`Capture::process_pending`] parses them afterwards (also after a crash: whatever is
+//!   still `pending` is processed at the next start).
+//! - [`Capture::resolve`] turns a conversion by contact into a normal event (pure rewrite in
+//!   `relay_core::contact`, store lookups here).
+//! - The forwarder relays verified webhooks upstream; the purge enforces retention.
+//!
+//! Processing is idempotent (touches are unique per message id, automatic events have derived
+//! event ids), so two relays on one PostgreSQL database may process the same delivery safely.
+
+use std::{sync::Arc, time::Duration};
+
+use hmac::{Hmac, Mac};
+use relay_core::{
+    Channel, Issue,
+    contact::{self, Attribution, ContactRequest, CustomerRef, FoundContact, FoundTouch, Lookup},
+    pii::PiiContext,
+    webhook::{self, Inbound},
+};
+use relay_store::{
+    Store, StoreError,
+    capture::{
+        Contact, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook, PendingWebhook,
+        Touch, WebhookInsert,
+    },
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::Config,
+    delivery::{retry, worker::now_ms},
+    ingest::Ingestor,
+};
+
+/// Stored webhooks parsed per round.
+const PROCESS_BATCH: i64 = 100;
+/// How often stored webhooks are looked for without a wake-up (other instances' deliveries).
+const PROCESS_POLL: Duration = Duration::from_secs(1);
+/// How often the forward queue is polled.
+const FORWARD_POLL: Duration = Duration::from_millis(200);
+/// Forwards claimed per round.
+const FORWARD_BATCH: i64 = 50;
+/// How long a claimed forward is held before another worker may retry it.
+const FORWARD_LEASE: Duration = Duration::from_secs(60);
+
+/// True when `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of `secrets`.
+/// The comparison is constant-time (`verify_slice`); the body is never parsed first.
+pub fn verify_signature(secrets: &[SecretString], header: Option<&str>, body: &[u8]) -> bool {
+    let Some(hex_digest) = header.and_then(|h| h.trim().strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_digest) else {
+        return false;
+    };
+    secrets.iter().any(|secret| {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose_secret().as_bytes()) else {
+            return false;
+        };
+        mac.update(body);
+        mac.verify_slice(&expected).is_ok()
+    })
+}
+
+/// `sha256=<hex>` of `body` under `secret`, as Meta signs (for tests and tools).
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The capture service shared by the webhook handler, ingestion and the background tasks.
+pub struct Capture {
+    store: Arc<dyn Store>,
+    secrets: Vec<SecretString>,
+    verify_tokens: Vec<SecretString>,
+    forward_url: Option<String>,
+    pii: PiiContext,
+    max_touch_age: Duration,
+    /// Wakes the processor after a delivery is stored.
+    pub wake: Notify,
+}
+
+/// What the webhook endpoint answers.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    Stored,
+    Duplicate,
+}
+
+/// Why a webhook request is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// No app secret is configured.
+    NotConfigured,
+    /// Missing or wrong `X-Hub-Signature-256`.
+    BadSignature,
+}
+
+/// Contact resolution of one submitted event.
+pub enum Resolved<'a> {
+    /// No contact named: the event as submitted.
+    AsIs(&'a Value),
+    /// Rewritten with the channel identity; validate with `phone_only` if unattributed.
+    Rewritten {
+        event: Value,
+        attribution: Attribution,
+    },
+    Rejected(Vec<Issue>),
+}
+
+impl Capture {
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Capture {
+        let apps = config.meta_apps();
+        let mut verify_tokens: Vec<SecretString> =
+            config.meta_verify_token.iter().cloned().collect();
+        verify_tokens.extend(apps.iter().filter_map(|a| a.verify_token.clone()));
+        let default_phone_region = config
+            .validation_options()
+            .ok()
+            .and_then(|o| o.default_phone_region);
+        Capture {
+            store,
+            secrets: apps.into_iter().map(|a| a.app_secret).collect(),
+            verify_tokens,
+            forward_url: config.webhooks.forward_url.clone(),
+            // Only phones are normalised here; the year matters for dates of birth alone.
+            pii: PiiContext {
+                default_phone_region,
+                current_year: 2100,
+            },
+            max_touch_age: config.attribution.max_touch_age,
+            wake: Notify::new(),
+        }
+    }
+
+    /// The handshake: `hub.challenge` back when the mode and the verify token are right.
+    pub fn handshake<'q>(
+        &self,
+        mode: Option<&str>,
+        token: Option<&str>,
+        challenge: Option<&'q str>,
+    ) -> Option<&'q str> {
+        let token = token?;
+        let known = self
+            .verify_tokens
+            .iter()
+            .any(|t| bool::from(t.expose_secret().as_bytes().ct_eq(token.as_bytes())));
+        (mode == Some("subscribe") && known).then_some(challenge?)
+    }
+
+    /// Verifies and durably stores one delivery. Parsing happens later, in the processor.
+    pub async fn receive(
+        &self,
+        body: &[u8],
+        signature: Option<&str>,
+        waba_hint: Option<String>,
+    ) -> Result<Result<Received, Refused>, StoreError> {
+        if self.secrets.is_empty() {
+            return Ok(Err(Refused::NotConfigured));
+        }
+        if !verify_signature(&self.secrets, signature, body) {
+            return Ok(Err(Refused::BadSignature));
+        }
+        let inserted = self
+            .store
+            .insert_webhook(&NewWebhook {
+                body: body.to_vec(),
+                body_sha256: hex::encode(Sha256::digest(body)),
+                signature: signature.unwrap_or_default().to_owned(),
+                waba_hint,
+                received_at_ms: now_ms(),
+                forward: self.forward_url.is_some(),
+            })
+            .await?;
+        Ok(Ok(match inserted {
+            WebhookInsert::Inserted(_) => {
+                self.wake.notify_one();
+                Received::Stored
+            }
+            WebhookInsert::Duplicate => Received::Duplicate,
+        }))
+    }
+
+    /// Parses stored deliveries into contacts and touches, and reports automatic events.
+    /// Returns how many deliveries were handled.
+    pub async fn process_pending(&self, ingestor: &Ingestor) -> Result<usize, StoreError> {
+        let pending = self.store.pending_webhooks(PROCESS_BATCH).await?;
+        let count = pending.len();
+        for webhook in pending {
+            self.process(webhook, ingestor).await?;
+        }
+        Ok(count)
+    }
+
+    async fn process(&self, w: PendingWebhook, ingestor: &Ingestor) -> Result<(), StoreError> {
+        let parsed = match webhook::parse(&w.body, w.waba_hint.as_deref()) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // Signed by Meta but not understood: kept with the reason, never retried.
+                tracing::warn!(webhook = w.id, error = %e, "webhook kept unprocessed");
+                return self
+                    .store
+                    .finish_webhook(w.id, Some(&e.to_string()), now_ms())
+                    .await;
+            }
+        };
+        for inbound in &parsed.inbound {
+            let sighting = sighting(inbound, &self.pii, w.received_at_ms);
+            self.store.record_sighting(&sighting).await?;
+        }
+        for auto in &parsed.automatic_events {
+            if !self
+                .store
+                .capture_options(&auto.waba_id)
+                .await?
+                .automatic_events
+            {
+                continue;
+            }
+            let Some(event) = webhook::automatic_event_json(auto) else {
+                tracing::info!(waba = %auto.waba_id, "automatic event without a click id not reported");
+                continue;
+            };
+            let report = ingestor.ingest(&[event], None).await?;
+            if report.rejected > 0 {
+                tracing::warn!(waba = %auto.waba_id, result = ?report.results, "automatic event rejected");
+            }
+        }
+        self.store.finish_webhook(w.id, None, now_ms()).await
+    }
+
+    /// Resolves the contact of a submitted event, if it names one.
+    pub async fn resolve<'a>(
+        &self,
+        event: &'a Value,
+        now_ms: i64,
+    ) -> Result<Resolved<'a>, StoreError> {
+        let request = match contact::plan(event, &self.pii) {
+            Ok(None) => return Ok(Resolved::AsIs(event)),
+            Ok(Some(request)) => request,
+            Err(issues) => return Ok(Resolved::Rejected(issues)),
+        };
+        let lookup = self.lookup_for(&request, now_ms).await?;
+        Ok(match contact::rewrite(event, &request, &lookup) {
+            Ok((event, attribution)) => Resolved::Rewritten { event, attribution },
+            Err(issue) => Resolved::Rejected(vec![issue]),
+        })
+    }
+
+    async fn lookup_for(
+        &self,
+        request: &ContactRequest,
+        now_ms: i64,
+    ) -> Result<Lookup, StoreError> {
+        let channel = request.channel.as_str();
+        let found = self
+            .store
+            .find_contact(channel, &request.asset_id, &store_key(&request.customer))
+            .await?;
+        let mut lookup = Lookup::default();
+        if let Some(c) = &found {
+            // At or before the event (to the end of its second), and not older than the window.
+            let until_ms = request
+                .event_time
+                .map_or(now_ms, |t| t.saturating_add(1).saturating_mul(1000) - 1);
+            let since_ms = until_ms - self.max_touch_age.as_millis() as i64;
+            let touches: Vec<Touch> = self
+                .store
+                .contact_touches(c.id)
+                .await?
+                .into_iter()
+                .filter(|t| (since_ms..=until_ms).contains(&t.touch.touched_at_ms))
+                .collect();
+            let chosen = match request.channel {
+                // Only a click id attributes a WhatsApp conversion; Status-ad touches have none.
+                Channel::WhatsApp => touches.iter().find(|t| t.touch.click_id.is_some()),
+                _ => touches.first(),
+            };
+            lookup.touches_without_click_id = chosen.is_none() && !touches.is_empty();
+            lookup.touch = chosen.map(|t| FoundTouch {
+                touch_id: t.touch_id,
+                click_id: t.touch.click_id.clone(),
+                ad_id: t.touch.ad_id.clone(),
+                source_type: t.touch.source_type.clone(),
+                touched_at_ms: t.touch.touched_at_ms,
+            });
+        }
+        lookup.contact = found.map(|c| FoundContact {
+            conversation_id: c.conversation_id,
+            phone_hash: c.phone_hash,
+            scoped_id: c.scoped_id,
+        });
+        if request.channel == Channel::WhatsApp && lookup.touch.is_none() {
+            lookup.allow_unattributed = self
+                .store
+                .capture_options(&request.asset_id)
+                .await?
+                .allow_unattributed;
+        }
+        Ok(lookup)
+    }
+
+    /// The contact a lookup URL names, trying each reading of `customer` in turn.
+    pub async fn find_contact(
+        &self,
+        channel: Channel,
+        asset_id: &str,
+        customer: &str,
+    ) -> Result<Option<Contact>, StoreError> {
+        for candidate in contact::lookup_candidates(channel, customer, &self.pii) {
+            let key = store_key(&candidate);
+            if let Some(found) = self
+                .store
+                .find_contact(channel.as_str(), asset_id, &key)
+                .await?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    pub async fn touches(&self, contact: &Contact) -> Result<Vec<Touch>, StoreError> {
+        self.store.contact_touches(contact.id).await
+    }
+
+    /// Links the CRM's id to the contact `customer` names.
+    pub async fn link_customer_id(
+        &self,
+        channel: Channel,
+        asset_id: &str,
+        customer: &str,
+        customer_id: &str,
+    ) -> Result<Contact, StoreError> {
+        let found = self
+            .find_contact(channel, asset_id, customer)
+            .await?
+            .ok_or_else(|| {
+                StoreError::NotFound(format!(
+                    "no {channel} contact {customer:?} of asset {asset_id} has been captured"
+                ))
+            })?;
+        self.store
+            .link_customer_id(
+                channel.as_str(),
+                asset_id,
+                &ContactKey::ConversationId(found.conversation_id),
+                customer_id,
+            )
+            .await
+    }
+}
+
+fn store_key(customer: &CustomerRef) -> ContactKey {
+    match customer.clone() {
+        CustomerRef::PhoneHash(v) => ContactKey::PhoneHash(v),
+        CustomerRef::WhatsAppUserId(v) => ContactKey::WaUserId(v),
+        CustomerRef::ScopedId(v) => ContactKey::ScopedId(v),
+        CustomerRef::ConversationId(v) => ContactKey::ConversationId(v),
+        CustomerRef::CustomerId(v) => ContactKey::CustomerId(v),
+    }
+}
+
+/// The store row for one inbound message. The phone is hashed here and nowhere kept in clear.
+fn sighting(inbound: &Inbound, pii: &PiiContext, received_at_ms: i64) -> NewSighting {
+    let phone_hash = inbound
+        .customer
+        .wa_id
+        .as_deref()
+        .and_then(|w| contact::wa_id_hash(w, pii));
+    let first_identity = phone_hash
+        .as_ref()
+        .map(|h| format!("phone:{h}"))
+        .or_else(|| {
+            inbound
+                .customer
+                .user_id
+                .as_ref()
+                .map(|u| format!("user:{u}"))
+        })
+        .or_else(|| {
+            inbound
+                .customer
+                .scoped_id
+                .as_ref()
+                .map(|s| format!("scoped:{s}"))
+        })
+        .unwrap_or_default();
+    let seen_at_ms = if inbound.timestamp_ms > 0 {
+        inbound.timestamp_ms
+    } else {
+        received_at_ms
+    };
+    NewSighting {
+        channel: inbound.channel.as_str().to_owned(),
+        asset_id: inbound.asset_id.clone(),
+        phone_hash,
+        wa_user_id: inbound.customer.user_id.clone(),
+        scoped_id: inbound.customer.scoped_id.clone(),
+        conversation_id: contact::conversation_id(
+            inbound.channel,
+            &inbound.asset_id,
+            &first_identity,
+        ),
+        seen_at_ms,
+        touch: inbound.referral.as_ref().map(|r| NewTouch {
+            message_id: inbound.message_id.clone(),
+            touched_at_ms: seen_at_ms,
+            click_id: r.click_id.clone(),
+            ad_id: r.ad_id.clone(),
+            source_type: r.source_type.clone(),
+            source_url: r.source_url.clone(),
+            headline: r.headline.clone(),
+            body: r.body.clone(),
+            media_type: r.media_type.clone(),
+            media_url: r.media_url.clone(),
+            ref_param: r.ref_param.clone(),
+        }),
+    }
+}
+
+/// Parses stored deliveries as they arrive, and at start whatever a crash left pending.
+pub async fn process_loop(
+    capture: Arc<Capture>,
+    ingestor: Arc<Ingestor>,
+    wake_delivery: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    loop {
+        match capture.process_pending(&ingestor).await {
+            Ok(0) => {}
+            Ok(n) => {
+                wake_delivery.notify_waiters();
+                if n as i64 == PROCESS_BATCH {
+                    continue;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "webhook processing failed; retrying"),
+        }
+        tokio::select! {
+            () = capture.wake.notified() => {}
+            () = tokio::time::sleep(PROCESS_POLL) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// Relays stored deliveries to `webhooks.forward_url` with their original signature, retrying
+/// on the delivery retry schedule.
+pub async fn forward_loop(
+    store: Arc<dyn Store>,
+    config: Config,
+    owner: String,
+    cancel: CancellationToken,
+) {
+    let Some(url) = config.webhooks.forward_url.clone() else {
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(config.webhooks.forward_timeout)
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the forwarding HTTP client");
+            return;
+        }
+    };
+    loop {
+        let now = now_ms();
+        let lease_until = now + FORWARD_LEASE.as_millis() as i64;
+        let jobs = match store
+            .claim_forwards(&owner, now, lease_until, FORWARD_BATCH)
+            .await
+        {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim webhook forwards");
+                Vec::new()
+            }
+        };
+        for job in &jobs {
+            let sent = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", &job.signature)
+                .body(job.body.clone())
+                .send()
+                .await;
+            let (retryable, error) = match sent {
+                Ok(r) if r.status().is_success() => (false, None),
+                Ok(r) => {
+                    let s = r.status();
+                    let retryable = s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429;
+                    (retryable, Some(format!("HTTP {s}")))
+                }
+                Err(e) => (true, Some(e.to_string())),
+            };
+            let resolution = match error {
+                None => ForwardResolution::Done,
+                Some(error) if retryable => {
+                    let draw: f64 = rand::random();
+                    match retry::next_delay(
+                        job.attempts.max(0) as u32,
+                        &config.delivery.retry_schedule,
+                        config.delivery.retry_jitter,
+                        draw,
+                        None,
+                    ) {
+                        Some(wait) => ForwardResolution::Retry {
+                            next_at_ms: now_ms() + wait.as_millis() as i64,
+                            error,
+                        },
+                        None => ForwardResolution::Dead { error },
+                    }
+                }
+                Some(error) => ForwardResolution::Dead { error },
+            };
+            if let Err(e) = store.resolve_forward(job.id, &owner, &resolution).await {
+                tracing::warn!(error = %e, "cannot record a webhook forward");
+            }
+        }
+        if !jobs.is_empty() {
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(FORWARD_POLL) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}
+
+/// Deletes contacts, touches and processed webhooks past `attribution.retention`.
+pub async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationToken) {
+    loop {
+        let cutoff = now_ms() - config.attribution.retention.as_millis() as i64;
+        match store.purge_capture(cutoff).await {
+            Ok(p) if p.contacts + p.touches + p.webhooks == 0 => {}
+            Ok(p) => tracing::info!(
+                contacts = p.contacts,
+                touches = p.touches,
+                webhooks = p.webhooks,
+                "attribution data past retention purged"
+            ),
+            Err(e) => tracing::warn!(error = %e, "attribution purge failed"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(config.retention.purge_interval) => {}
+            () = cancel.cancelled() => break,
+        }
+    }
+}

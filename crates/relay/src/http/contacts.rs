@@ -1,0 +1,94 @@
+//! The contacts captured from webhooks: `GET /v1/contacts/{channel}/{asset_id}/{customer}` shows
+//! one with its touches; `PUT …/customer-id` links the CRM's own id to it. Keyed by
+//! (channel, asset) throughout, so tenant checks need only the asset's owner.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use relay_core::Channel;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, auth::ApiKey};
+
+fn channel(raw: &str) -> Result<Channel, ApiError> {
+    raw.parse()
+        .map_err(|m: String| ApiError::new(StatusCode::NOT_FOUND, "unknown_channel", m))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    Path((channel_raw, asset_id, customer)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let channel = channel(&channel_raw)?;
+    let contact = state
+        .capture
+        .find_contact(channel, &asset_id, &customer)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no {channel} contact {customer:?} of asset {asset_id} has been captured"),
+            )
+        })?;
+    let touches = state.capture.touches(&contact).await?;
+    Ok(Json(json!({"contact": contact, "touches": touches})))
+}
+
+#[derive(Deserialize)]
+pub struct LinkBody {
+    customer_id: String,
+}
+
+pub async fn link_customer_id(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    Path((channel_raw, asset_id, customer)): Path<(String, String, String)>,
+    body: Result<Json<LinkBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let channel = channel(&channel_raw)?;
+    let Json(body) = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the body must be {{\"customer_id\": \"…\"}}: {e}"),
+        )
+    })?;
+    let customer_id = body.customer_id.trim();
+    if customer_id.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "customer_id must not be empty",
+        ));
+    }
+    let contact = state
+        .capture
+        .link_customer_id(channel, &asset_id, &customer, customer_id)
+        .await?;
+    Ok(Json(json!({"contact": contact})))
+}
+
+#[derive(Deserialize)]
+pub struct WebhookQuery {
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `GET /v1/webhooks?state=failed`: stored deliveries, e.g. those kept because they could not
+/// be understood.
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    _key: ApiKey,
+    Query(q): Query<WebhookQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let records = state
+        .store
+        .list_webhooks(q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
+        .await?;
+    Ok(Json(json!({"webhooks": records})))
+}

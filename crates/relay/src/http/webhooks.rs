@@ -1,0 +1,78 @@
+//! `GET|POST /webhooks/meta`: Meta's verification handshake and webhook deliveries.
+//!
+//! A delivery is checked against `X-Hub-Signature-256` over the raw bytes before anything is
+//! parsed or stored, then stored and answered 200; parsing happens after (see `capture`).
+//! Partners whose Meta callback points at their own inbox forward the body and the header
+//! unchanged to this same endpoint.
+
+use std::collections::HashMap;
+
+use axum::{
+    body::Bytes,
+    extract::{Query, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+use super::{ApiError, AppState};
+use crate::capture::{Received, Refused};
+
+/// The handshake: `hub.challenge` back with 200 when `hub.verify_token` is right, else 403.
+pub async fn verify(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let param = |k: &str| params.get(k).map(String::as_str);
+    match state.capture.handshake(
+        param("hub.mode"),
+        param("hub.verify_token"),
+        param("hub.challenge"),
+    ) {
+        Some(challenge) => (StatusCode::OK, challenge.to_owned()).into_response(),
+        None => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "verification_failed",
+            "hub.mode must be subscribe and hub.verify_token the configured verify token",
+        )
+        .into_response(),
+    }
+}
+
+/// A delivery: 200 once durably stored (or already stored), 401 when unsigned or forged.
+pub async fn receive(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the webhook body is larger than webhooks.max_body_bytes",
+            )
+        } else {
+            ApiError::new(e.status(), "bad_body", e.body_text())
+        }
+    })?;
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    let waba_hint = params.get("waba_id").cloned();
+    match state.capture.receive(&body, signature, waba_hint).await? {
+        Ok(Received::Stored | Received::Duplicate) => {
+            Ok((StatusCode::OK, "EVENT_RECEIVED").into_response())
+        }
+        Err(Refused::NotConfigured) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_not_configured",
+            "no Meta app secret is configured (CAPI_RELAY_META_APP_SECRET or webhooks.apps)",
+        )),
+        Err(Refused::BadSignature) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_signature",
+            "X-Hub-Signature-256 is missing or does not match the body under any app secret",
+        )),
+    }
+}

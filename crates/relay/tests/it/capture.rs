@@ -1,0 +1,813 @@
+//! Capture end to end (issue #4): signed Meta webhooks in every shape into contacts and touches,
+//! conversions by contact delivered with the captured identity, forwarding, retention — on
+//! SQLite and on PostgreSQL.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Router,
+    http::{HeaderMap, StatusCode},
+    routing::post,
+};
+use capi_relay::{capture::sign, config::Config};
+use relay_store::{
+    Asset, AssetStatus,
+    capture::{CaptureOptions, NewWebhook},
+};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+use crate::{
+    app::{Backend, PAGE, PAGE_DATASET, TOKEN, TestApp, WABA, spawn_app_with},
+    helpers::now,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+const APP_SECRET: &str = "test-app-secret";
+const OTHER_APP_SECRET: &str = "second-app-secret";
+const VERIFY_TOKEN: &str = "test-verify-token";
+const IG_ACCOUNT: &str = "17841400000000001";
+const CLICK_ID: &str = "ARAkLkA8rmlFeiCktEJQ-QTwRiyYHAFDLMNDBH0CD3qpjd0HR4irJ6LEkR7JwFF4XvnO2E4Nx0-eM-GABDLOPaOdRMv-_zfUQ2a";
+const WA_PHONE: &str = "+55 11 98765-4321";
+const WA_STATUS_PHONE: &str = "+55 11 91234-5678";
+
+both_backends!(
+    the_handshake_echoes_the_challenge_only_for_the_verify_token,
+    signed_webhooks_of_every_shape_become_contacts_and_touches,
+    forged_unsigned_truncated_and_oversized_webhooks_are_refused_and_nothing_is_stored,
+    redeliveries_are_stored_once_and_touches_never_duplicate,
+    a_signed_payload_that_cannot_be_understood_is_kept_and_acknowledged,
+    a_conversion_by_phone_is_delivered_with_the_captured_click_id,
+    a_crm_customer_id_linked_once_reports_conversions_from_then_on,
+    messenger_and_instagram_conversions_by_scoped_id_are_delivered,
+    status_ad_touches_are_no_attribution_unless_the_asset_allows_the_hashed_phone,
+    automatic_events_are_reported_once_for_opted_in_assets,
+    webhooks_stored_before_a_restart_are_processed_at_start,
+    verified_webhooks_are_forwarded_upstream_with_their_signature_and_retried,
+    retention_purges_old_attribution_data,
+);
+
+/// A fixture body with `__TS__`/`__TS_MS__` set to `at` (Unix seconds).
+fn fixture_at(name: &str, at: i64) -> Vec<u8> {
+    let path = format!(
+        "{}/tests/fixtures/webhooks/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(path)
+        .unwrap()
+        .replace("__TS_MS__", &(at * 1000).to_string())
+        .replace("__TS__", &at.to_string())
+        .into_bytes()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    fixture_at(name, now() - 120)
+}
+
+fn capture_config(c: &mut Config) {
+    c.meta_app_secret = Some(SecretString::from(APP_SECRET.to_owned()));
+    c.meta_verify_token = Some(SecretString::from(VERIFY_TOKEN.to_owned()));
+    c.webhooks.apps = vec![capi_relay::config::MetaApp {
+        app_secret: SecretString::from(OTHER_APP_SECRET.to_owned()),
+        verify_token: None,
+    }];
+    c.webhooks.max_body_bytes = 64 * 1024;
+}
+
+async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let app = spawn_app_with(backend, |c| {
+        capture_config(c);
+        tweak(c);
+    })
+    .await?;
+    app.store
+        .upsert_asset(&Asset {
+            channel: "instagram".into(),
+            asset_id: IG_ACCOUNT.into(),
+            dataset_id: PAGE_DATASET.into(),
+            access_token: TOKEN.into(),
+            status: AssetStatus::Active,
+            status_reason: None,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    Some(app)
+}
+
+impl TestApp {
+    async fn post_webhook(
+        &self,
+        query: &str,
+        body: &[u8],
+        signature: Option<&str>,
+    ) -> (u16, String) {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/meta{query}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("x-hub-signature-256", signature);
+        }
+        let response = request.send().await.unwrap();
+        (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default(),
+        )
+    }
+
+    /// Posts `body` signed with the app secret, and waits until it is processed.
+    async fn deliver(&self, query: &str, body: &[u8]) {
+        let (status, text) = self
+            .post_webhook(query, body, Some(&sign(APP_SECRET, body)))
+            .await;
+        assert_eq!(status, 200, "{text}");
+        self.wait_processed().await;
+    }
+
+    async fn wait_processed(&self) {
+        let started = std::time::Instant::now();
+        while !self.store.pending_webhooks(1).await.unwrap().is_empty() {
+            assert!(started.elapsed() < WAIT, "webhooks still pending");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn contact(&self, channel: &str, asset: &str, customer: &str) -> (u16, Value) {
+        let customer = customer.replace('+', "%2B").replace(' ', "%20");
+        self.get_json(&format!("/v1/contacts/{channel}/{asset}/{customer}"))
+            .await
+    }
+
+    /// The delivered event with this id, waiting for it.
+    async fn delivered(&self, event_id: &str) -> Value {
+        self.wait_until(WAIT, event_id, |a| {
+            a.delivered_ids().iter().any(|id| id == event_id)
+        })
+        .await;
+        self.sim
+            .accepted(None)
+            .into_iter()
+            .find(|e| e.event["event_id"] == event_id)
+            .unwrap()
+            .event
+    }
+}
+
+fn purchase_by(contact: Value, event_id: &str) -> Value {
+    json!({
+        "event_name": "Purchase",
+        "event_time": now() - 30,
+        "event_id": event_id,
+        "messaging_channel": "whatsapp",
+        "contact": contact,
+        "user_data": {"whatsapp_business_account_id": WABA},
+        "custom_data": {"currency": "BRL", "value": "120.50"}
+    })
+}
+
+async fn the_handshake_echoes_the_challenge_only_for_the_verify_token(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let get = |query: String| {
+        let client = app.client.clone();
+        let url = format!("{}/webhooks/meta?{query}", app.base);
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = get(format!(
+        "hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token={VERIFY_TOKEN}"
+    ))
+    .await;
+    assert_eq!((status, body.as_str()), (200, "1158201444"));
+    let (status, _) =
+        get("hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=wrong".into()).await;
+    assert_eq!(status, 403);
+    let (status, _) = get(format!(
+        "hub.mode=unsubscribe&hub.challenge=1&hub.verify_token={VERIFY_TOKEN}"
+    ))
+    .await;
+    assert_eq!(status, 403);
+    app.stop().await;
+}
+
+async fn signed_webhooks_of_every_shape_become_contacts_and_touches(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    for name in [
+        "whatsapp_cloud_referral.json",
+        "whatsapp_cloud_status_ad.json",
+        "whatsapp_cloud_bsuid.json",
+        "messenger.json",
+        "instagram.json",
+    ] {
+        app.deliver("", &fixture(name)).await;
+    }
+    app.deliver(
+        &format!("?waba_id={WABA}"),
+        &fixture("whatsapp_onprem.json"),
+    )
+    .await;
+
+    // WhatsApp by phone (any spelling), by wa_id, and the phone is only stored hashed.
+    let (status, shown) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    assert_eq!(status, 200, "{shown}");
+    let touch = &shown["touches"][0];
+    assert_eq!(touch["click_id"], CLICK_ID);
+    assert_eq!(touch["ad_id"], "120226305854810726");
+    assert_eq!(touch["source_type"], "ad");
+    assert_eq!(touch["source_url"], "https://fb.me/3cr4Wqqkv");
+    assert_eq!(touch["headline"], "Café especial");
+    assert_eq!(touch["body"], "Promoção de verão: 20% de desconto");
+    assert_eq!(
+        shown["contact"]["phone_hash"],
+        relay_core::pii::sha256_hex("5511987654321")
+    );
+    assert!(
+        !shown.to_string().contains("5511987654321"),
+        "no plaintext phone"
+    );
+    let conversation = shown["contact"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(conversation.starts_with("cv1-"));
+    for alias in [
+        "wa_id:5511987654321",
+        "5511987654321",
+        conversation.as_str(),
+    ] {
+        let (_, again) = app.contact("whatsapp", WABA, alias).await;
+        assert_eq!(again["contact"]["conversation_id"], conversation, "{alias}");
+    }
+
+    let (_, status_ad) = app.contact("whatsapp", WABA, WA_STATUS_PHONE).await;
+    assert_eq!(status_ad["touches"][0]["ad_id"], "120226305854810999");
+    assert!(
+        status_ad["touches"][0]
+            .get("click_id")
+            .is_none_or(Value::is_null)
+    );
+
+    let (_, bsuid) = app
+        .contact("whatsapp", WABA, "US.13491208655302741918")
+        .await;
+    assert_eq!(bsuid["touches"][0]["click_id"], "ARBsuidClickId-7Hq2");
+    assert!(bsuid["contact"]["phone_hash"].is_null());
+
+    let (_, onprem) = app.contact("whatsapp", WABA, "+16315551234").await;
+    assert_eq!(onprem["touches"][0]["ad_id"], "1234567890");
+
+    let (_, psid) = app.contact("messenger", PAGE, "7010000000000001").await;
+    assert_eq!(psid["touches"][0]["ad_id"], "6045246247433");
+    assert_eq!(psid["touches"][0]["headline"], "Café especial");
+    for sender in ["7010000000000002", "7010000000000003"] {
+        let (status, _) = app.contact("messenger", PAGE, sender).await;
+        assert_eq!(status, 200, "{sender}");
+    }
+    // The page's own echo is not a customer.
+    let (status, _) = app.contact("messenger", PAGE, PAGE).await;
+    assert_eq!(status, 404);
+
+    let (_, igsid) = app
+        .contact("instagram", IG_ACCOUNT, "5810000000000001")
+        .await;
+    assert_eq!(igsid["touches"][0]["headline"], "Zapatillas únicas");
+    let (_, link) = app
+        .contact("instagram", IG_ACCOUNT, "5810000000000002")
+        .await;
+    assert_eq!(link["touches"][0]["source_type"], "SHORTLINK");
+
+    let (status, _) = app.contact("whatsapp", WABA, "+5511900000000").await;
+    assert_eq!(status, 404);
+    let (status, _) = app.contact("telegram", WABA, "1").await;
+    assert_eq!(status, 404);
+    let unauthenticated = app
+        .client
+        .get(format!(
+            "{}/v1/contacts/whatsapp/{WABA}/5511987654321",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401);
+    app.stop().await;
+}
+
+async fn forged_unsigned_truncated_and_oversized_webhooks_are_refused_and_nothing_is_stored(
+    backend: Backend,
+) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let body = fixture("whatsapp_cloud_referral.json");
+    assert!(
+        std::str::from_utf8(&body).unwrap().contains("Caf\\u00e9"),
+        "the fixture is escaped the way Meta escapes"
+    );
+    let good = sign(APP_SECRET, &body);
+    // The same JSON re-serialised (unescaped) no longer matches: the raw bytes are signed.
+    let reserialised =
+        serde_json::to_vec(&serde_json::from_slice::<Value>(&body).unwrap()).unwrap();
+    let truncated = &body[..body.len() / 2];
+    let mut oversized = body.clone();
+    oversized.extend(std::iter::repeat_n(b' ', 70 * 1024));
+    let cases: Vec<(&str, &[u8], Option<String>, u16)> = vec![
+        ("unsigned", &body, None, 401),
+        ("forged", &body, Some(sign("not-the-secret", &body)), 401),
+        ("not hex", &body, Some("sha256=zz".into()), 401),
+        (
+            "sha1 only",
+            &body,
+            Some(format!("sha1={}", &good[7..47])),
+            401,
+        ),
+        ("re-serialised", &reserialised, Some(good.clone()), 401),
+        ("truncated", truncated, Some(good.clone()), 401),
+        (
+            "oversized",
+            &oversized,
+            Some(sign(APP_SECRET, &oversized)),
+            413,
+        ),
+    ];
+    for (what, bytes, signature, expected) in cases {
+        let (status, text) = app.post_webhook("", bytes, signature.as_deref()).await;
+        assert_eq!(status, expected, "{what}: {text}");
+    }
+    assert!(app.store.list_webhooks(None, 10).await.unwrap().is_empty());
+    let (status, _) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    assert_eq!(status, 404);
+
+    // Signed with the second configured app's secret: accepted.
+    let (status, _) = app
+        .post_webhook("", &body, Some(&sign(OTHER_APP_SECRET, &body)))
+        .await;
+    assert_eq!(status, 200);
+    app.wait_processed().await;
+    let (status, _) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    assert_eq!(status, 200);
+    app.stop().await;
+}
+
+async fn redeliveries_are_stored_once_and_touches_never_duplicate(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    let at = now() - 300;
+    let body = fixture_at("whatsapp_cloud_referral.json", at);
+    for _ in 0..3 {
+        app.deliver("", &body).await;
+    }
+    assert_eq!(app.store.list_webhooks(None, 10).await.unwrap().len(), 1);
+    // Meta may batch the same message differently on a retry: a new body, the same message id.
+    let rebatched: Vec<u8> = String::from_utf8(fixture_at("whatsapp_cloud_referral.json", at + 5))
+        .unwrap()
+        .replace("\n", "")
+        .into_bytes();
+    app.deliver("", &rebatched).await;
+    assert_eq!(app.store.list_webhooks(None, 10).await.unwrap().len(), 2);
+    let (_, shown) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    let touches = shown["touches"].as_array().unwrap();
+    assert_eq!(touches.len(), 1, "{shown}");
+    assert_eq!(
+        touches[0]["touched_at_ms"],
+        at * 1000,
+        "the first touch is kept"
+    );
+    app.stop().await;
+}
+
+async fn a_signed_payload_that_cannot_be_understood_is_kept_and_acknowledged(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    for body in [&b"not json at all"[..], &fixture("whatsapp_onprem.json")] {
+        let (status, _) = app
+            .post_webhook("", body, Some(&sign(APP_SECRET, body)))
+            .await;
+        assert_eq!(status, 200, "acknowledged so Meta does not retry forever");
+    }
+    app.wait_processed().await;
+    let (status, failed) = app.get_json("/v1/webhooks?state=failed").await;
+    assert_eq!(status, 200);
+    let failed = failed["webhooks"].as_array().unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed
+            .iter()
+            .any(|w| w["error"].as_str().unwrap().contains("not JSON"))
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|w| w["error"].as_str().unwrap().contains("waba_id"))
+    );
+    app.stop().await;
+}
+
+async fn a_conversion_by_phone_is_delivered_with_the_captured_click_id(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.deliver("", &fixture("whatsapp_cloud_referral.json"))
+        .await;
+    let mut by_mobile = purchase_by(Value::Null, "by-mobile");
+    by_mobile.as_object_mut().unwrap().remove("contact");
+    by_mobile["user_data"]["mobile_number"] = json!("5511987654321");
+    let (status, report) = app
+        .post_events(&[
+            purchase_by(json!({"phone": WA_PHONE}), "by-phone"),
+            by_mobile,
+            purchase_by(json!({"wa_id": "5511987654321"}), "by-wa-id"),
+            purchase_by(json!({"phone": "+55 11 90000-0000"}), "unknown"),
+        ])
+        .await;
+    assert_eq!(status, 202, "{report}");
+    assert_eq!(report["accepted"], 3, "{report}");
+    let attribution = &report["results"][0]["attribution"];
+    assert_eq!(attribution["ctwa_clid"], CLICK_ID);
+    assert_eq!(attribution["ad_id"], "120226305854810726");
+    assert!(attribution["touch_id"].is_i64());
+    assert!(attribution["touched_at_ms"].is_i64());
+    let rejected = &report["results"][3];
+    assert_eq!(rejected["status"], "rejected");
+    assert_eq!(rejected["errors"][0]["code"], "no_attribution");
+    assert_eq!(rejected["errors"][0]["path"], "user_data.ctwa_clid");
+
+    for id in ["by-phone", "by-mobile", "by-wa-id"] {
+        let sent = app.delivered(id).await;
+        assert_eq!(sent["user_data"]["ctwa_clid"], CLICK_ID, "{id}");
+        assert_eq!(sent["user_data"]["whatsapp_business_account_id"], WABA);
+        assert_eq!(
+            sent["user_data"]["ph"],
+            relay_core::pii::sha256_hex("5511987654321")
+        );
+        assert!(sent.get("contact").is_none());
+        assert!(sent["user_data"].get("mobile_number").is_none());
+    }
+
+    // A conversion before the click is not attributed to it.
+    let mut before = purchase_by(json!({"phone": WA_PHONE}), "before-click");
+    before["event_time"] = json!(now() - 3 * 3600);
+    let (_, report) = app.post_events(&[before]).await;
+    assert_eq!(report["results"][0]["errors"][0]["code"], "no_attribution");
+    app.stop().await;
+}
+
+async fn a_crm_customer_id_linked_once_reports_conversions_from_then_on(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.deliver("", &fixture("whatsapp_cloud_referral.json"))
+        .await;
+    let put = |path: String, body: Value| {
+        let client = app.client.clone();
+        let url = format!("{}{path}", app.base);
+        async move {
+            let r = client
+                .put(url)
+                .bearer_auth(crate::app::API_KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let path = format!("/v1/contacts/whatsapp/{WABA}/%2B5511987654321/customer-id");
+    let (status, linked) = put(path.clone(), json!({"customer_id": "crm-42"})).await;
+    assert_eq!(status, 200, "{linked}");
+    assert_eq!(linked["contact"]["customer_id"], "crm-42");
+    let (status, _) = put(
+        format!("/v1/contacts/whatsapp/{WABA}/%2B5511900000000/customer-id"),
+        json!({"customer_id": "crm-43"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = put(path, json!({"nope": 1})).await;
+    assert_eq!(status, 422);
+
+    let (_, shown) = app.contact("whatsapp", WABA, "customer:crm-42").await;
+    assert_eq!(shown["touches"][0]["click_id"], CLICK_ID);
+    let (_, report) = app
+        .post_events(&[purchase_by(json!({"customer_id": "crm-42"}), "by-crm-id")])
+        .await;
+    assert_eq!(report["accepted"], 1, "{report}");
+    let sent = app.delivered("by-crm-id").await;
+    assert_eq!(sent["user_data"]["ctwa_clid"], CLICK_ID);
+    app.stop().await;
+}
+
+async fn messenger_and_instagram_conversions_by_scoped_id_are_delivered(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.deliver("", &fixture("messenger.json")).await;
+    app.deliver("", &fixture("instagram.json")).await;
+    let (_, ig) = app
+        .contact("instagram", IG_ACCOUNT, "5810000000000001")
+        .await;
+    let ig_conversation = ig["contact"]["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lead = |channel: &str, asset_field: &str, asset: &str, contact: Value, id: &str| {
+        json!({
+            "event_name": "LeadSubmitted", "event_time": now() - 10, "event_id": id,
+            "messaging_channel": channel, "contact": contact, "user_data": {asset_field: asset}
+        })
+    };
+    let (status, report) = app
+        .post_events(&[
+            lead(
+                "messenger",
+                "page_id",
+                PAGE,
+                json!({"psid": "7010000000000001"}),
+                "ms-psid",
+            ),
+            lead(
+                "instagram",
+                "instagram_business_account_id",
+                IG_ACCOUNT,
+                json!({"conversation_id": ig_conversation}),
+                "ig-conversation",
+            ),
+            lead(
+                "instagram",
+                "instagram_business_account_id",
+                IG_ACCOUNT,
+                json!({"igsid": "5810000000000002"}),
+                "ig-igsid",
+            ),
+            lead(
+                "messenger",
+                "page_id",
+                PAGE,
+                json!({"conversation_id": "cv1-unknown"}),
+                "ms-unknown",
+            ),
+        ])
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(report["accepted"], 3, "{report}");
+    assert_eq!(
+        report["results"][0]["attribution"]["ad_id"],
+        "6045246247433"
+    );
+    assert_eq!(report["results"][3]["errors"][0]["code"], "no_attribution");
+    assert_eq!(
+        report["results"][3]["errors"][0]["path"],
+        "user_data.page_scoped_user_id"
+    );
+
+    let ms = app.delivered("ms-psid").await;
+    assert_eq!(ms["user_data"]["page_id"], PAGE);
+    assert_eq!(ms["user_data"]["page_scoped_user_id"], "7010000000000001");
+    let ig = app.delivered("ig-conversation").await;
+    assert_eq!(ig["user_data"]["instagram_business_account_id"], IG_ACCOUNT);
+    assert_eq!(ig["user_data"]["ig_sid"], "5810000000000001");
+    let link = app.delivered("ig-igsid").await;
+    assert_eq!(link["user_data"]["ig_sid"], "5810000000000002");
+    app.stop().await;
+}
+
+async fn status_ad_touches_are_no_attribution_unless_the_asset_allows_the_hashed_phone(
+    backend: Backend,
+) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.deliver("", &fixture("whatsapp_cloud_status_ad.json"))
+        .await;
+    let (_, report) = app
+        .post_events(&[purchase_by(json!({"phone": WA_STATUS_PHONE}), "status-1")])
+        .await;
+    let error = &report["results"][0]["errors"][0];
+    assert_eq!(error["code"], "no_attribution", "{report}");
+    assert_eq!(error["path"], "user_data.ctwa_clid");
+    assert!(
+        error["message"].as_str().unwrap().contains("Status"),
+        "{error}"
+    );
+
+    app.store
+        .set_capture_options(
+            WABA,
+            &CaptureOptions {
+                allow_unattributed: true,
+                automatic_events: false,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let (_, report) = app
+        .post_events(&[purchase_by(json!({"phone": WA_STATUS_PHONE}), "status-2")])
+        .await;
+    assert_eq!(report["accepted"], 1, "{report}");
+    assert_eq!(report["results"][0]["attribution"]["unattributed"], true);
+    // Sent with the hashed phone and no click id — never the ad's source_id in its place.
+    let (_, shown) = app.get_json("/v1/events/status-2").await;
+    let user_data = &shown["payload"]["user_data"];
+    assert_eq!(
+        user_data["ph"],
+        relay_core::pii::sha256_hex("5511912345678")
+    );
+    assert!(user_data.get("ctwa_clid").is_none(), "{shown}");
+    assert!(!shown["payload"].to_string().contains("120226305854810999"));
+    app.stop().await;
+}
+
+async fn automatic_events_are_reported_once_for_opted_in_assets(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    // Not opted in: nothing is reported.
+    let early = fixture_at("whatsapp_automatic_events.json", now() - 600);
+    app.deliver("", &early).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(app.delivered_ids().is_empty());
+
+    app.store
+        .set_capture_options(
+            WABA,
+            &CaptureOptions {
+                allow_unattributed: false,
+                automatic_events: true,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let at = now() - 60;
+    app.deliver("", &fixture_at("whatsapp_automatic_events.json", at))
+        .await;
+    let purchase_id = "Purchase:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFlBVUkNIQVNFAA==";
+    let purchase = app.delivered(purchase_id).await;
+    assert_eq!(purchase["event_time"], at);
+    assert_eq!(purchase["user_data"]["ctwa_clid"], CLICK_ID);
+    assert_eq!(
+        purchase["messaging_outcome_data"]["outcome_type"],
+        "automatic_events"
+    );
+    assert_eq!(purchase["custom_data"]["currency"], "BRL");
+    app.delivered("LeadSubmitted:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFkxFQURTVUJNSVRURUQA")
+        .await;
+
+    // The CRM reporting the same purchase with the documented id is a duplicate.
+    let mut crm = crate::app::whatsapp_event(1);
+    crm["event_id"] = json!(purchase_id);
+    let (_, report) = app.post_events(&[crm]).await;
+    assert_eq!(report["duplicates"], 1, "{report}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.delivered_ids().len(), 2);
+    app.stop().await;
+}
+
+async fn webhooks_stored_before_a_restart_are_processed_at_start(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.stop().await;
+    // As if the relay died after answering 200 and before parsing.
+    let body = fixture("whatsapp_cloud_referral.json");
+    app.store
+        .insert_webhook(&NewWebhook {
+            body_sha256: "crash-test".into(),
+            signature: sign(APP_SECRET, &body),
+            body,
+            waba_hint: None,
+            received_at_ms: now() * 1000,
+            forward: false,
+        })
+        .await
+        .unwrap();
+    // Processing needs no Graph API.
+    let mut config = crate::app::test_config(&app.db.url, "http://127.0.0.1:9");
+    capture_config(&mut config);
+    app.start(config).await;
+    app.wait_processed().await;
+    let (status, shown) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    assert_eq!(status, 200);
+    assert_eq!(shown["touches"][0]["click_id"], CLICK_ID);
+    app.stop().await;
+}
+
+async fn verified_webhooks_are_forwarded_upstream_with_their_signature_and_retried(
+    backend: Backend,
+) {
+    /// The signature header and the body of one forward received.
+    type Call = (Option<String>, Vec<u8>);
+    #[derive(Clone, Default)]
+    struct Upstream {
+        calls: Arc<Mutex<Vec<Call>>>,
+    }
+    let upstream = Upstream::default();
+    let seen = upstream.clone();
+    let router = Router::new().route(
+        "/inbox",
+        post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let seen = seen.clone();
+            async move {
+                let mut calls = seen.calls.lock().unwrap();
+                let signature = headers
+                    .get("x-hub-signature-256")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                calls.push((signature, body.to_vec()));
+                // The first attempt fails: the relay must retry.
+                if calls.len() == 1 {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let Some(mut app) = spawn(backend, |c| {
+        c.webhooks.forward_url = Some(format!("http://{addr}/inbox"));
+    })
+    .await
+    else {
+        return;
+    };
+    let body = fixture("messenger.json");
+    let signature = sign(APP_SECRET, &body);
+    app.deliver("", &body).await;
+    app.wait_until(WAIT, "two forward attempts", |_| {
+        upstream.calls.lock().unwrap().len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let calls = upstream.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2, "delivered once after one retry");
+    for (header, forwarded) in &calls {
+        assert_eq!(header.as_deref(), Some(signature.as_str()));
+        assert_eq!(forwarded, &body, "byte for byte");
+    }
+    let stored = app.store.list_webhooks(None, 10).await.unwrap();
+    assert_eq!(stored[0].forward_state.as_deref(), Some("done"));
+    assert_eq!(stored[0].forward_attempts, 2);
+    app.stop().await;
+}
+
+async fn retention_purges_old_attribution_data(backend: Backend) {
+    let retention = |c: &mut Config| {
+        c.attribution.retention = Duration::from_secs(24 * 3600);
+        c.attribution.max_touch_age = Duration::from_secs(3600);
+    };
+    // The purge runs at start and then hourly: the data below arrives after the first run.
+    let Some(mut app) = spawn(backend, retention).await else {
+        return;
+    };
+    app.deliver(
+        "",
+        &fixture_at("whatsapp_cloud_referral.json", now() - 2 * 24 * 3600),
+    )
+    .await;
+    app.deliver("", &fixture("messenger.json")).await;
+    let (status, old) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    assert_eq!(status, 200, "the 2-day-old touch is stored first: {old}");
+    app.stop().await;
+
+    // The next start purges what is older than the retention.
+    let mut config = crate::app::test_config(&app.db.url, "http://127.0.0.1:9");
+    capture_config(&mut config);
+    retention(&mut config);
+    config.retention.purge_interval = Duration::from_millis(100);
+    app.start(config).await;
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _) = app.contact("whatsapp", WABA, WA_PHONE).await;
+        if status == 404 {
+            break;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the 2-day-old contact was not purged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, fresh) = app.contact("messenger", PAGE, "7010000000000001").await;
+    assert_eq!(status, 200, "recent data is kept");
+    assert_eq!(fresh["touches"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
