@@ -4,6 +4,7 @@
 mod assets;
 mod bench;
 mod bench_relay;
+mod capture;
 mod dead_letters;
 mod send;
 mod serve;
@@ -46,6 +47,9 @@ pub enum Command {
     /// List or replay dead letters.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
+    /// Webhook capture: per-asset switches, captured contacts and stored webhooks.
+    #[command(subcommand)]
+    Capture(capture::CaptureCommand),
     /// Check events offline: every error and warning, with line numbers. Exit code 1 on errors.
     Validate(validate::ValidateArgs),
     /// Validate events and send them to a dataset, 1,000 per request; print Meta's answers.
@@ -167,6 +171,7 @@ pub fn main() -> ExitCode {
             Command::Migrate(args) => serve::migrate(args).await,
             Command::Assets(command) => assets::run(command).await,
             Command::DeadLetters(command) => dead_letters::run(command).await,
+            Command::Capture(command) => capture::run(command).await,
             Command::Validate(args) => validate::run(args),
             Command::Send(args) => send::run(args).await,
             Command::SimulateGraph(args) => simulate::run(args).await,

@@ -811,3 +811,78 @@ async fn retention_purges_old_attribution_data(backend: Backend) {
     assert_eq!(fresh["touches"].as_array().unwrap().len(), 1);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_capture_command_sets_asset_switches_and_shows_contacts() {
+    let db = crate::app::TestDb::new(Backend::Sqlite).await.unwrap();
+    let store = relay_store::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+        .record_sighting(&relay_store::capture::NewSighting {
+            channel: "whatsapp".into(),
+            asset_id: WABA.into(),
+            phone_hash: Some(relay_core::pii::sha256_hex("5511987654321")),
+            wa_user_id: None,
+            scoped_id: None,
+            conversation_id: "cv1-cli".into(),
+            seen_at_ms: 1_000,
+            touch: Some(relay_store::capture::NewTouch {
+                message_id: "wamid.cli".into(),
+                touched_at_ms: 1_000,
+                click_id: Some("CLI-CLICK".into()),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let run = |args: Vec<&'static str>| {
+        let url = db.url.clone();
+        async move {
+            tokio::process::Command::new(crate::helpers::binary())
+                .args(args)
+                .args(["--database-url", &url])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let out = run(vec![
+        "capture",
+        "options",
+        "--asset-id",
+        WABA,
+        "--automatic-events",
+        "true",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("automatic_events = true"));
+    let options = store.capture_options(WABA).await.unwrap();
+    assert!(options.automatic_events && !options.allow_unattributed);
+
+    let out = run(vec![
+        "capture",
+        "show",
+        "--channel",
+        "whatsapp",
+        "--asset-id",
+        WABA,
+        "+55 11 98765-4321",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["contact"]["conversation_id"], "cv1-cli");
+    assert_eq!(shown["touches"][0]["click_id"], "CLI-CLICK");
+    let missing = run(vec![
+        "capture",
+        "show",
+        "--channel",
+        "whatsapp",
+        "--asset-id",
+        WABA,
+        "+5511900000000",
+    ])
+    .await;
+    assert_eq!(missing.status.code(), Some(1));
+}
