@@ -14,6 +14,8 @@ use std::{
 
 use relay_core::{Issue, ValidationOptions, validate_event};
 use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError};
+
+use crate::tenancy::keys::Scope;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +30,9 @@ pub enum EventResult {
         index: usize,
         event_id: String,
         dataset_id: String,
+        /// Shown whenever it is set: Meta counts test events apart from real ones.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_event_code: Option<String>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         warnings: Vec<Issue>,
     },
@@ -74,8 +79,15 @@ const MAX_GROUP_EVENTS: usize = 5_000;
 pub struct Ingestor {
     store: Arc<dyn Store>,
     options: ValidationOptions,
-    assets: Mutex<(Instant, Arc<HashMap<String, Asset>>)>,
+    registry: Mutex<(Instant, Arc<Registry>)>,
     writer: mpsc::Sender<WriteJob>,
+}
+
+/// The routing snapshot: assets by id and each tenant's `test_event_code`.
+#[derive(Default)]
+struct Registry {
+    assets: HashMap<String, Asset>,
+    tenant_test_codes: HashMap<String, String>,
 }
 
 struct WriteJob {
@@ -92,28 +104,42 @@ impl Ingestor {
         Ingestor {
             store,
             options,
-            assets: Mutex::new((stale, Arc::default())),
+            registry: Mutex::new((stale, Arc::default())),
             writer,
         }
     }
 
-    async fn assets(&self, force: bool) -> Result<Arc<HashMap<String, Asset>>, StoreError> {
+    /// Makes the next request reload assets and tenants (after an admin change here).
+    pub fn forget_registry(&self) {
+        let mut cached = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        cached.0 = Instant::now() - ASSET_CACHE_TTL * 2;
+    }
+
+    async fn registry(&self, force: bool) -> Result<Arc<Registry>, StoreError> {
         {
-            let cached = self.assets.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             let age = cached.0.elapsed();
             if age < ASSET_CACHE_TTL && !(force && age >= ASSET_RELOAD_MIN_AGE) {
                 return Ok(cached.1.clone());
             }
         }
-        let fresh: Arc<HashMap<String, Asset>> = Arc::new(
-            self.store
+        let fresh = Arc::new(Registry {
+            assets: self
+                .store
                 .list_assets()
                 .await?
                 .into_iter()
                 .map(|a| (a.asset_id.clone(), a))
                 .collect(),
-        );
-        *self.assets.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh.clone());
+            tenant_test_codes: self
+                .store
+                .list_tenants()
+                .await?
+                .into_iter()
+                .filter_map(|t| Some((t.name, t.test_event_code?)))
+                .collect(),
+        });
+        *self.registry.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh.clone());
         Ok(fresh)
     }
 
@@ -127,13 +153,19 @@ impl Ingestor {
         answer.await.map_err(|_| unavailable())?
     }
 
-    /// Validates, routes and stores `events`. Returns after the accepted ones are committed.
+    /// Validates, routes and stores `events` for the caller's `scope`: an event for an asset
+    /// outside the scope is rejected exactly like one for an unknown asset, so nothing leaks
+    /// about other tenants. Returns after the accepted ones are committed.
+    ///
+    /// The `test_event_code` sent with an event is the request's, else its asset's, else its
+    /// tenant's.
     pub async fn ingest(
         &self,
         events: &[Value],
+        scope: &Scope,
         test_event_code: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
-        ingest(self, events, test_event_code).await
+        ingest(self, events, scope, test_event_code).await
     }
 }
 
@@ -177,11 +209,12 @@ async fn group_writer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>)
 async fn ingest(
     ingestor: &Ingestor,
     events: &[Value],
+    scope: &Scope,
     test_event_code: Option<&str>,
 ) -> Result<IngestReport, StoreError> {
     let options = &ingestor.options;
     let now = now_ms();
-    let mut assets = ingestor.assets(false).await?;
+    let mut registry = ingestor.registry(false).await?;
 
     let mut results: Vec<Option<EventResult>> = (0..events.len()).map(|_| None).collect();
     let mut routed = Vec::with_capacity(events.len());
@@ -200,11 +233,12 @@ async fn ingest(
         let event = valid.event;
         let channel = event.messaging_channel;
         let asset_id = event.asset_id().to_owned();
-        if !assets.contains_key(&asset_id) {
+        if !registry.assets.contains_key(&asset_id) {
             // Maybe added since the snapshot was taken.
-            assets = ingestor.assets(true).await?;
+            registry = ingestor.registry(true).await?;
         }
-        let asset = match assets.get(&asset_id) {
+        let visible = registry.assets.get(&asset_id).filter(|a| scope.allows(a));
+        let asset = match visible {
             Some(asset) if asset.channel == channel.as_str() => asset,
             found => {
                 let message = match found {
@@ -213,7 +247,7 @@ async fn ingest(
                         asset.channel
                     ),
                     None => format!(
-                        "asset {asset_id} is not registered with this relay; add it with `capi-relay assets add`"
+                        "asset {asset_id} is not registered for this API key; onboard it with `capi-relay assets onboard`"
                     ),
                 };
                 let error = Issue::new(
@@ -230,11 +264,18 @@ async fn ingest(
             }
         };
         let payload = serde_json::to_string(&event).expect("a MetaEvent always serialises");
+        let test_event_code = test_event_code
+            .or(asset.test_event_code.as_deref())
+            .or(registry
+                .tenant_test_codes
+                .get(&asset.tenant)
+                .map(String::as_str));
         routed.push(Routed {
             index,
             channel: observability::channel_label(channel.as_str()),
             warnings: valid.warnings,
             new: NewEvent {
+                tenant: asset.tenant.clone(),
                 dataset_id: asset.dataset_id.clone(),
                 asset_id,
                 channel: channel.as_str().to_owned(),
@@ -255,7 +296,8 @@ async fn ingest(
         ingestor.insert(new_events).await?
     };
     for (r, outcome) in routed.into_iter().zip(outcomes) {
-        let (event_id, dataset_id) = (r.new.event_id, r.new.dataset_id);
+        let (event_id, dataset_id, test_event_code) =
+            (r.new.event_id, r.new.dataset_id, r.new.test_event_code);
         results[r.index] = Some(match outcome {
             InsertOutcome::Inserted(_) => {
                 observability::ingested(r.channel, "accepted");
@@ -263,6 +305,7 @@ async fn ingest(
                     index: r.index,
                     event_id,
                     dataset_id,
+                    test_event_code,
                     warnings: r.warnings,
                 }
             }

@@ -4,6 +4,7 @@
 //! - [`http`]: the HTTP API; [`ingest`]: validating, routing and storing submitted events.
 //! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
 //! - [`config`]: layered configuration; [`observability`]: Prometheus metrics.
+//! - [`tenancy`]: tenants, onboarding, API keys, audit; [`vault`]: tokens sealed at rest.
 //! - [`simulator`]: a Graph API simulator for tests, benchmarks and sandbox runs.
 //! - [`cli`]: the `capi-relay` command line.
 //!
@@ -19,3 +20,5 @@ pub mod ingest;
 pub mod observability;
 pub mod simulator;
 pub mod telemetry;
+pub mod tenancy;
+pub mod vault;

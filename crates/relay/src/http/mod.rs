@@ -1,5 +1,6 @@
 //! The HTTP API. Handlers are thin: extract, call a service function, map the result.
 
+mod admin;
 mod auth;
 mod dead_letters;
 mod error;
@@ -11,11 +12,10 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post},
+    routing::{delete, get, post, put},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_store::Store;
-use secrecy::SecretString;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 
@@ -26,7 +26,10 @@ pub use self::error::ApiError;
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub ingestor: Arc<crate::ingest::Ingestor>,
-    pub api_key: Arc<SecretString>,
+    /// Turns bearer keys into tenant scopes or admin rights.
+    pub auth: Arc<crate::tenancy::keys::Authenticator>,
+    /// Store, vault and Graph client for admin actions (onboarding calls Meta).
+    pub admin: crate::tenancy::AdminContext,
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
@@ -39,6 +42,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/v1/events/{event_id}", get(events::show))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/replay", post(dead_letters::replay))
+        .route(
+            "/v1/admin/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/v1/admin/tenants/{name}",
+            get(admin::show_tenant).patch(admin::update_tenant),
+        )
+        .route(
+            "/v1/admin/tenants/{name}/assets",
+            post(admin::onboard_asset),
+        )
+        .route("/v1/admin/tenants/{name}/keys", post(admin::create_key))
+        .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
+        .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
+        .route("/v1/admin/audit", get(admin::audit))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     Router::new()
         .merge(api)
