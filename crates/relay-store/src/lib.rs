@@ -28,7 +28,8 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("not found: {0}")]
     NotFound(String),
-    /// The change contradicts stored data (e.g. a customer id linked to another contact).
+    /// The change conflicts with what is stored (e.g. an asset owned by another tenant, or a
+    /// customer id linked to another contact).
     #[error("conflict: {0}")]
     Conflict(String),
     #[error("database error: {0}")]
@@ -87,15 +88,63 @@ pub enum AssetStatus {
     Paused,
 }
 
+/// The tenant every relay has; events and assets from before tenancy belong to it.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A client business of the relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Tenant {
+    pub name: String,
+    /// Sent as Meta's `test_event_code` with every event of the tenant, when set.
+    pub test_event_code: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// A tenant's API key as stored: its hash, never the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiKeyRecord {
+    /// Public id, safe to show (`key_…`).
+    pub id: String,
+    pub tenant: String,
+    /// Hex SHA-256 of the key.
+    #[serde(skip)]
+    pub key_hash: String,
+    pub label: Option<String>,
+    /// Assets the key may use; `None` means all of the tenant's.
+    pub assets: Option<Vec<String>>,
+    pub created_at_ms: i64,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// One admin action in the audit trail. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at_ms: i64,
+    /// Who: `cli:<user>` or `admin-api`.
+    pub actor: String,
+    /// What: `tenant.create`, `asset.onboard`, `key.revoke`, …
+    pub action: String,
+    pub tenant: Option<String>,
+    /// The object acted on (an asset id, a key id, …).
+    pub target: Option<String>,
+    /// Non-secret details as JSON text.
+    pub detail: Option<String>,
+}
+
 /// A business asset (WABA, Page or Instagram account) and where its events go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Asset {
+    /// The tenant that owns the asset.
+    pub tenant: String,
     /// `whatsapp`, `messenger` or `instagram`.
     pub channel: String,
     pub asset_id: String,
     pub dataset_id: String,
-    /// The Graph API access token. Never logged, printed or returned by the API.
-    pub access_token: String,
+    /// The Graph API access token sealed with the relay's master key; the store never sees
+    /// it in plain text. Never logged, printed or returned by the API.
+    pub sealed_token: String,
+    /// Sent as Meta's `test_event_code` with this asset's events, when set.
+    pub test_event_code: Option<String>,
     pub status: AssetStatus,
     /// Why the asset is paused (Meta's message), if it is.
     pub status_reason: Option<String>,
@@ -106,6 +155,7 @@ pub struct Asset {
 /// An accepted event to store in the outbox.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    pub tenant: String,
     pub dataset_id: String,
     pub asset_id: String,
     pub channel: String,
@@ -180,6 +230,7 @@ pub enum Resolution {
 #[derive(Debug, Clone, Serialize)]
 pub struct EventRecord {
     pub id: i64,
+    pub tenant: String,
     pub dataset_id: String,
     pub asset_id: String,
     pub channel: String,
@@ -201,6 +252,10 @@ pub struct EventRecord {
 /// Which dead letters to list or replay.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterFilter {
+    /// Only this tenant's dead letters.
+    pub tenant: Option<String>,
+    /// Only these assets' dead letters (a key limited to some assets).
+    pub within_assets: Option<Vec<String>>,
     pub dataset_id: Option<String>,
     pub asset_id: Option<String>,
     /// Only these event ids (any dataset unless `dataset_id` is set).
@@ -231,11 +286,15 @@ pub trait Store: CaptureStore + Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     /// Inserts or replaces an asset by `asset_id`. Replacing resumes a paused asset.
+    /// `Conflict` if the asset belongs to another tenant.
     async fn upsert_asset(&self, asset: &Asset) -> Result<()>;
     async fn get_asset(&self, asset_id: &str) -> Result<Option<Asset>>;
     async fn list_assets(&self) -> Result<Vec<Asset>>;
-    /// Sets a new token and resumes the asset. `NotFound` if it does not exist.
-    async fn set_asset_token(&self, asset_id: &str, access_token: &str, now_ms: i64) -> Result<()>;
+    /// Sets a new sealed token and resumes the asset. `NotFound` if it does not exist.
+    async fn set_asset_token(&self, asset_id: &str, sealed_token: &str, now_ms: i64) -> Result<()>;
+    /// Replaces sealed tokens in one transaction, each only if it still holds the old value
+    /// (`(asset_id, old, new)`); `Conflict` and nothing changed if any was changed meanwhile.
+    async fn reseal_tokens(&self, changes: &[(String, String, String)]) -> Result<u64>;
     /// Pauses the asset's deliveries with Meta's reason.
     async fn pause_asset(&self, asset_id: &str, reason: &str, now_ms: i64) -> Result<()>;
 
@@ -269,11 +328,12 @@ pub trait Store: CaptureStore + Send + Sync + 'static {
     /// Holds a dataset's deliveries until `until_ms` (Meta's throttling).
     async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> Result<()>;
 
-    /// Events with this `event_id`, optionally in one dataset, with their attempts.
+    /// Events with this `event_id`, optionally in one dataset or tenant, with their attempts.
     async fn find_events(
         &self,
         event_id: &str,
         dataset_id: Option<&str>,
+        tenant: Option<&str>,
     ) -> Result<Vec<EventRecord>>;
     /// Most recent events first, for the dashboard.
     async fn recent_events(&self, limit: i64) -> Result<Vec<EventRecord>>;
@@ -288,6 +348,24 @@ pub trait Store: CaptureStore + Send + Sync + 'static {
     /// Deletes delivered and dead events (and their attempts) accepted before `before_ms`.
     /// Returns how many events were deleted.
     async fn purge_finished(&self, before_ms: i64) -> Result<u64>;
+
+    /// Creates a tenant; `false` if the name is taken.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<bool>;
+    async fn get_tenant(&self, name: &str) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    /// `NotFound` if the tenant does not exist.
+    async fn set_tenant_test_event_code(&self, name: &str, code: Option<&str>) -> Result<()>;
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<()>;
+    /// The key with this hash, revoked or not.
+    async fn find_api_key(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>>;
+    async fn list_api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>>;
+    /// Revokes a key (idempotent). `NotFound` if there is no such key.
+    async fn revoke_api_key(&self, id: &str, now_ms: i64) -> Result<ApiKeyRecord>;
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Newest first, optionally one tenant's.
+    async fn list_audit(&self, tenant: Option<&str>, limit: i64) -> Result<Vec<AuditEntry>>;
 }
 
 /// Opens the store named by `url`: `sqlite://PATH` (created if missing) or `postgres://…`

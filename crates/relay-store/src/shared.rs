@@ -7,11 +7,12 @@
 use sqlx::Row;
 
 use crate::{
-    Asset, AssetStatus, Attempt, ClaimedEvent, EventRecord, EventState, Result, StoreError,
+    ApiKeyRecord, Asset, AssetStatus, Attempt, AuditEntry, ClaimedEvent, EventRecord, EventState,
+    Result, StoreError, Tenant,
 };
 
 /// Columns of `events` read into an [`EventRecord`].
-pub const RECORD_COLUMNS: &str = "id, dataset_id, asset_id, channel, event_id, event_name, \
+pub const RECORD_COLUMNS: &str = "id, tenant, dataset_id, asset_id, channel, event_id, event_name, \
     event_time, state, attempts, next_attempt_at_ms, accepted_at_ms, delivered_at_ms, dead_reason, \
     dead_at_ms, test_event_code, payload";
 
@@ -35,10 +36,12 @@ where
 {
     let status: String = row.try_get("status")?;
     Ok(Asset {
+        tenant: row.try_get("tenant")?,
         channel: row.try_get("channel")?,
         asset_id: row.try_get("asset_id")?,
         dataset_id: row.try_get("dataset_id")?,
-        access_token: row.try_get("access_token")?,
+        sealed_token: row.try_get("access_token")?,
+        test_event_code: row.try_get("test_event_code")?,
         status: if status == "paused" {
             AssetStatus::Paused
         } else {
@@ -47,6 +50,65 @@ where
         status_reason: row.try_get("status_reason")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}
+
+pub fn tenant_from_row<R: Row>(row: &R) -> Result<Tenant>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(Tenant {
+        name: row.try_get("name")?,
+        test_event_code: row.try_get("test_event_code")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+pub fn api_key_from_row<R: Row>(row: &R) -> Result<ApiKeyRecord>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let assets: Option<String> = row.try_get("allowed_assets")?;
+    let assets = match assets {
+        None => None,
+        Some(text) => Some(serde_json::from_str(&text).map_err(|e| {
+            StoreError::Conflict(format!(
+                "allowed_assets of an API key is not a JSON list: {e}"
+            ))
+        })?),
+    };
+    Ok(ApiKeyRecord {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        key_hash: row.try_get("key_hash")?,
+        label: row.try_get("label")?,
+        assets,
+        created_at_ms: row.try_get("created_at_ms")?,
+        revoked_at_ms: row.try_get("revoked_at_ms")?,
+    })
+}
+
+pub fn audit_from_row<R: Row>(row: &R) -> Result<AuditEntry>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(AuditEntry {
+        at_ms: row.try_get("at_ms")?,
+        actor: row.try_get("actor")?,
+        action: row.try_get("action")?,
+        tenant: row.try_get("tenant")?,
+        target: row.try_get("target")?,
+        detail: row.try_get("detail")?,
     })
 }
 
@@ -84,6 +146,7 @@ where
     let state: String = row.try_get("state")?;
     Ok(EventRecord {
         id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
         dataset_id: row.try_get("dataset_id")?,
         asset_id: row.try_get("asset_id")?,
         channel: row.try_get("channel")?,
@@ -156,28 +219,37 @@ macro_rules! impl_store {
 
             async fn upsert_asset(&self, a: &$crate::Asset) -> $crate::Result<()> {
                 let sql = self.sql(
-                    "INSERT INTO assets (asset_id, channel, dataset_id, access_token, status, status_reason, created_at_ms, updated_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                    "INSERT INTO assets (asset_id, channel, dataset_id, access_token, status, status_reason, created_at_ms, \
+                     updated_at_ms, tenant, test_event_code) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (asset_id) DO UPDATE SET channel = excluded.channel, dataset_id = excluded.dataset_id, \
                      access_token = excluded.access_token, status = excluded.status, status_reason = excluded.status_reason, \
-                     updated_at_ms = excluded.updated_at_ms",
+                     updated_at_ms = excluded.updated_at_ms, test_event_code = excluded.test_event_code \
+                     WHERE assets.tenant = excluded.tenant",
                 );
                 let status = match a.status {
                     $crate::AssetStatus::Active => "active",
                     $crate::AssetStatus::Paused => "paused",
                 };
-                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(&a.asset_id)
                     .bind(&a.channel)
                     .bind(&a.dataset_id)
-                    .bind(&a.access_token)
+                    .bind(&a.sealed_token)
                     .bind(status)
                     .bind(&a.status_reason)
                     .bind(a.created_at_ms)
                     .bind(a.updated_at_ms)
+                    .bind(&a.tenant)
+                    .bind(&a.test_event_code)
                     .execute(&self.pool)
                     .await
                     .map_err($crate::shared::map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::Conflict(format!(
+                        "asset {} belongs to another tenant", a.asset_id
+                    )));
+                }
                 Ok(())
             }
 
@@ -235,14 +307,15 @@ macro_rules! impl_store {
                 use std::collections::HashMap;
                 let mut inserted: HashMap<(String, String), i64> = HashMap::with_capacity(events.len());
                 let mut tx = self.begin_write().await?;
-                // Multi-row inserts; 500 rows × 10 columns stays under every placeholder limit.
+                // Multi-row inserts; 500 rows × 11 columns stays under every placeholder limit.
                 for chunk in events.chunks(500) {
                     let mut builder = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO events (dataset_id, asset_id, channel, event_id, event_name, event_time, payload, \
+                        "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, event_name, event_time, payload, \
                          test_event_code, next_attempt_at_ms, accepted_at_ms) ",
                     );
                     builder.push_values(chunk, |mut b, e| {
-                        b.push_bind(&e.dataset_id)
+                        b.push_bind(&e.tenant)
+                            .push_bind(&e.dataset_id)
                             .push_bind(&e.asset_id)
                             .push_bind(&e.channel)
                             .push_bind(&e.event_id)
@@ -382,11 +455,14 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn find_events(&self, event_id: &str, dataset_id: Option<&str>) -> $crate::Result<Vec<$crate::EventRecord>> {
+            async fn find_events(&self, event_id: &str, dataset_id: Option<&str>, tenant: Option<&str>) -> $crate::Result<Vec<$crate::EventRecord>> {
                 let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE event_id = ", $crate::shared::RECORD_COLUMNS));
                 b.push_bind(event_id);
                 if let Some(d) = dataset_id {
                     b.push(" AND dataset_id = ").push_bind(d);
+                }
+                if let Some(t) = tenant {
+                    b.push(" AND tenant = ").push_bind(t);
                 }
                 b.push(" ORDER BY id");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
@@ -446,10 +522,176 @@ macro_rules! impl_store {
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
             }
+
+            async fn reseal_tokens(&self, changes: &[(String, String, String)]) -> $crate::Result<u64> {
+                let sql = self.sql("UPDATE assets SET access_token = $1 WHERE asset_id = $2 AND access_token = $3");
+                let mut tx = self.begin_write().await?;
+                for (asset_id, old, new) in changes {
+                    let done = sqlx::query(sqlx::AssertSqlSafe(sql.clone().into_owned()))
+                        .bind(new)
+                        .bind(asset_id)
+                        .bind(old)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    if done.rows_affected() != 1 {
+                        // Dropping the transaction rolls every change back.
+                        return Err($crate::StoreError::Conflict(format!(
+                            "the token of asset {asset_id} changed during the rotation; run it again"
+                        )));
+                    }
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok(changes.len() as u64)
+            }
+
+            async fn create_tenant(&self, t: &$crate::Tenant) -> $crate::Result<bool> {
+                let sql = self.sql(
+                    "INSERT INTO tenants (name, test_event_code, created_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO NOTHING",
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(&t.name)
+                    .bind(&t.test_event_code)
+                    .bind(t.created_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn get_tenant(&self, name: &str) -> $crate::Result<Option<$crate::Tenant>> {
+                let sql = self.sql("SELECT name, test_event_code, created_at_ms FROM tenants WHERE name = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                row.as_ref().map($crate::shared::tenant_from_row).transpose()
+            }
+
+            async fn list_tenants(&self) -> $crate::Result<Vec<$crate::Tenant>> {
+                let rows = sqlx::query("SELECT name, test_event_code, created_at_ms FROM tenants ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                rows.iter().map($crate::shared::tenant_from_row).collect()
+            }
+
+            async fn set_tenant_test_event_code(&self, name: &str, code: Option<&str>) -> $crate::Result<()> {
+                let sql = self.sql("UPDATE tenants SET test_event_code = $1 WHERE name = $2");
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(code)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!("no tenant named {name:?}")));
+                }
+                Ok(())
+            }
+
+            async fn create_api_key(&self, k: &$crate::ApiKeyRecord) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "INSERT INTO api_keys (id, tenant, key_hash, label, allowed_assets, created_at_ms, revoked_at_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                );
+                let assets = k.assets.as_ref().map(|a| serde_json::to_string(a).expect("strings serialise"));
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(&k.id)
+                    .bind(&k.tenant)
+                    .bind(&k.key_hash)
+                    .bind(&k.label)
+                    .bind(assets)
+                    .bind(k.created_at_ms)
+                    .bind(k.revoked_at_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn find_api_key(&self, key_hash: &str) -> $crate::Result<Option<$crate::ApiKeyRecord>> {
+                let sql = self.sql("SELECT * FROM api_keys WHERE key_hash = $1");
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(key_hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                row.as_ref().map($crate::shared::api_key_from_row).transpose()
+            }
+
+            async fn list_api_keys(&self, tenant: Option<&str>) -> $crate::Result<Vec<$crate::ApiKeyRecord>> {
+                let mut b = sqlx::QueryBuilder::<$db>::new("SELECT * FROM api_keys");
+                if let Some(t) = tenant {
+                    b.push(" WHERE tenant = ").push_bind(t);
+                }
+                b.push(" ORDER BY tenant, created_at_ms, id");
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                rows.iter().map($crate::shared::api_key_from_row).collect()
+            }
+
+            async fn revoke_api_key(&self, id: &str, now_ms: i64) -> $crate::Result<$crate::ApiKeyRecord> {
+                let sql = self.sql(
+                    "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, $1) WHERE id = $2 RETURNING *",
+                );
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(now_ms)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                match row {
+                    Some(row) => $crate::shared::api_key_from_row(&row),
+                    None => Err($crate::StoreError::NotFound(format!("no API key with id {id:?}"))),
+                }
+            }
+
+            async fn append_audit(&self, e: &$crate::AuditEntry) -> $crate::Result<()> {
+                let sql = self.sql(
+                    "INSERT INTO audit_log (at_ms, actor, action, tenant, target, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(e.at_ms)
+                    .bind(&e.actor)
+                    .bind(&e.action)
+                    .bind(&e.tenant)
+                    .bind(&e.target)
+                    .bind(&e.detail)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(())
+            }
+
+            async fn list_audit(&self, tenant: Option<&str>, limit: i64) -> $crate::Result<Vec<$crate::AuditEntry>> {
+                let mut b = sqlx::QueryBuilder::<$db>::new("SELECT * FROM audit_log");
+                if let Some(t) = tenant {
+                    b.push(" WHERE tenant = ").push_bind(t);
+                }
+                b.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                rows.iter().map($crate::shared::audit_from_row).collect()
+            }
         }
 
         impl $store {
             fn push_filter(b: &mut sqlx::QueryBuilder<$db>, filter: &$crate::DeadLetterFilter) {
+                if let Some(t) = &filter.tenant {
+                    b.push(" AND tenant = ").push_bind(t.clone());
+                }
+                if let Some(assets) = &filter.within_assets {
+                    b.push(" AND asset_id IN (");
+                    if assets.is_empty() {
+                        b.push("NULL");
+                    }
+                    let mut sep = b.separated(", ");
+                    for a in assets {
+                        sep.push_bind(a.clone());
+                    }
+                    b.push(")");
+                }
                 if let Some(d) = &filter.dataset_id {
                     b.push(" AND dataset_id = ").push_bind(d.clone());
                 }

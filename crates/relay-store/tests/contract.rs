@@ -6,8 +6,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use relay_store::{
-    Asset, AssetStatus, Attempt, DeadLetterFilter, EventState, InsertOutcome, NewEvent, Resolution,
-    Store, StoreError,
+    ApiKeyRecord, Asset, AssetStatus, Attempt, AuditEntry, DEFAULT_TENANT, DeadLetterFilter,
+    EventState, InsertOutcome, NewEvent, Resolution, Store, StoreError, Tenant,
     capture::{
         CaptureOptions, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook,
         WebhookInsert,
@@ -83,6 +83,10 @@ contract!(
     dead_letters_are_listed_and_replayed_by_filter,
     queue_stats_and_retention_purge,
     payloads_and_times_round_trip_exactly,
+    tenants_own_their_assets_and_events,
+    api_keys_are_found_by_hash_and_revoked,
+    tokens_are_resealed_all_or_nothing,
+    the_audit_trail_lists_newest_first,
     // Capture (issue #4).
     webhooks_are_stored_once_per_body_and_processed_or_kept_failed,
     forwards_are_claimed_once_retried_and_resolved,
@@ -94,10 +98,12 @@ contract!(
 
 fn asset(id: &str, dataset: &str) -> Asset {
     Asset {
+        tenant: DEFAULT_TENANT.into(),
         channel: "whatsapp".into(),
         asset_id: id.into(),
         dataset_id: dataset.into(),
-        access_token: "token-1".into(),
+        sealed_token: "token-1".into(),
+        test_event_code: None,
         status: AssetStatus::Active,
         status_reason: None,
         created_at_ms: 1,
@@ -107,6 +113,7 @@ fn asset(id: &str, dataset: &str) -> Asset {
 
 fn event(dataset: &str, asset: &str, event_id: &str, accepted_at_ms: i64) -> NewEvent {
     NewEvent {
+        tenant: DEFAULT_TENANT.into(),
         dataset_id: dataset.into(),
         asset_id: asset.into(),
         channel: "whatsapp".into(),
@@ -170,7 +177,7 @@ async fn migrations_can_run_twice_and_assets_round_trip(store: Arc<dyn Store>) {
     assert_eq!(
         (
             resumed.status,
-            resumed.access_token.as_str(),
+            resumed.sealed_token.as_str(),
             resumed.status_reason
         ),
         (AssetStatus::Active, "token-2", None)
@@ -382,7 +389,13 @@ async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store
     let get = |id: &str| {
         let store = store.clone();
         let id = id.to_owned();
-        async move { store.find_events(&id, Some("d1")).await.unwrap().remove(0) }
+        async move {
+            store
+                .find_events(&id, Some("d1"), None)
+                .await
+                .unwrap()
+                .remove(0)
+        }
     };
     let delivered = get("e0").await;
     assert_eq!(
@@ -471,7 +484,7 @@ async fn dead_letters_are_listed_and_replayed_by_filter(store: Arc<dyn Store>) {
     );
 
     assert_eq!(store.replay_dead_letters(&one, 7_000).await.unwrap(), 1);
-    let replayed = store.find_events("e1", None).await.unwrap().remove(0);
+    let replayed = store.find_events("e1", None, None).await.unwrap().remove(0);
     assert_eq!(
         (
             replayed.state,
@@ -514,14 +527,20 @@ async fn queue_stats_and_retention_purge(store: Arc<dyn Store>) {
     assert_eq!(store.queue_stats().await.unwrap().depth, 1);
     // e0 was accepted at 1000, e1 at 1001: only e0 is older than the cut-off; e2 is unfinished.
     assert_eq!(store.purge_finished(1_001).await.unwrap(), 1);
-    assert!(store.find_events("e0", None).await.unwrap().is_empty());
-    assert_eq!(store.find_events("e1", None).await.unwrap().len(), 1);
+    assert!(
+        store
+            .find_events("e0", None, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.find_events("e1", None, None).await.unwrap().len(), 1);
     assert_eq!(
         store.purge_finished(i64::MAX).await.unwrap(),
         1,
         "never an event still in the queue"
     );
-    assert_eq!(store.find_events("e2", None).await.unwrap().len(), 1);
+    assert_eq!(store.find_events("e2", None, None).await.unwrap().len(), 1);
     // A purged id may be accepted again: the deduplication window has passed.
     let again = store
         .insert_events(&[event("d1", "100", "e0", 9_000)])
@@ -542,7 +561,11 @@ async fn payloads_and_times_round_trip_exactly(store: Arc<dyn Store>) {
     e.test_event_code = Some("TEST123".into());
     e.event_time = 1_767_000_000;
     store.insert_events(&[e]).await.unwrap();
-    let record = store.find_events("unicode", None).await.unwrap().remove(0);
+    let record = store
+        .find_events("unicode", None, None)
+        .await
+        .unwrap()
+        .remove(0);
     assert_eq!(record.payload, payload);
     assert_eq!(
         (record.accepted_at_ms, record.event_time),
@@ -558,6 +581,257 @@ async fn payloads_and_times_round_trip_exactly(store: Arc<dyn Store>) {
         store.recent_events(10).await.unwrap()[0].event_id,
         "unicode"
     );
+}
+
+fn tenant(name: &str) -> Tenant {
+    Tenant {
+        name: name.into(),
+        test_event_code: None,
+        created_at_ms: 10,
+    }
+}
+
+async fn tenants_own_their_assets_and_events(store: Arc<dyn Store>) {
+    // The migration creates the default tenant, which owns everything from before tenancy.
+    let default = store.get_tenant(DEFAULT_TENANT).await.unwrap().unwrap();
+    assert_eq!(default.test_event_code, None);
+    assert!(store.create_tenant(&tenant("acme")).await.unwrap());
+    assert!(!store.create_tenant(&tenant("acme")).await.unwrap());
+    store
+        .set_tenant_test_event_code("acme", Some("TEST42"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_tenant("acme")
+            .await
+            .unwrap()
+            .unwrap()
+            .test_event_code,
+        Some("TEST42".into())
+    );
+    assert!(matches!(
+        store.set_tenant_test_event_code("nobody", None).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let names: Vec<String> = store
+        .list_tenants()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(names, ["acme", "default"]);
+
+    let mut acme_asset = asset("300", "d3");
+    acme_asset.tenant = "acme".into();
+    acme_asset.test_event_code = Some("TESTA".into());
+    store.upsert_asset(&acme_asset).await.unwrap();
+    assert_eq!(
+        store.get_asset("300").await.unwrap(),
+        Some(acme_asset.clone())
+    );
+    // Another tenant cannot take the asset over, and the row is unchanged.
+    let mut stolen = asset("300", "d9");
+    stolen.tenant = DEFAULT_TENANT.into();
+    assert!(matches!(
+        store.upsert_asset(&stolen).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.get_asset("300").await.unwrap(), Some(acme_asset));
+
+    let mut mine = event("d3", "300", "same-id", 1_000);
+    mine.tenant = "acme".into();
+    store
+        .insert_events(&[mine, event("d1", "100", "same-id", 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_events("same-id", None, None)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let acme = store
+        .find_events("same-id", None, Some("acme"))
+        .await
+        .unwrap();
+    assert_eq!((acme.len(), acme[0].tenant.as_str()), (1, "acme"));
+    assert!(
+        store
+            .find_events("same-id", Some("d1"), Some("acme"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Dead letters are scoped by tenant and by a key's assets.
+    let claimed = store.claim_due("w", 2_000, 9_000, 10).await.unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    let dead = Resolution::Dead {
+        reason: "bad".into(),
+        dead_at_ms: 2_000,
+    };
+    store
+        .resolve("w", &ids, &attempt("permanent:invalid", 2_000), &dead)
+        .await
+        .unwrap();
+    let scoped = |tenant: &str, assets: Option<Vec<String>>| DeadLetterFilter {
+        tenant: Some(tenant.into()),
+        within_assets: assets,
+        ..DeadLetterFilter::default()
+    };
+    let listed = store
+        .list_dead_letters(&scoped("acme", None))
+        .await
+        .unwrap();
+    assert_eq!((listed.len(), listed[0].asset_id.as_str()), (1, "300"));
+    let none = scoped("acme", Some(vec!["100".into()]));
+    assert!(store.list_dead_letters(&none).await.unwrap().is_empty());
+    assert_eq!(store.replay_dead_letters(&none, 3_000).await.unwrap(), 0);
+    let empty = scoped("acme", Some(vec![]));
+    assert_eq!(store.replay_dead_letters(&empty, 3_000).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .replay_dead_letters(&scoped("acme", None), 3_000)
+            .await
+            .unwrap(),
+        1
+    );
+    let default_dead = store
+        .list_dead_letters(&scoped(DEFAULT_TENANT, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        default_dead.len(),
+        1,
+        "the other tenant's dead letter stays"
+    );
+}
+
+async fn api_keys_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
+    store.create_tenant(&tenant("acme")).await.unwrap();
+    let key = ApiKeyRecord {
+        id: "key_1".into(),
+        tenant: "acme".into(),
+        key_hash: "ab".repeat(32),
+        label: Some("crm".into()),
+        assets: Some(vec!["300".into(), "301".into()]),
+        created_at_ms: 5,
+        revoked_at_ms: None,
+    };
+    store.create_api_key(&key).await.unwrap();
+    let mut all_assets = key.clone();
+    all_assets.id = "key_2".into();
+    all_assets.key_hash = "cd".repeat(32);
+    all_assets.assets = None;
+    store.create_api_key(&all_assets).await.unwrap();
+    // The hash is unique.
+    assert!(store.create_api_key(&key).await.is_err());
+
+    assert_eq!(
+        store.find_api_key(&key.key_hash).await.unwrap(),
+        Some(key.clone())
+    );
+    assert_eq!(store.find_api_key("00").await.unwrap(), None);
+    assert_eq!(store.list_api_keys(Some("acme")).await.unwrap().len(), 2);
+    assert!(
+        store
+            .list_api_keys(Some(DEFAULT_TENANT))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let revoked = store.revoke_api_key("key_1", 50).await.unwrap();
+    assert_eq!(revoked.revoked_at_ms, Some(50));
+    // Revoking again keeps the first time.
+    assert_eq!(
+        store
+            .revoke_api_key("key_1", 60)
+            .await
+            .unwrap()
+            .revoked_at_ms,
+        Some(50)
+    );
+    assert_eq!(
+        store
+            .find_api_key(&key.key_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms,
+        Some(50)
+    );
+    assert!(matches!(
+        store.revoke_api_key("key_9", 1).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+async fn tokens_are_resealed_all_or_nothing(store: Arc<dyn Store>) {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    store.upsert_asset(&asset("200", "d2")).await.unwrap();
+    let stale = vec![
+        ("100".to_owned(), "token-1".to_owned(), "new-1".to_owned()),
+        (
+            "200".to_owned(),
+            "not-the-stored-one".to_owned(),
+            "new-2".to_owned(),
+        ),
+    ];
+    assert!(matches!(
+        store.reseal_tokens(&stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.get_asset("100").await.unwrap().unwrap().sealed_token,
+        "token-1"
+    );
+    let fresh = vec![
+        ("100".to_owned(), "token-1".to_owned(), "new-1".to_owned()),
+        ("200".to_owned(), "token-1".to_owned(), "new-2".to_owned()),
+    ];
+    assert_eq!(store.reseal_tokens(&fresh).await.unwrap(), 2);
+    assert_eq!(
+        store.get_asset("200").await.unwrap().unwrap().sealed_token,
+        "new-2"
+    );
+}
+
+async fn the_audit_trail_lists_newest_first(store: Arc<dyn Store>) {
+    store.create_tenant(&tenant("acme")).await.unwrap();
+    for (i, (action, t)) in [
+        ("tenant.create", Some("acme")),
+        ("key.create", Some("acme")),
+        ("master_key.rotate", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        store
+            .append_audit(&AuditEntry {
+                at_ms: 100 + i as i64,
+                actor: "cli:ops".into(),
+                action: action.into(),
+                tenant: t.map(str::to_owned),
+                target: Some(format!("target-{i}")),
+                detail: Some("{\"label\":\"crm\"}".into()),
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.list_audit(None, 10).await.unwrap();
+    let actions: Vec<&str> = all.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["master_key.rotate", "key.create", "tenant.create"]
+    );
+    assert_eq!(all[1].detail.as_deref(), Some("{\"label\":\"crm\"}"));
+    assert_eq!(store.list_audit(Some("acme"), 10).await.unwrap().len(), 2);
+    assert_eq!(store.list_audit(None, 1).await.unwrap().len(), 1);
 }
 
 // ---- Capture (issue #4): webhooks, forwards, contacts, touches ----

@@ -17,6 +17,8 @@ use crate::{
     },
     http::{self, AppState},
     observability,
+    tenancy::{self, AdminContext, keys::Authenticator},
+    vault,
 };
 
 /// Opens the store, applies migrations, and serves until `shutdown` completes.
@@ -47,11 +49,29 @@ pub async fn run_with_store(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let api_key = config.api_key.clone().context(
-        "no API key: set CAPI_RELAY_API_KEY (or api_key in the config file), or use --sandbox",
-    )?;
+    if config.api_key.is_none() && config.admin_key.is_none() {
+        anyhow::bail!(
+            "no API key: set CAPI_RELAY_API_KEY (the default tenant's key) or CAPI_RELAY_ADMIN_KEY (to create tenant keys), or use --sandbox"
+        );
+    }
     let validation = config.validation_options()?;
     let graph = GraphClient::new(config.graph_config()).context("cannot build the HTTP client")?;
+    let (vault, _) = vault::load_master_key(
+        config.master_key.as_ref(),
+        config.master_key_file.as_deref(),
+    )
+    .context("cannot load the master key")?;
+    let vault = Arc::new(vault);
+    let sealed = tenancy::seal_plaintext_tokens(store.as_ref(), &vault)
+        .await
+        .context("cannot seal the access tokens stored in plain text")?;
+    if sealed > 0 {
+        tracing::info!(
+            tokens = sealed,
+            key_id = vault.id(),
+            "sealed access tokens stored in plain text by an older relay"
+        );
+    }
     let wake = Arc::new(Notify::new());
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -62,6 +82,7 @@ pub async fn run_with_store(
         graph,
         config: config.delivery.clone(),
         wake: wake.clone(),
+        vault: vault.clone(),
     };
     for n in 0..config.delivery.workers {
         tasks.spawn(worker::run_worker(
@@ -98,8 +119,17 @@ pub async fn run_with_store(
     let state = AppState {
         ingestor,
         capture,
+        auth: Arc::new(Authenticator::new(
+            store.clone(),
+            config.api_key.clone(),
+            config.admin_key.clone(),
+        )),
+        admin: AdminContext {
+            store: store.clone(),
+            vault,
+            graph: ctx.graph.clone(),
+        },
         store,
-        api_key: Arc::new(api_key),
         wake,
         metrics: observability::prometheus(),
     };

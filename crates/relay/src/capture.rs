@@ -37,6 +37,7 @@ use crate::{
     config::Config,
     delivery::{retry, worker::now_ms},
     ingest::Ingestor,
+    tenancy::keys::Scope,
 };
 
 /// Stored webhooks parsed per round.
@@ -101,18 +102,6 @@ pub enum Refused {
     NotConfigured,
     /// Missing or wrong `X-Hub-Signature-256`.
     BadSignature,
-}
-
-/// Contact resolution of one submitted event.
-pub enum Resolved<'a> {
-    /// No contact named: the event as submitted.
-    AsIs(&'a Value),
-    /// Rewritten with the channel identity; validate with `phone_only` if unattributed.
-    Rewritten {
-        event: Value,
-        attribution: Attribution,
-    },
-    Rejected(Vec<Issue>),
 }
 
 impl Capture {
@@ -228,7 +217,17 @@ impl Capture {
                 tracing::info!(waba = %auto.waba_id, "automatic event without a click id not reported");
                 continue;
             };
-            let report = ingestor.ingest(&[event], None).await?;
+            let Some(asset) = self.store.get_asset(&auto.waba_id).await? else {
+                tracing::warn!(waba = %auto.waba_id, "automatic event for an unregistered asset");
+                continue;
+            };
+            // Reported on behalf of the asset's own tenant.
+            let scope = Scope {
+                tenant: asset.tenant,
+                assets: None,
+                key_id: "automatic_events".into(),
+            };
+            let report = ingestor.ingest(&[event], &scope, None).await?;
             if report.rejected > 0 {
                 tracing::warn!(waba = %auto.waba_id, result = ?report.results, "automatic event rejected");
             }
@@ -236,22 +235,21 @@ impl Capture {
         self.store.finish_webhook(w.id, None, now_ms()).await
     }
 
-    /// Resolves the contact of a submitted event, if it names one.
-    pub async fn resolve<'a>(
+    /// What a submitted event asks to look up: `Ok(None)` when it names no contact.
+    pub fn plan(&self, event: &Value) -> Result<Option<ContactRequest>, Vec<Issue>> {
+        contact::plan(event, &self.pii)
+    }
+
+    /// Looks the contact up and rewrites the event with its channel identity, or says why it
+    /// cannot be attributed. The caller has checked the asset is the caller's.
+    pub async fn resolve(
         &self,
-        event: &'a Value,
+        event: &Value,
+        request: &ContactRequest,
         now_ms: i64,
-    ) -> Result<Resolved<'a>, StoreError> {
-        let request = match contact::plan(event, &self.pii) {
-            Ok(None) => return Ok(Resolved::AsIs(event)),
-            Ok(Some(request)) => request,
-            Err(issues) => return Ok(Resolved::Rejected(issues)),
-        };
-        let lookup = self.lookup_for(&request, now_ms).await?;
-        Ok(match contact::rewrite(event, &request, &lookup) {
-            Ok((event, attribution)) => Resolved::Rewritten { event, attribution },
-            Err(issue) => Resolved::Rejected(vec![issue]),
-        })
+    ) -> Result<Result<(Value, Attribution), Issue>, StoreError> {
+        let lookup = self.lookup_for(request, now_ms).await?;
+        Ok(contact::rewrite(event, request, &lookup))
     }
 
     async fn lookup_for(

@@ -22,9 +22,20 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://PATH` (created on first run) or `postgres://…`.
     pub database_url: String,
-    /// Bearer key clients use for `/v1/*` (`CAPI_RELAY_API_KEY`).
+    /// Bearer key of the default tenant (`CAPI_RELAY_API_KEY`): a single-business relay needs
+    /// no other. Tenants get keys of their own with `capi-relay keys create`.
     #[serde(skip_serializing)]
     pub api_key: Option<SecretString>,
+    /// Bearer key of the admin API `/v1/admin` (`CAPI_RELAY_ADMIN_KEY`); unset disables it.
+    #[serde(skip_serializing)]
+    pub admin_key: Option<SecretString>,
+    /// Master key sealing the stored access tokens: base64 of 32 random bytes
+    /// (`CAPI_RELAY_MASTER_KEY`). Takes precedence over `master_key_file`.
+    #[serde(skip_serializing)]
+    pub master_key: Option<SecretString>,
+    /// File holding the master key (`CAPI_RELAY_MASTER_KEY_FILE`). When neither is set,
+    /// `./capi-relay.key` is used, and created on first run.
+    pub master_key_file: Option<std::path::PathBuf>,
     /// Start the bundled Graph simulator and deliver to it instead of Meta.
     pub sandbox: bool,
     /// Graph API base URL.
@@ -147,6 +158,9 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: "sqlite://capi-relay.db".into(),
             api_key: None,
+            admin_key: None,
+            master_key: None,
+            master_key_file: None,
             sandbox: false,
             graph_url: graph_client::DEFAULT_GRAPH_URL.into(),
             graph_api_version: graph_client::DEFAULT_API_VERSION.into(),

@@ -15,15 +15,13 @@ use std::{
 
 use relay_core::{Issue, ValidationOptions, contact::Attribution, validate_event};
 use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError};
+
+use crate::tenancy::keys::Scope;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{
-    capture::{Capture, Resolved},
-    delivery::worker::now_ms,
-    observability,
-};
+use crate::{capture::Capture, delivery::worker::now_ms, observability};
 
 /// The result of one submitted event.
 #[derive(Debug, Serialize)]
@@ -33,6 +31,9 @@ pub enum EventResult {
         index: usize,
         event_id: String,
         dataset_id: String,
+        /// Shown whenever it is set: Meta counts test events apart from real ones.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        test_event_code: Option<String>,
         /// The contact's touch used for a conversion by contact.
         #[serde(skip_serializing_if = "Option::is_none")]
         attribution: Option<Attribution>,
@@ -85,10 +86,17 @@ const MAX_GROUP_EVENTS: usize = 5_000;
 pub struct Ingestor {
     store: Arc<dyn Store>,
     options: ValidationOptions,
-    assets: Mutex<(Instant, Arc<HashMap<String, Asset>>)>,
+    registry: Mutex<(Instant, Arc<Registry>)>,
     writer: mpsc::Sender<WriteJob>,
     /// Resolves conversions by contact; without it, `contact` is not understood.
     capture: Option<Arc<Capture>>,
+}
+
+/// The routing snapshot: assets by id and each tenant's `test_event_code`.
+#[derive(Default)]
+struct Registry {
+    assets: HashMap<String, Asset>,
+    tenant_test_codes: HashMap<String, String>,
 }
 
 struct WriteJob {
@@ -105,7 +113,7 @@ impl Ingestor {
         Ingestor {
             store,
             options,
-            assets: Mutex::new((stale, Arc::default())),
+            registry: Mutex::new((stale, Arc::default())),
             writer,
             capture: None,
         }
@@ -117,23 +125,37 @@ impl Ingestor {
         self
     }
 
-    async fn assets(&self, force: bool) -> Result<Arc<HashMap<String, Asset>>, StoreError> {
+    /// Makes the next request reload assets and tenants (after an admin change here).
+    pub fn forget_registry(&self) {
+        let mut cached = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        cached.0 = Instant::now() - ASSET_CACHE_TTL * 2;
+    }
+
+    async fn registry(&self, force: bool) -> Result<Arc<Registry>, StoreError> {
         {
-            let cached = self.assets.lock().unwrap_or_else(|p| p.into_inner());
+            let cached = self.registry.lock().unwrap_or_else(|p| p.into_inner());
             let age = cached.0.elapsed();
             if age < ASSET_CACHE_TTL && !(force && age >= ASSET_RELOAD_MIN_AGE) {
                 return Ok(cached.1.clone());
             }
         }
-        let fresh: Arc<HashMap<String, Asset>> = Arc::new(
-            self.store
+        let fresh = Arc::new(Registry {
+            assets: self
+                .store
                 .list_assets()
                 .await?
                 .into_iter()
                 .map(|a| (a.asset_id.clone(), a))
                 .collect(),
-        );
-        *self.assets.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh.clone());
+            tenant_test_codes: self
+                .store
+                .list_tenants()
+                .await?
+                .into_iter()
+                .filter_map(|t| Some((t.name, t.test_event_code?)))
+                .collect(),
+        });
+        *self.registry.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh.clone());
         Ok(fresh)
     }
 
@@ -147,13 +169,19 @@ impl Ingestor {
         answer.await.map_err(|_| unavailable())?
     }
 
-    /// Validates, routes and stores `events`. Returns after the accepted ones are committed.
+    /// Validates, routes and stores `events` for the caller's `scope`: an event for an asset
+    /// outside the scope is rejected exactly like one for an unknown asset, so nothing leaks
+    /// about other tenants. Returns after the accepted ones are committed.
+    ///
+    /// The `test_event_code` sent with an event is the request's, else its asset's, else its
+    /// tenant's.
     pub async fn ingest(
         &self,
         events: &[Value],
+        scope: &Scope,
         test_event_code: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
-        ingest(self, events, test_event_code).await
+        ingest(self, events, scope, test_event_code).await
     }
 }
 
@@ -197,34 +225,68 @@ async fn group_writer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>)
 async fn ingest(
     ingestor: &Ingestor,
     events: &[Value],
+    scope: &Scope,
     test_event_code: Option<&str>,
 ) -> Result<IngestReport, StoreError> {
     let options = &ingestor.options;
     let now = now_ms();
-    let mut assets = ingestor.assets(false).await?;
+    let mut registry = ingestor.registry(false).await?;
 
     let mut results: Vec<Option<EventResult>> = (0..events.len()).map(|_| None).collect();
     let mut routed = Vec::with_capacity(events.len());
     for (index, input) in events.iter().enumerate() {
         // A conversion by contact becomes a normal event first (rewritten before validation).
         let mut event_options = *options;
-        let (input, attribution) = match &ingestor.capture {
-            Some(capture) => match capture.resolve(input, now).await? {
-                Resolved::AsIs(input) => (Cow::Borrowed(input), None),
-                Resolved::Rewritten { event, attribution } => {
-                    event_options.whatsapp_without_click_id = attribution.unattributed;
-                    (Cow::Owned(event), Some(attribution))
+        let planned = match &ingestor.capture {
+            Some(capture) => capture.plan(input).map(|r| r.map(|r| (capture, r))),
+            None => Ok(None),
+        };
+        let (input, attribution) = match planned {
+            Ok(None) => (Cow::Borrowed(input), None),
+            Ok(Some((capture, request))) => {
+                if !registry.assets.contains_key(&request.asset_id) {
+                    registry = ingestor.registry(true).await?;
                 }
-                Resolved::Rejected(errors) => {
-                    results[index] = Some(EventResult::Rejected {
-                        index,
-                        errors,
-                        warnings: Vec::new(),
-                    });
-                    continue;
+                // Checked before any lookup, so the answer says nothing of other tenants.
+                let visible = registry
+                    .assets
+                    .get(&request.asset_id)
+                    .is_some_and(|a| scope.allows(a));
+                let resolved = if visible {
+                    capture.resolve(input, &request, now).await?
+                } else {
+                    Err(Issue::new(
+                        relay_core::IssueCode::UnknownAsset,
+                        format!("user_data.{}", request.channel.asset_field()),
+                        format!(
+                            "asset {} is not registered for this API key; onboard it with `capi-relay assets onboard`",
+                            request.asset_id
+                        ),
+                    ))
+                };
+                match resolved {
+                    Ok((event, attribution)) => {
+                        event_options.whatsapp_without_click_id = attribution.unattributed;
+                        (Cow::Owned(event), Some(attribution))
+                    }
+                    Err(error) => {
+                        results[index] = Some(EventResult::Rejected {
+                            index,
+                            errors: vec![error],
+                            warnings: Vec::new(),
+                        });
+                        continue;
+                    }
                 }
-            },
-            None => (Cow::Borrowed(input), None),
+            }
+            Err(errors) => {
+                results[index] = Some(EventResult::Rejected {
+                    index,
+                    errors,
+                    warnings: Vec::new(),
+                });
+                continue;
+            }
         };
         let valid = match validate_event(&input, &event_options, now / 1000) {
             Ok(valid) => valid,
@@ -240,11 +302,12 @@ async fn ingest(
         let event = valid.event;
         let channel = event.messaging_channel;
         let asset_id = event.asset_id().to_owned();
-        if !assets.contains_key(&asset_id) {
+        if !registry.assets.contains_key(&asset_id) {
             // Maybe added since the snapshot was taken.
-            assets = ingestor.assets(true).await?;
+            registry = ingestor.registry(true).await?;
         }
-        let asset = match assets.get(&asset_id) {
+        let visible = registry.assets.get(&asset_id).filter(|a| scope.allows(a));
+        let asset = match visible {
             Some(asset) if asset.channel == channel.as_str() => asset,
             found => {
                 let message = match found {
@@ -253,7 +316,7 @@ async fn ingest(
                         asset.channel
                     ),
                     None => format!(
-                        "asset {asset_id} is not registered with this relay; add it with `capi-relay assets add`"
+                        "asset {asset_id} is not registered for this API key; onboard it with `capi-relay assets onboard`"
                     ),
                 };
                 let error = Issue::new(
@@ -270,12 +333,19 @@ async fn ingest(
             }
         };
         let payload = serde_json::to_string(&event).expect("a MetaEvent always serialises");
+        let test_event_code = test_event_code
+            .or(asset.test_event_code.as_deref())
+            .or(registry
+                .tenant_test_codes
+                .get(&asset.tenant)
+                .map(String::as_str));
         routed.push(Routed {
             index,
             channel: observability::channel_label(channel.as_str()),
             warnings: valid.warnings,
             attribution,
             new: NewEvent {
+                tenant: asset.tenant.clone(),
                 dataset_id: asset.dataset_id.clone(),
                 asset_id,
                 channel: channel.as_str().to_owned(),
@@ -296,7 +366,8 @@ async fn ingest(
         ingestor.insert(new_events).await?
     };
     for (r, outcome) in routed.into_iter().zip(outcomes) {
-        let (event_id, dataset_id) = (r.new.event_id, r.new.dataset_id);
+        let (event_id, dataset_id, test_event_code) =
+            (r.new.event_id, r.new.dataset_id, r.new.test_event_code);
         results[r.index] = Some(match outcome {
             InsertOutcome::Inserted(_) => {
                 observability::ingested(r.channel, "accepted");
@@ -304,6 +375,7 @@ async fn ingest(
                     index: r.index,
                     event_id,
                     dataset_id,
+                    test_event_code,
                     attribution: r.attribution,
                     warnings: r.warnings,
                 }

@@ -5,6 +5,7 @@
 //! - [`capture`]: Meta webhooks, the attribution store, conversions by contact.
 //! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
 //! - [`config`]: layered configuration; [`observability`]: Prometheus metrics.
+//! - [`tenancy`]: tenants, onboarding, API keys, audit; [`vault`]: tokens sealed at rest.
 //! - [`simulator`]: a Graph API simulator for tests, benchmarks and sandbox runs.
 //! - [`cli`]: the `capi-relay` command line.
 //!
@@ -21,3 +22,5 @@ pub mod ingest;
 pub mod observability;
 pub mod simulator;
 pub mod telemetry;
+pub mod tenancy;
+pub mod vault;

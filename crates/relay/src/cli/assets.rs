@@ -1,27 +1,64 @@
-//! `capi-relay assets …`: the registry of business assets, their datasets and tokens.
+//! `capi-relay assets …`: onboarding business assets, their datasets and sealed tokens.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, sync::Arc};
 
 use clap::{Args, Subcommand};
 use relay_core::Channel;
-use relay_store::{Asset, AssetStatus};
-use secrecy::ExposeSecret;
+use relay_store::{AssetStatus, DEFAULT_TENANT};
 
-use super::{DbArgs, secret_from_env};
-use crate::delivery::worker::now_ms;
+use super::{DbArgs, GraphArgs, TokenArgs, VaultArgs};
+use crate::{
+    delivery::GraphClient,
+    tenancy::{self, AdminContext, AssetSpec, OnboardRequest, cli_actor},
+};
 
 #[derive(Debug, Subcommand)]
 pub enum AssetsCommand {
-    /// Register (or replace) an asset: its channel, dataset and access token.
+    /// Onboard an asset the way Meta's guide describes: create-or-get its dataset through the
+    /// Dataset API, then register it with its token. Safe to run again.
+    Onboard(OnboardArgs),
+    /// Register (or replace) an asset with a dataset id you already have.
     Add(AddArgs),
-    /// List assets with their status. Tokens are never printed.
-    List(DbArgs),
+    /// List assets with their tenant, dataset and status. Tokens are never printed.
+    List(ListArgs),
     /// Replace an asset's token; a paused asset resumes and its held events are delivered.
     SetToken(SetTokenArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct OnboardArgs {
+    /// Tenant that owns the asset.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    pub tenant: String,
+    #[arg(long, value_parser = parse_channel)]
+    pub channel: Channel,
+    /// WhatsApp Business Account id, Page id or Instagram account id.
+    #[arg(long)]
+    pub asset_id: String,
+    /// Reuse this existing dataset instead of asking the Dataset API.
+    #[arg(long)]
+    pub dataset_id: Option<String>,
+    /// Name of the dataset if Meta creates one.
+    #[arg(long)]
+    pub dataset_name: Option<String>,
+    /// Send this asset's events as test events (shown in Events Manager's Test events tab).
+    #[arg(long)]
+    pub test_event_code: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub graph: GraphArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct AddArgs {
+    /// Tenant that owns the asset.
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    pub tenant: String,
     #[arg(long, value_parser = parse_channel)]
     pub channel: Channel,
     /// WhatsApp Business Account id, Page id or Instagram account id.
@@ -30,9 +67,22 @@ pub struct AddArgs {
     /// Dataset that receives this asset's events.
     #[arg(long)]
     pub dataset_id: String,
-    /// Name of the environment variable holding the access token.
+    /// Send this asset's events as test events.
     #[arg(long)]
-    pub access_token_env: String,
+    pub test_event_code: Option<String>,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this tenant's assets.
+    #[arg(long)]
+    pub tenant: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -41,9 +91,10 @@ pub struct AddArgs {
 pub struct SetTokenArgs {
     #[arg(long)]
     pub asset_id: String,
-    /// Name of the environment variable holding the new access token.
-    #[arg(long)]
-    pub access_token_env: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    #[command(flatten)]
+    pub vault: VaultArgs,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -52,76 +103,124 @@ fn parse_channel(s: &str) -> Result<Channel, String> {
     s.parse()
 }
 
-fn numeric(what: &str, id: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()),
-        "{what} {id:?} must be a numeric Meta id"
-    );
-    Ok(())
-}
-
 pub async fn run(command: AssetsCommand) -> anyhow::Result<ExitCode> {
+    let actor = cli_actor();
     match command {
-        AssetsCommand::Add(args) => {
-            numeric("--asset-id", &args.asset_id)?;
-            numeric("--dataset-id", &args.dataset_id)?;
-            let token = secret_from_env(&args.access_token_env)?;
+        AssetsCommand::Onboard(args) => {
+            let token = args.token.read()?;
+            let vault = Arc::new(args.vault.load()?);
             let store = args.db.open().await?;
-            let now = now_ms();
-            let created_at_ms = store
-                .get_asset(&args.asset_id)
-                .await?
-                .map_or(now, |a| a.created_at_ms);
-            store
-                .upsert_asset(&Asset {
-                    channel: args.channel.as_str().into(),
-                    asset_id: args.asset_id.clone(),
-                    dataset_id: args.dataset_id.clone(),
-                    access_token: token.expose_secret().to_owned(),
-                    status: AssetStatus::Active,
-                    status_reason: None,
-                    created_at_ms,
-                    updated_at_ms: now,
-                })
-                .await?;
+            let ctx = AdminContext {
+                store,
+                vault,
+                graph: GraphClient::new(args.graph.config())?,
+            };
+            let request = OnboardRequest {
+                tenant: args.tenant,
+                channel: args.channel,
+                asset_id: args.asset_id,
+                token,
+                dataset_id: args.dataset_id,
+                dataset_name: args.dataset_name,
+                test_event_code: args.test_event_code,
+            };
+            let report = tenancy::onboard(&ctx, request, &actor).await?;
+            let a = &report.asset;
+            let source = match report.dataset_source {
+                "given" => "the dataset you gave",
+                _ => "Meta's Dataset API (create-or-get)",
+            };
             println!(
-                "asset {} ({}) → dataset {}: active",
-                args.asset_id, args.channel, args.dataset_id
+                "asset {} ({}) of tenant {} → dataset {} from {source}: active",
+                a.asset_id, a.channel, a.tenant, a.dataset_id
             );
+            if report.already_registered {
+                println!("  the asset was already registered; its token was replaced");
+            }
+            if let Some(previous) = &report.previous_dataset_id {
+                println!("  NOTE: the asset used dataset {previous} before");
+            }
+            print_test_code(a.test_event_code.as_deref());
         }
-        AssetsCommand::List(db) => {
-            let store = db.open().await?;
-            let assets = store.list_assets().await?;
+        AssetsCommand::Add(args) => {
+            let token = args.token.read()?;
+            let vault = args.vault.load()?;
+            let store = args.db.open().await?;
+            let spec = AssetSpec {
+                tenant: args.tenant,
+                channel: args.channel,
+                asset_id: args.asset_id,
+                dataset_id: args.dataset_id,
+                token,
+                test_event_code: args.test_event_code,
+            };
+            let a = tenancy::add_asset(store.as_ref(), &vault, spec, &actor, "asset.add").await?;
+            println!(
+                "asset {} ({}) of tenant {} → dataset {}: active",
+                a.asset_id, a.channel, a.tenant, a.dataset_id
+            );
+            print_test_code(a.test_event_code.as_deref());
+        }
+        AssetsCommand::List(args) => {
+            let store = args.db.open().await?;
+            let assets: Vec<_> = store
+                .list_assets()
+                .await?
+                .into_iter()
+                .filter(|a| args.tenant.as_ref().is_none_or(|t| *t == a.tenant))
+                .collect();
             if assets.is_empty() {
-                println!("no assets; add one with `capi-relay assets add`");
+                println!("no assets; onboard one with `capi-relay assets onboard`");
+                return Ok(ExitCode::SUCCESS);
             }
             println!(
-                "{:<10} {:<20} {:<20} {:<8} reason",
-                "channel", "asset_id", "dataset_id", "status"
+                "{:<16} {:<10} {:<20} {:<20} {:<8} notes",
+                "tenant", "channel", "asset_id", "dataset_id", "status"
             );
             for a in assets {
                 let status = match a.status {
                     AssetStatus::Active => "active",
                     AssetStatus::Paused => "PAUSED",
                 };
+                let mut notes = Vec::new();
+                if let Some(code) = &a.test_event_code {
+                    notes.push(format!("TEST EVENTS ({code})"));
+                }
+                if let Some(reason) = &a.status_reason {
+                    notes.push(reason.clone());
+                }
                 println!(
-                    "{:<10} {:<20} {:<20} {:<8} {}",
+                    "{:<16} {:<10} {:<20} {:<20} {:<8} {}",
+                    a.tenant,
                     a.channel,
                     a.asset_id,
                     a.dataset_id,
                     status,
-                    a.status_reason.unwrap_or_default()
+                    notes.join("; ")
                 );
             }
         }
         AssetsCommand::SetToken(args) => {
-            let token = secret_from_env(&args.access_token_env)?;
+            let token = args.token.read()?;
+            let vault = args.vault.load()?;
             let store = args.db.open().await?;
-            store
-                .set_asset_token(&args.asset_id, token.expose_secret(), now_ms())
-                .await?;
-            println!("asset {}: token updated, deliveries resumed", args.asset_id);
+            let a =
+                tenancy::set_token(store.as_ref(), &vault, &args.asset_id, &token, None, &actor)
+                    .await?;
+            println!(
+                "asset {} of tenant {}: token updated, deliveries resumed",
+                a.asset_id, a.tenant
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Test events are counted apart by Meta, so an active code is said loudly.
+pub fn print_test_code(code: Option<&str>) {
+    if let Some(code) = code {
+        println!(
+            "  TEST EVENTS: events are sent with test_event_code {code}; they appear only in Events Manager's Test events tab"
+        );
+    }
 }

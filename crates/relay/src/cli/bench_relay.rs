@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::Context;
 use clap::Args;
-use relay_store::{Asset, AssetStatus, Store};
+use relay_store::{Asset, AssetStatus, DEFAULT_TENANT, Store};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
@@ -23,6 +24,7 @@ use super::bench::percentile;
 use crate::{
     delivery::worker::now_ms,
     simulator::{Simulator, SimulatorConfig},
+    vault::MasterKey,
 };
 
 const WABA: &str = "102290129340398";
@@ -107,12 +109,14 @@ fn event(tag: &str, i: usize, now: i64) -> Value {
 async fn start_relay(
     db_url: &str,
     graph_url: &str,
+    master_key: &SecretString,
     workers: usize,
 ) -> anyhow::Result<(Child, String)> {
     let mut child = Command::new(std::env::current_exe()?)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CAPI_RELAY_DELIVERY__WORKERS", workers.to_string())
         .env("CAPI_RELAY_API_KEY", API_KEY)
+        .env("CAPI_RELAY_MASTER_KEY", master_key.expose_secret())
         .env("CAPI_RELAY_DATABASE_URL", db_url)
         .env("CAPI_RELAY_GRAPH_URL", graph_url)
         .env("RUST_LOG", "warn")
@@ -200,12 +204,15 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
     let store = relay_store::connect(db_url).await?;
     store.migrate().await?;
     let now = now_ms();
+    let vault = MasterKey::generate();
     store
         .upsert_asset(&Asset {
+            tenant: DEFAULT_TENANT.into(),
             channel: "whatsapp".into(),
             asset_id: WABA.into(),
             dataset_id: DATASET.into(),
-            access_token: "bench-token".into(),
+            sealed_token: vault.seal(&SecretString::from("bench-token"), WABA),
+            test_event_code: None,
             status: AssetStatus::Active,
             status_reason: None,
             created_at_ms: now,
@@ -213,7 +220,8 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
         })
         .await?;
     let graph_url = format!("http://{sim_addr}");
-    let (mut ingest_only, base) = start_relay(db_url, &graph_url, 0).await?;
+    let master_key = vault.encode();
+    let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
     let url = format!("{base}/v1/events");
     let client = reqwest::Client::new();
     let secs = chrono::Utc::now().timestamp();
@@ -258,7 +266,7 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
 
     // 3. Delivery of the backlog by a relay with workers.
     let started = Instant::now();
-    let (mut relay, base) = start_relay(db_url, &graph_url, 2).await?;
+    let (mut relay, base) = start_relay(db_url, &graph_url, &master_key, 2).await?;
     let pid = relay.id().unwrap_or_default();
     let url = format!("{base}/v1/events");
     wait_drained(store.as_ref(), Duration::from_secs(600)).await?;

@@ -25,6 +25,9 @@ pub struct Selector {
     pub dataset_id: Option<String>,
     #[arg(long)]
     pub asset_id: Option<String>,
+    /// Only this tenant's dead letters.
+    #[arg(long)]
+    pub tenant: Option<String>,
     /// Every dead letter (replay only).
     #[arg(long)]
     pub all: bool,
@@ -38,6 +41,8 @@ pub struct Selector {
 impl Selector {
     fn filter(&self) -> DeadLetterFilter {
         DeadLetterFilter {
+            tenant: self.tenant.clone(),
+            within_assets: None,
             dataset_id: self.dataset_id.clone(),
             asset_id: self.asset_id.clone(),
             event_ids: (!self.event_ids.is_empty()).then(|| self.event_ids.clone()),
@@ -47,7 +52,10 @@ impl Selector {
     }
 
     fn is_selective(&self) -> bool {
-        !self.event_ids.is_empty() || self.dataset_id.is_some() || self.asset_id.is_some()
+        !self.event_ids.is_empty()
+            || self.dataset_id.is_some()
+            || self.asset_id.is_some()
+            || self.tenant.is_some()
     }
 }
 

@@ -2,13 +2,16 @@
 //! code; errors that stop a command are printed once, here.
 
 mod assets;
+mod audit;
 mod bench;
 mod bench_relay;
 mod capture;
 mod dead_letters;
+mod keys;
 mod send;
 mod serve;
 mod simulate;
+mod tenants;
 mod validate;
 
 use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
@@ -41,9 +44,17 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Apply database migrations (serve also applies them at start).
     Migrate(DbArgs),
-    /// Manage business assets (WABA, Page, Instagram account) and their datasets and tokens.
+    /// Manage tenants: the client businesses of this relay.
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
+    /// Manage business assets (WABA, Page, Instagram account): onboarding, datasets, tokens.
     #[command(subcommand)]
     Assets(assets::AssetsCommand),
+    /// Tenant API keys and the master key that seals the stored tokens.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Show the audit trail of admin actions.
+    Audit(audit::AuditArgs),
     /// List or replay dead letters.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLettersCommand),
@@ -109,6 +120,58 @@ impl DbArgs {
     }
 }
 
+/// Where the master key is, for commands that seal or open access tokens.
+#[derive(Debug, Clone, Args)]
+pub struct VaultArgs {
+    /// File holding the master key (base64 of 32 bytes). CAPI_RELAY_MASTER_KEY, if set, is used
+    /// instead; with neither, ./capi-relay.key (created on first use).
+    #[arg(long, env = "CAPI_RELAY_MASTER_KEY_FILE")]
+    pub master_key_file: Option<std::path::PathBuf>,
+}
+
+impl VaultArgs {
+    pub fn load(&self) -> anyhow::Result<crate::vault::MasterKey> {
+        let inline = secret_from_env(crate::vault::MASTER_KEY_ENV).ok();
+        let (key, _) =
+            crate::vault::load_master_key(inline.as_ref(), self.master_key_file.as_deref())?;
+        Ok(key)
+    }
+}
+
+/// Where an access token comes from: never a command-line argument, which other users of the
+/// machine can read in the process list and which shells keep in their history.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct TokenArgs {
+    /// Name of the environment variable holding the access token.
+    #[arg(long)]
+    pub access_token_env: Option<String>,
+    /// File holding the access token.
+    #[arg(long)]
+    pub access_token_file: Option<std::path::PathBuf>,
+    /// Read the access token from standard input.
+    #[arg(long)]
+    pub access_token_stdin: bool,
+}
+
+impl TokenArgs {
+    pub fn read(&self) -> anyhow::Result<SecretString> {
+        let text = if let Some(var) = &self.access_token_env {
+            return secret_from_env(var);
+        } else if let Some(path) = &self.access_token_file {
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
+        } else {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+            text
+        };
+        let token = text.trim();
+        anyhow::ensure!(!token.is_empty(), "the access token is empty");
+        Ok(SecretString::from(token.to_owned()))
+    }
+}
+
 /// Where the Graph API is; shared by every command that calls Meta.
 #[derive(Debug, Clone, Args)]
 pub struct GraphArgs {
@@ -169,7 +232,10 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::serve(args).await,
             Command::Migrate(args) => serve::migrate(args).await,
+            Command::Tenants(command) => tenants::run(command).await,
             Command::Assets(command) => assets::run(command).await,
+            Command::Keys(command) => keys::run(command).await,
+            Command::Audit(args) => audit::run(args).await,
             Command::DeadLetters(command) => dead_letters::run(command).await,
             Command::Capture(command) => capture::run(command).await,
             Command::Validate(args) => validate::run(args),

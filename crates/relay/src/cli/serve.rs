@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
 use anyhow::Context;
 use clap::Args;
 use rand::Rng;
-use relay_store::{Asset, AssetStatus};
+use relay_core::Channel;
+use relay_store::DEFAULT_TENANT;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
@@ -13,8 +14,9 @@ use super::DbArgs;
 use crate::{
     app,
     config::Config,
-    delivery::{GraphClient, GraphConfig, worker::now_ms},
+    delivery::{GraphClient, GraphConfig},
     simulator::{Simulator, SimulatorConfig},
+    tenancy, vault,
 };
 
 /// Database used by `--sandbox` unless one is given, so demo data stays apart.
@@ -86,6 +88,13 @@ async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
         let key: [u8; 16] = rand::rng().random();
         config.api_key = Some(SecretString::from(format!("sandbox-{}", hex::encode(key))));
     }
+    if config.admin_key.is_none() {
+        let key: [u8; 16] = rand::rng().random();
+        config.admin_key = Some(SecretString::from(format!(
+            "sandbox-admin-{}",
+            hex::encode(key)
+        )));
+    }
 
     let store = relay_store::connect(&config.database_url).await?;
     store.migrate().await?;
@@ -96,27 +105,27 @@ async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
     let token = SecretString::from(SANDBOX_TOKEN.to_owned());
     let mut assets = store.list_assets().await?;
     if assets.is_empty() {
+        let (vault, _) = vault::load_master_key(
+            config.master_key.as_ref(),
+            config.master_key_file.as_deref(),
+        )?;
         for (channel, asset_id) in [
-            ("whatsapp", "102290129340398"),
-            ("messenger", "1234567890123"),
-            ("instagram", "17841400000000000"),
+            (Channel::WhatsApp, "102290129340398"),
+            (Channel::Messenger, "1234567890123"),
+            (Channel::Instagram, "17841400000000000"),
         ] {
             let dataset = graph
                 .create_or_get_dataset(asset_id, &token, Some("capi-relay sandbox"))
                 .await?;
-            let now = now_ms();
-            store
-                .upsert_asset(&Asset {
-                    channel: channel.into(),
-                    asset_id: asset_id.into(),
-                    dataset_id: dataset.id,
-                    access_token: SANDBOX_TOKEN.into(),
-                    status: AssetStatus::Active,
-                    status_reason: None,
-                    created_at_ms: now,
-                    updated_at_ms: now,
-                })
-                .await?;
+            let spec = tenancy::AssetSpec {
+                tenant: DEFAULT_TENANT.into(),
+                channel,
+                asset_id: asset_id.into(),
+                dataset_id: dataset.id,
+                token: token.clone(),
+                test_event_code: None,
+            };
+            tenancy::add_asset(store.as_ref(), &vault, spec, "sandbox", "asset.add").await?;
         }
         assets = store.list_assets().await?;
     }
@@ -141,7 +150,10 @@ fn print_sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) {
     println!(" relay API:   http://{address}");
     println!(" simulator:   {sim_url}  (GET {sim_url}/__sim/events)");
     println!(" database:    {}", config.database_url);
-    println!(" API key:     {key}");
+    println!(" API key:     {key}   (the default tenant's)");
+    if let Some(admin) = &config.admin_key {
+        println!(" admin key:   {}   (/v1/admin)", admin.expose_secret());
+    }
     println!(
         " demo assets: whatsapp 102290129340398, messenger 1234567890123, instagram 17841400000000000"
     );

@@ -10,7 +10,6 @@ use std::{sync::Arc, time::Duration};
 
 use rand::Rng;
 use relay_store::{Attempt, ClaimedEvent, Resolution, Store};
-use secrecy::SecretString;
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +19,7 @@ use super::{
     batch::{Batch, make_batches},
     retry,
 };
-use crate::{config::DeliveryConfig, observability};
+use crate::{config::DeliveryConfig, observability, vault::MasterKey};
 
 /// Meta refuses events older than this (spec §2.3).
 const META_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -33,7 +32,12 @@ pub struct DeliveryContext {
     pub config: DeliveryConfig,
     /// Woken by ingestion so new events go out without waiting for the next poll.
     pub wake: Arc<Notify>,
+    /// Opens the sealed access tokens.
+    pub vault: Arc<MasterKey>,
 }
+
+/// How long a dataset waits when its asset's token cannot be opened with this relay's key.
+const UNSEALABLE_TOKEN_HOLD: Duration = Duration::from_secs(30);
 
 /// Runs one worker until `cancel` fires; the round in progress is finished first.
 pub async fn run_worker(ctx: DeliveryContext, owner: String, cancel: CancellationToken) {
@@ -120,7 +124,21 @@ async fn deliver_batch(
         )
         .await;
     };
-    let token = SecretString::from(asset.access_token.clone());
+    let token = match ctx.vault.open(&asset.sealed_token, &asset.asset_id) {
+        Ok(token) => token,
+        Err(e) => {
+            // A relay started with the wrong master key (e.g. mid-rotation): hold the events
+            // without counting an attempt; a relay with the right key delivers them.
+            tracing::error!(asset_id = %asset.asset_id, error = %e, "cannot open the asset's access token");
+            let hold = now_ms() + UNSEALABLE_TOKEN_HOLD.as_millis() as i64;
+            ctx.store.pause_dataset(&batch.dataset_id, hold).await?;
+            let attempt = local_attempt("token_unreadable", &e.to_string());
+            ctx.store
+                .resolve(owner, &ids(&batch.events), &attempt, &Resolution::Release)
+                .await?;
+            return Ok(());
+        }
+    };
     // Bisection stack: a refused payload is split until the bad events stand alone.
     let mut pending = vec![batch.events];
     while let Some(events) = pending.pop() {

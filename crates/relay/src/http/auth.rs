@@ -1,40 +1,73 @@
-//! Bearer API-key authentication as an extractor, compared in constant time.
+//! Bearer-key authentication as extractors: [`TenantKey`] for the event API (a tenant's key, or
+//! the single configured key of the default tenant) and [`AdminKey`] for `/v1/admin`.
 
 use axum::{extract::FromRequestParts, http::StatusCode, http::request::Parts};
-use secrecy::ExposeSecret;
-use subtle::ConstantTimeEq;
 
 use super::{ApiError, AppState};
+use crate::tenancy::keys::Scope;
 
-/// Proof that the request carried the API key.
-pub struct ApiKey;
+/// The caller's tenant scope, from a valid tenant API key.
+pub struct TenantKey(pub Scope);
 
-impl FromRequestParts<AppState> for ApiKey {
-    type Rejection = ApiError;
+/// Proof that the request carried the admin key.
+pub struct AdminKey;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(presented) = presented else {
-            return Err(ApiError::new(
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "send the API key as `Authorization: Bearer <key>`",
-            ));
-        };
-        let expected = state.api_key.expose_secret().as_bytes();
-        if bool::from(presented.as_bytes().ct_eq(expected)) {
-            Ok(ApiKey)
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the API key is not valid",
-            ))
+            )
+        })
+}
+
+fn invalid() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the API key is not valid (unknown or revoked)",
+    )
+}
+
+impl FromRequestParts<AppState> for TenantKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts)?;
+        match state.auth.tenant_scope(presented).await? {
+            Some(scope) => Ok(TenantKey(scope)),
+            None if state.auth.is_admin(presented) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_key",
+                "the admin key manages tenants; send events with a tenant's API key",
+            )),
+            None => Err(invalid()),
         }
+    }
+}
+
+impl FromRequestParts<AppState> for AdminKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let presented = bearer(parts)?;
+        if state.auth.is_admin(presented) {
+            return Ok(AdminKey);
+        }
+        if state.auth.tenant_scope(presented).await?.is_some() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_admin",
+                "this endpoint needs the admin key (CAPI_RELAY_ADMIN_KEY), not a tenant key",
+            ));
+        }
+        Err(invalid())
     }
 }

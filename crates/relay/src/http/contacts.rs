@@ -1,6 +1,6 @@
 //! The contacts captured from webhooks: `GET /v1/contacts/{channel}/{asset_id}/{customer}` shows
 //! one with its touches; `PUT …/customer-id` links the CRM's own id to it. Keyed by
-//! (channel, asset) throughout, so tenant checks need only the asset's owner.
+//! (channel, asset) throughout: the caller's key must own the asset.
 
 use axum::{
     Json,
@@ -11,19 +11,36 @@ use relay_core::Channel;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth::ApiKey};
+use super::{
+    ApiError, AppState,
+    auth::{AdminKey, TenantKey},
+};
+use crate::tenancy::keys::Scope;
 
 fn channel(raw: &str) -> Result<Channel, ApiError> {
     raw.parse()
         .map_err(|m: String| ApiError::new(StatusCode::NOT_FOUND, "unknown_channel", m))
 }
 
+/// The asset must be the caller's; another tenant's asset looks exactly like an unknown one.
+async fn owned(state: &AppState, scope: &Scope, asset_id: &str) -> Result<(), ApiError> {
+    match state.store.get_asset(asset_id).await? {
+        Some(asset) if scope.allows(&asset) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("asset {asset_id} is not registered for this API key"),
+        )),
+    }
+}
+
 pub async fn show(
     State(state): State<AppState>,
-    _key: ApiKey,
+    TenantKey(scope): TenantKey,
     Path((channel_raw, asset_id, customer)): Path<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&channel_raw)?;
+    owned(&state, &scope, &asset_id).await?;
     let contact = state
         .capture
         .find_contact(channel, &asset_id, &customer)
@@ -46,11 +63,12 @@ pub struct LinkBody {
 
 pub async fn link_customer_id(
     State(state): State<AppState>,
-    _key: ApiKey,
+    TenantKey(scope): TenantKey,
     Path((channel_raw, asset_id, customer)): Path<(String, String, String)>,
     body: Result<Json<LinkBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&channel_raw)?;
+    owned(&state, &scope, &asset_id).await?;
     let Json(body) = body.map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -80,10 +98,10 @@ pub struct WebhookQuery {
 }
 
 /// `GET /v1/webhooks?state=failed`: stored deliveries, e.g. those kept because they could not
-/// be understood.
+/// be understood. Admin only: one delivery may concern several tenants.
 pub async fn list_webhooks(
     State(state): State<AppState>,
-    _key: ApiKey,
+    _admin: AdminKey,
     Query(q): Query<WebhookQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let records = state

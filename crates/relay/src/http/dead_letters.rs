@@ -9,8 +9,9 @@ use relay_store::DeadLetterFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth::ApiKey, events::record_json};
+use super::{ApiError, AppState, auth::TenantKey, events::record_json};
 use crate::delivery::worker::now_ms;
+use crate::tenancy::keys::Scope;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -21,10 +22,12 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    _key: ApiKey,
+    TenantKey(scope): TenantKey,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = DeadLetterFilter {
+        tenant: Some(scope.tenant.clone()),
+        within_assets: scope_assets(&scope),
         dataset_id: q.dataset_id,
         asset_id: q.asset_id,
         limit: Some(q.limit.unwrap_or(100).clamp(1, 1_000)),
@@ -48,7 +51,7 @@ pub struct ReplayRequest {
 
 pub async fn replay(
     State(state): State<AppState>,
-    _key: ApiKey,
+    TenantKey(scope): TenantKey,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
@@ -68,6 +71,8 @@ pub async fn replay(
         ));
     }
     let filter = DeadLetterFilter {
+        tenant: Some(scope.tenant.clone()),
+        within_assets: scope_assets(&scope),
         dataset_id: request.dataset_id,
         asset_id: request.asset_id,
         event_ids: request.event_ids,
@@ -78,4 +83,9 @@ pub async fn replay(
         state.wake.notify_waiters();
     }
     Ok(Json(json!({ "replayed": replayed })))
+}
+
+/// The asset limit of a key, as a filter.
+fn scope_assets(scope: &Scope) -> Option<Vec<String>> {
+    scope.assets.as_ref().map(|a| a.to_vec())
 }

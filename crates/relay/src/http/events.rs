@@ -10,12 +10,12 @@ use relay_core::MAX_EVENTS_PER_REQUEST;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, AppState, auth::ApiKey};
+use super::{ApiError, AppState, auth::TenantKey};
 use crate::ingest::IngestReport;
 
 pub async fn submit(
     State(state): State<AppState>,
-    _key: ApiKey,
+    TenantKey(scope): TenantKey,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
     let body = body?;
@@ -47,7 +47,10 @@ pub async fn submit(
         ));
     }
     let test_event_code = request.get("test_event_code").and_then(Value::as_str);
-    let report = state.ingestor.ingest(events, test_event_code).await?;
+    let report = state
+        .ingestor
+        .ingest(events, &scope, test_event_code)
+        .await?;
     if report.accepted > 0 {
         state.wake.notify_waiters();
     }
@@ -61,14 +64,16 @@ pub struct ShowQuery {
 
 pub async fn show(
     State(state): State<AppState>,
-    _key: ApiKey,
+    TenantKey(scope): TenantKey,
     Path(event_id): Path<String>,
     Query(query): Query<ShowQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    // Another tenant's event looks exactly like a missing one.
     let mut found = state
         .store
-        .find_events(&event_id, query.dataset_id.as_deref())
+        .find_events(&event_id, query.dataset_id.as_deref(), Some(&scope.tenant))
         .await?;
+    found.retain(|r| scope.allows_asset_id(&r.tenant, &r.asset_id));
     match found.len() {
         0 => Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -1,5 +1,6 @@
 //! The HTTP API. Handlers are thin: extract, call a service function, map the result.
 
+mod admin;
 mod auth;
 mod contacts;
 mod dead_letters;
@@ -13,11 +14,10 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
-    routing::{get, post, put},
+    routing::{delete, get, post, put},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_store::Store;
-use secrecy::SecretString;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 
@@ -30,7 +30,10 @@ pub struct AppState {
     pub ingestor: Arc<crate::ingest::Ingestor>,
     /// Webhooks, contacts and touches.
     pub capture: Arc<crate::capture::Capture>,
-    pub api_key: Arc<SecretString>,
+    /// Turns bearer keys into tenant scopes or admin rights.
+    pub auth: Arc<crate::tenancy::keys::Authenticator>,
+    /// Store, vault and Graph client for admin actions (onboarding calls Meta).
+    pub admin: crate::tenancy::AdminContext,
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
@@ -52,6 +55,22 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
             put(contacts::link_customer_id),
         )
         .route("/v1/webhooks", get(contacts::list_webhooks))
+        .route(
+            "/v1/admin/tenants",
+            post(admin::create_tenant).get(admin::list_tenants),
+        )
+        .route(
+            "/v1/admin/tenants/{name}",
+            get(admin::show_tenant).patch(admin::update_tenant),
+        )
+        .route(
+            "/v1/admin/tenants/{name}/assets",
+            post(admin::onboard_asset),
+        )
+        .route("/v1/admin/tenants/{name}/keys", post(admin::create_key))
+        .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
+        .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
+        .route("/v1/admin/audit", get(admin::audit))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let webhooks = Router::new()
         .route(

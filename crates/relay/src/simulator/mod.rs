@@ -185,6 +185,16 @@ impl Simulator {
         self.lock().faults = faults;
     }
 
+    /// Makes the Dataset API refuse `asset_id` with a permission error (code 200).
+    pub fn deny_asset(&self, asset_id: &str) {
+        self.lock().denied_assets.insert(asset_id.to_owned());
+    }
+
+    /// The dataset the Dataset API gave `asset_id`, if any.
+    pub fn dataset_of(&self, asset_id: &str) -> Option<String> {
+        self.lock().asset_datasets.get(asset_id).cloned()
+    }
+
     /// Replaces the accepted tokens; empty accepts any.
     pub fn set_tokens(&self, tokens: Vec<String>) {
         self.lock().tokens = tokens.into_iter().collect();

@@ -6,9 +6,10 @@ use std::{sync::Arc, time::Duration};
 use capi_relay::{
     config::Config,
     simulator::{Simulator, SimulatorConfig},
+    vault::MasterKey,
 };
-use relay_store::{Asset, AssetStatus, Store};
-use secrecy::SecretString;
+use relay_store::{Asset, AssetStatus, DEFAULT_TENANT, Store};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tokio::{sync::oneshot, task::JoinHandle};
 
@@ -79,13 +80,17 @@ impl TestDb {
     }
 }
 
+pub const ADMIN_KEY: &str = "test-admin-key";
+
 /// Settings that make retries and polling fast enough for tests.
-pub fn test_config(db_url: &str, graph_url: &str) -> Config {
+pub fn test_config(db_url: &str, graph_url: &str, master_key: &MasterKey) -> Config {
     let mut config = Config {
         database_url: db_url.into(),
         graph_url: graph_url.into(),
         graph_timeout: Duration::from_secs(2),
         api_key: Some(SecretString::from(API_KEY.to_owned())),
+        admin_key: Some(SecretString::from(ADMIN_KEY.to_owned())),
+        master_key: Some(master_key.encode()),
         ..Config::default()
     };
     let d = &mut config.delivery;
@@ -104,6 +109,8 @@ pub struct TestApp {
     pub sim: Simulator,
     pub store: Arc<dyn Store>,
     pub db: TestDb,
+    pub vault: Arc<MasterKey>,
+    pub sim_base: String,
     pub client: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -121,6 +128,25 @@ pub struct TestEnv {
     pub sim: Simulator,
     pub sim_url: String,
     pub store: Arc<dyn Store>,
+    /// The master key the assets' tokens are sealed with.
+    pub vault: Arc<MasterKey>,
+}
+
+impl TestEnv {
+    /// Stores `token` for `asset_id` as the relay would: sealed.
+    pub async fn set_token(&self, asset_id: &str, token: &str) {
+        set_sealed_token(&self.store, &self.vault, asset_id, token).await;
+    }
+
+    /// The master key as `CAPI_RELAY_MASTER_KEY` holds it.
+    pub fn master_key_text(&self) -> String {
+        self.vault.encode().expose_secret().to_owned()
+    }
+}
+
+async fn set_sealed_token(store: &Arc<dyn Store>, vault: &MasterKey, asset_id: &str, token: &str) {
+    let sealed = vault.seal(&SecretString::from(token.to_owned()), asset_id);
+    store.set_asset_token(asset_id, &sealed, 0).await.unwrap();
 }
 
 pub async fn prepare_env(backend: Backend) -> Option<TestEnv> {
@@ -133,16 +159,19 @@ pub async fn prepare_env(backend: Backend) -> Option<TestEnv> {
     .await;
     let store = relay_store::connect(&db.url).await.unwrap();
     store.migrate().await.unwrap();
+    let vault = Arc::new(MasterKey::generate());
     for (channel, asset, dataset) in [
         ("whatsapp", WABA, WABA_DATASET),
         ("messenger", PAGE, PAGE_DATASET),
     ] {
         store
             .upsert_asset(&Asset {
+                tenant: DEFAULT_TENANT.into(),
                 channel: channel.into(),
                 asset_id: asset.into(),
                 dataset_id: dataset.into(),
-                access_token: TOKEN.into(),
+                sealed_token: vault.seal(&SecretString::from(TOKEN), asset),
+                test_event_code: None,
                 status: AssetStatus::Active,
                 status_reason: None,
                 created_at_ms: 0,
@@ -156,6 +185,7 @@ pub async fn prepare_env(backend: Backend) -> Option<TestEnv> {
         sim,
         sim_url,
         store,
+        vault,
     })
 }
 
@@ -165,14 +195,17 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         sim,
         sim_url,
         store,
+        vault,
     } = prepare_env(backend).await?;
-    let mut config = test_config(&db.url, &sim_url);
+    let mut config = test_config(&db.url, &sim_url, &vault);
     tweak(&mut config);
     let mut app = TestApp {
         base: String::new(),
         sim,
         store,
         db,
+        vault,
+        sim_base: sim_url,
         client: reqwest::Client::new(),
         shutdown: None,
         handle: None,
@@ -182,6 +215,45 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
 }
 
 impl TestApp {
+    /// Stores `token` for `asset_id` as the relay would: sealed.
+    pub async fn set_token(&self, asset_id: &str, token: &str) {
+        set_sealed_token(&self.store, &self.vault, asset_id, token).await;
+    }
+
+    /// The master key as `CAPI_RELAY_MASTER_KEY` holds it.
+    pub fn master_key_text(&self) -> String {
+        self.vault.encode().expose_secret().to_owned()
+    }
+
+    /// This app's configuration (for a restart or a second instance).
+    pub fn config(&self) -> Config {
+        test_config(&self.db.url, &self.sim_url(), &self.vault)
+    }
+
+    pub fn sim_url(&self) -> String {
+        self.sim_base.clone()
+    }
+
+    /// A request with `key` as the bearer key.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Starts a relay process-equivalent on this app's database (another instance, or a restart).
     pub async fn start(&mut self, config: Config) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -14,14 +14,16 @@ use axum::{
 };
 use capi_relay::{capture::sign, config::Config};
 use relay_store::{
-    Asset, AssetStatus,
+    Asset, AssetStatus, DEFAULT_TENANT,
     capture::{CaptureOptions, NewWebhook},
 };
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
+use reqwest::Method;
+
 use crate::{
-    app::{Backend, PAGE, PAGE_DATASET, TOKEN, TestApp, WABA, spawn_app_with},
+    app::{ADMIN_KEY, Backend, PAGE, PAGE_DATASET, TOKEN, TestApp, WABA, spawn_app_with},
     helpers::now,
 };
 
@@ -42,6 +44,7 @@ both_backends!(
     a_signed_payload_that_cannot_be_understood_is_kept_and_acknowledged,
     a_conversion_by_phone_is_delivered_with_the_captured_click_id,
     a_crm_customer_id_linked_once_reports_conversions_from_then_on,
+    contacts_are_visible_only_to_keys_that_own_the_asset,
     messenger_and_instagram_conversions_by_scoped_id_are_delivered,
     status_ad_touches_are_no_attribution_unless_the_asset_allows_the_hashed_phone,
     automatic_events_are_reported_once_for_opted_in_assets,
@@ -85,10 +88,14 @@ async fn spawn(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<Test
     .await?;
     app.store
         .upsert_asset(&Asset {
+            tenant: DEFAULT_TENANT.into(),
             channel: "instagram".into(),
             asset_id: IG_ACCOUNT.into(),
             dataset_id: PAGE_DATASET.into(),
-            access_token: TOKEN.into(),
+            sealed_token: app
+                .vault
+                .seal(&SecretString::from(TOKEN.to_owned()), IG_ACCOUNT),
+            test_event_code: None,
             status: AssetStatus::Active,
             status_reason: None,
             created_at_ms: 0,
@@ -399,7 +406,12 @@ async fn a_signed_payload_that_cannot_be_understood_is_kept_and_acknowledged(bac
         assert_eq!(status, 200, "acknowledged so Meta does not retry forever");
     }
     app.wait_processed().await;
-    let (status, failed) = app.get_json("/v1/webhooks?state=failed").await;
+    // One delivery may concern several tenants: only the admin key lists them.
+    let (status, _) = app.get_json("/v1/webhooks?state=failed").await;
+    assert_eq!(status, 403);
+    let (status, failed) = app
+        .request(Method::GET, "/v1/webhooks?state=failed", ADMIN_KEY, None)
+        .await;
     assert_eq!(status, 200);
     let failed = failed["webhooks"].as_array().unwrap();
     assert_eq!(failed.len(), 2);
@@ -509,6 +521,71 @@ async fn a_crm_customer_id_linked_once_reports_conversions_from_then_on(backend:
     assert_eq!(report["accepted"], 1, "{report}");
     let sent = app.delivered("by-crm-id").await;
     assert_eq!(sent["user_data"]["ctwa_clid"], CLICK_ID);
+    app.stop().await;
+}
+
+async fn contacts_are_visible_only_to_keys_that_own_the_asset(backend: Backend) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.deliver("", &fixture("whatsapp_cloud_referral.json"))
+        .await;
+    let (status, body) = app
+        .request(
+            Method::POST,
+            "/v1/admin/tenants",
+            ADMIN_KEY,
+            Some(&json!({"name": "acme"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut keys = Vec::new();
+    for (tenant, assets) in [("acme", Value::Null), ("default", json!([PAGE]))] {
+        let (status, body) = app
+            .request(
+                Method::POST,
+                &format!("/v1/admin/tenants/{tenant}/keys"),
+                ADMIN_KEY,
+                Some(&json!({"label": "crm", "assets": assets})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        keys.push(body["key"].as_str().unwrap().to_owned());
+    }
+    let path = format!("/v1/contacts/whatsapp/{WABA}/%2B5511987654321");
+    // The owner sees the contact.
+    let (status, _) = app.get_json(&path).await;
+    assert_eq!(status, 200);
+    for key in &keys {
+        // Another tenant, or a key of the same tenant limited to other assets: as if unknown.
+        let (status, body) = app.request(Method::GET, &path, key, None).await;
+        assert_eq!(status, 404, "{body}");
+        assert!(!body.to_string().contains("cv1-"), "{body}");
+        let (status, _) = app
+            .request(
+                Method::PUT,
+                &format!("{path}/customer-id"),
+                key,
+                Some(&json!({"customer_id": "stolen"})),
+            )
+            .await;
+        assert_eq!(status, 404);
+        let (_, report) = app
+            .request(
+                Method::POST,
+                "/v1/events",
+                key,
+                Some(&json!({"data": [purchase_by(json!({"phone": WA_PHONE}), "other-tenant")]})),
+            )
+            .await;
+        assert_eq!(
+            report["results"][0]["errors"][0]["code"], "unknown_asset",
+            "{report}"
+        );
+        let (status, _) = app.request(Method::GET, "/v1/webhooks", key, None).await;
+        assert_eq!(status, 403);
+    }
+    assert!(app.delivered_ids().is_empty());
     app.stop().await;
 }
 
@@ -698,7 +775,7 @@ async fn webhooks_stored_before_a_restart_are_processed_at_start(backend: Backen
         .await
         .unwrap();
     // Processing needs no Graph API.
-    let mut config = crate::app::test_config(&app.db.url, "http://127.0.0.1:9");
+    let mut config = crate::app::test_config(&app.db.url, "http://127.0.0.1:9", &app.vault);
     capture_config(&mut config);
     app.start(config).await;
     app.wait_processed().await;
@@ -789,7 +866,7 @@ async fn retention_purges_old_attribution_data(backend: Backend) {
     app.stop().await;
 
     // The next start purges what is older than the retention.
-    let mut config = crate::app::test_config(&app.db.url, "http://127.0.0.1:9");
+    let mut config = crate::app::test_config(&app.db.url, "http://127.0.0.1:9", &app.vault);
     capture_config(&mut config);
     retention(&mut config);
     config.retention.purge_interval = Duration::from_millis(100);

@@ -235,3 +235,103 @@ async fn send_reports_meta_errors_and_a_missing_token_variable() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("NOT_SET_ANYWHERE is not set"));
 }
+
+/// The README's first command, as a new user runs it in an empty directory: the sandbox starts,
+/// makes its master key file, prints working keys, and an event reaches the simulator.
+#[tokio::test]
+async fn the_sandbox_starts_in_an_empty_directory_and_delivers_to_the_simulator() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(binary())
+        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("CAPI_RELAY_API_KEY")
+        .env_remove("CAPI_RELAY_MASTER_KEY")
+        .env_remove("CAPI_RELAY_DATABASE_URL")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = std::collections::HashMap::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            for label in ["relay API:", "simulator:", "API key:", "admin key:"] {
+                if let Some(rest) = line.trim().strip_prefix(label) {
+                    banner.insert(label, rest.split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            if line.trim_start().starts_with("try:") {
+                return;
+            }
+        }
+        panic!("the sandbox exited before printing its banner");
+    })
+    .await
+    .expect("the sandbox starts within 30 s");
+    assert_eq!(banner.len(), 4, "{banner:?}");
+
+    let key_file = dir.path().join("capi-relay.key");
+    assert!(key_file.exists(), "the master key file is created");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    let client = reqwest::Client::new();
+    let event = json!({"data": [{
+        "event_name": "Purchase", "event_time": now(), "event_id": "sandbox-1",
+        "messaging_channel": "whatsapp",
+        "user_data": {"whatsapp_business_account_id": "102290129340398", "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ"},
+        "custom_data": {"currency": "USD", "value": 42}
+    }]});
+    let response = client
+        .post(format!("{}/v1/events", banner["relay API:"]))
+        .bearer_auth(&banner["API key:"])
+        .json(&event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let admin = client
+        .get(format!("{}/v1/admin/tenants/default", banner["relay API:"]))
+        .bearer_auth(&banner["admin key:"])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    let shown: Value = admin.json().await.unwrap();
+    assert_eq!(shown["assets"].as_array().unwrap().len(), 3, "{shown}");
+
+    let started = std::time::Instant::now();
+    loop {
+        let received: Value = client
+            .get(format!("{}/__sim/events", banner["simulator:"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if received.to_string().contains("sandbox-1") {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "never delivered: {received}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The database holds the demo tokens sealed only.
+    drop(client);
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    let db = std::fs::read(dir.path().join("capi-relay-sandbox.db")).unwrap_or_default();
+    let wal = std::fs::read(dir.path().join("capi-relay-sandbox.db-wal")).unwrap_or_default();
+    let needle = b"sandbox-token";
+    for bytes in [db, wal] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+    }
+}

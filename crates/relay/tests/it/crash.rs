@@ -29,6 +29,7 @@ async fn start_relay_logging(
     let mut child = Command::new(binary())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CAPI_RELAY_API_KEY", API_KEY)
+        .env("CAPI_RELAY_MASTER_KEY", env.master_key_text())
         .env("CAPI_RELAY_DATABASE_URL", &env.db.url)
         .env("CAPI_RELAY_GRAPH_URL", &env.sim_url)
         .env(
@@ -100,10 +101,7 @@ async fn no_log_line_holds_a_token_or_raw_pii(backend: Backend) {
         return;
     };
     // Every failure path logs something: an expired token pauses the asset, then a new one resumes it.
-    env.store
-        .set_asset_token(crate::app::WABA, "EAAB-expired-secret", 0)
-        .await
-        .unwrap();
+    env.set_token(crate::app::WABA, "EAAB-expired-secret").await;
     let log = tempfile::NamedTempFile::new().unwrap();
     let (mut relay, base) =
         start_relay_logging(&env, 100, "debug", Stdio::from(log.reopen().unwrap())).await;
@@ -124,10 +122,7 @@ async fn no_log_line_holds_a_token_or_raw_pii(backend: Backend) {
         assert!(started.elapsed() < Duration::from_secs(30), "never paused");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    env.store
-        .set_asset_token(crate::app::WABA, crate::app::TOKEN, 0)
-        .await
-        .unwrap();
+    env.set_token(crate::app::WABA, crate::app::TOKEN).await;
     wait_drained(&env, Duration::from_secs(30)).await;
     relay.start_kill().unwrap();
     relay.wait().await.unwrap();
@@ -137,8 +132,10 @@ async fn no_log_line_holds_a_token_or_raw_pii(backend: Backend) {
         text.lines().count() > 10,
         "debug logging produced lines to check"
     );
+    let master_key = env.master_key_text();
     for secret in [
         API_KEY,
+        master_key.as_str(),
         "EAAB-expired-secret",
         crate::app::TOKEN,
         "maria.secret@example.com",

@@ -24,3 +24,4 @@ mod helpers;
 mod payload_acceptance;
 mod service;
 mod simulator;
+mod tenancy;

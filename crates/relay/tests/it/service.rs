@@ -173,10 +173,7 @@ async fn a_token_error_pauses_the_asset_until_the_token_is_updated(backend: Back
     let Some(mut app) = spawn_app(backend).await else {
         return;
     };
-    app.store
-        .set_asset_token(WABA, "expired-token", 0)
-        .await
-        .unwrap();
+    app.set_token(WABA, "expired-token").await;
     let events: Vec<Value> = (0..20).map(whatsapp_event).collect();
     app.post_events(&events).await;
     app.post_events(&[messenger_event(1)]).await;
@@ -218,6 +215,7 @@ async fn a_token_error_pauses_the_asset_until_the_token_is_updated(backend: Back
         ])
         .args(["--database-url", &app.db.url])
         .env("NEW_TOKEN", TOKEN)
+        .env("CAPI_RELAY_MASTER_KEY", app.master_key_text())
         .output()
         .await
         .unwrap();
@@ -360,7 +358,7 @@ async fn graceful_shutdown_finishes_sends_in_flight(backend: Backend) {
     app.post_events(&events).await;
     // Wait until a worker holds the events, then stop while the request is in flight.
     let started = std::time::Instant::now();
-    while app.store.find_events("wa-0", None).await.unwrap()[0].state
+    while app.store.find_events("wa-0", None, None).await.unwrap()[0].state
         != relay_store::EventState::Sending
     {
         assert!(started.elapsed() < WAIT);
@@ -368,7 +366,7 @@ async fn graceful_shutdown_finishes_sends_in_flight(backend: Backend) {
     }
     app.stop().await;
     assert_eq!(app.delivered_ids().len(), 100);
-    let record = &app.store.find_events("wa-0", None).await.unwrap()[0];
+    let record = &app.store.find_events("wa-0", None, None).await.unwrap()[0];
     assert_eq!(
         record.state,
         relay_store::EventState::Delivered,

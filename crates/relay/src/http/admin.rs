@@ -1,0 +1,242 @@
+//! `/v1/admin/…`: tenants, onboarding, tokens, API keys and the audit trail, for the admin key.
+//! Each handler parses, calls the tenancy service and maps the result.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::StatusCode,
+};
+use relay_core::Channel;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, auth::AdminKey};
+use crate::tenancy::{self, AdminError, OnboardRequest};
+
+const ACTOR: &str = "admin-api";
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        match e {
+            AdminError::Invalid { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
+            }
+            AdminError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
+            AdminError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+            AdminError::Meta { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "meta_refused", e.to_string())
+            }
+            AdminError::Vault(v) => {
+                tracing::error!(error = %v, "vault error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vault", v.to_string())
+            }
+            AdminError::Store(s) => s.into(),
+        }
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("the body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    name: String,
+    test_event_code: Option<String>,
+}
+
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: NewTenant = parse(&body)?;
+    let store = state.store.as_ref();
+    let tenant = tenancy::create_tenant(
+        store,
+        &request.name,
+        request.test_event_code.as_deref(),
+        ACTOR,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!(tenant))))
+}
+
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+) -> Result<Json<Value>, ApiError> {
+    let tenants = state.store.list_tenants().await?;
+    Ok(Json(json!({ "data": tenants })))
+}
+
+pub async fn show_tenant(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let overview = tenancy::tenant_overview(state.store.as_ref(), &name).await?;
+    Ok(Json(json!(overview)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantChange {
+    /// `null` clears the code.
+    test_event_code: Option<String>,
+}
+
+pub async fn update_tenant(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let change: TenantChange = parse(&body)?;
+    let store = state.store.as_ref();
+    tenancy::set_test_event_code(store, &name, change.test_event_code.as_deref(), ACTOR).await?;
+    state.ingestor.forget_registry();
+    Ok(Json(json!(tenancy::get_tenant(store, &name).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnboardBody {
+    channel: String,
+    asset_id: String,
+    access_token: SecretString,
+    dataset_id: Option<String>,
+    dataset_name: Option<String>,
+    test_event_code: Option<String>,
+}
+
+pub async fn onboard_asset(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: OnboardBody = parse(&body)?;
+    let channel: Channel = body.channel.parse().map_err(|e: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("channel: {e}"),
+        )
+    })?;
+    if body.access_token.expose_secret().trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "access_token: must not be empty",
+        ));
+    }
+    let request = OnboardRequest {
+        tenant,
+        channel,
+        asset_id: body.asset_id,
+        token: body.access_token,
+        dataset_id: body.dataset_id,
+        dataset_name: body.dataset_name,
+        test_event_code: body.test_event_code,
+    };
+    let report = tenancy::onboard(&state.admin, request, ACTOR).await?;
+    state.ingestor.forget_registry();
+    Ok((StatusCode::CREATED, Json(json!(report))))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    access_token: SecretString,
+}
+
+pub async fn set_token(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(asset_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: TokenBody = parse(&body)?;
+    let asset = tenancy::set_token(
+        state.store.as_ref(),
+        &state.admin.vault,
+        &asset_id,
+        &body.access_token,
+        None,
+        ACTOR,
+    )
+    .await?;
+    state.wake.notify_waiters();
+    Ok(Json(json!(asset)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewKeyBody {
+    label: Option<String>,
+    assets: Option<Vec<String>>,
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body: NewKeyBody = if body.is_empty() {
+        NewKeyBody {
+            label: None,
+            assets: None,
+        }
+    } else {
+        parse(&body)?
+    };
+    let new = tenancy::create_key(
+        state.store.as_ref(),
+        &tenant,
+        body.label,
+        body.assets,
+        ACTOR,
+    )
+    .await?;
+    let mut shown = json!(new.record);
+    // The only time the key is ever shown.
+    shown["key"] = Value::String(new.key.expose_secret().to_owned());
+    Ok((StatusCode::CREATED, Json(shown)))
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let key = tenancy::revoke_key(state.store.as_ref(), &id, ACTOR).await?;
+    state.auth.forget();
+    Ok(Json(json!(key)))
+}
+
+#[derive(Deserialize)]
+pub struct AuditQuery {
+    tenant: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn audit(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+    let entries = state.store.list_audit(q.tenant.as_deref(), limit).await?;
+    Ok(Json(json!({ "data": entries })))
+}
