@@ -37,6 +37,7 @@ use crate::{
     config::Config,
     delivery::{retry, worker::now_ms},
     ingest::Ingestor,
+    observability,
     tenancy::keys::Scope,
 };
 
@@ -152,9 +153,11 @@ impl Capture {
         waba_hint: Option<String>,
     ) -> Result<Result<Received, Refused>, StoreError> {
         if self.secrets.is_empty() {
+            observability::webhook_received("not_configured");
             return Ok(Err(Refused::NotConfigured));
         }
         if !verify_signature(&self.secrets, signature, body) {
+            observability::webhook_received("bad_signature");
             return Ok(Err(Refused::BadSignature));
         }
         let inserted = self
@@ -170,10 +173,14 @@ impl Capture {
             .await?;
         Ok(Ok(match inserted {
             WebhookInsert::Inserted(_) => {
+                observability::webhook_received("stored");
                 self.wake.notify_one();
                 Received::Stored
             }
-            WebhookInsert::Duplicate => Received::Duplicate,
+            WebhookInsert::Duplicate => {
+                observability::webhook_received("duplicate");
+                Received::Duplicate
+            }
         }))
     }
 
@@ -194,6 +201,7 @@ impl Capture {
             Err(e) => {
                 // Signed by Meta but not understood: kept with the reason, never retried.
                 tracing::warn!(webhook = w.id, error = %e, "webhook kept unprocessed");
+                observability::webhook_processed("failed");
                 return self
                     .store
                     .finish_webhook(w.id, Some(&e.to_string()), now_ms())
@@ -202,7 +210,9 @@ impl Capture {
         };
         for inbound in &parsed.inbound {
             let sighting = sighting(inbound, &self.pii, w.received_at_ms);
-            self.store.record_sighting(&sighting).await?;
+            if self.store.record_sighting(&sighting).await?.touch_inserted {
+                observability::touches_captured(inbound.channel.as_str(), 1);
+            }
         }
         for auto in &parsed.automatic_events {
             if !self
@@ -232,7 +242,9 @@ impl Capture {
                 tracing::warn!(waba = %auto.waba_id, result = ?report.results, "automatic event rejected");
             }
         }
-        self.store.finish_webhook(w.id, None, now_ms()).await
+        self.store.finish_webhook(w.id, None, now_ms()).await?;
+        observability::webhook_processed("processed");
+        Ok(())
     }
 
     /// What a submitted event asks to look up: `Ok(None)` when it names no contact.
@@ -552,6 +564,69 @@ pub async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: Cancellat
         tokio::select! {
             () = tokio::time::sleep(config.retention.purge_interval) => {}
             () = cancel.cancelled() => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn secrets() -> Vec<SecretString> {
+        ["first-secret", "second-secret"]
+            .map(|s| SecretString::from(s.to_owned()))
+            .to_vec()
+    }
+
+    #[test]
+    fn a_body_signed_with_any_configured_secret_verifies_and_nothing_else_does() {
+        let body = br#"{"object":"page","x":"Caf\u00e9"}"#;
+        for secret in ["first-secret", "second-secret"] {
+            assert!(verify_signature(
+                &secrets(),
+                Some(&sign(secret, body)),
+                body
+            ));
+        }
+        let good = sign("first-secret", body);
+        // Meta sends lower-case hex; upper case is the same digest.
+        let upper = format!("sha256={}", good[7..].to_uppercase());
+        assert!(verify_signature(&secrets(), Some(&upper), body));
+        for header in [
+            None,
+            Some(sign("other", body)),
+            Some(good[7..].to_owned()),
+            Some("sha256=".to_owned()),
+            Some(format!("sha1={}", &good[7..])),
+            Some(good[..good.len() - 2].to_owned()),
+        ] {
+            assert!(
+                !verify_signature(&secrets(), header.as_deref(), body),
+                "{header:?}"
+            );
+        }
+        assert!(!verify_signature(&[], Some(&good), body));
+    }
+
+    proptest! {
+        #[test]
+        fn any_change_to_the_body_breaks_the_signature(
+            body in prop::collection::vec(any::<u8>(), 1..256),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let header = sign("first-secret", &body);
+            prop_assert!(verify_signature(&secrets(), Some(&header), &body));
+            let mut changed = body.clone();
+            changed[flip.index(body.len())] ^= 1 << bit;
+            prop_assert!(!verify_signature(&secrets(), Some(&header), &changed));
+        }
+
+        #[test]
+        fn arbitrary_headers_never_panic_or_verify(header in ".{0,80}", body in prop::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert!(!verify_signature(&secrets(), Some(&header), &body));
         }
     }
 }

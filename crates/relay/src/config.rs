@@ -386,6 +386,8 @@ mod duration_list {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
@@ -400,6 +402,45 @@ mod tests {
         assert_eq!(config.delivery.retry_schedule.len(), 10);
         assert_eq!(config.retention.finished_events, MIN_DEDUP_WINDOW);
         assert_eq!(config.default_phone_region.as_deref(), Some("BR"));
+    }
+
+    #[test]
+    fn several_meta_apps_and_the_capture_settings_load_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relay.toml");
+        std::fs::write(
+            &path,
+            "meta_app_secret = \"first\"\nmeta_verify_token = \"token-1\"\n\
+             [webhooks]\nforward_url = \"https://inbox.example.com/hook\"\n\
+             [[webhooks.apps]]\napp_secret = \"second\"\nverify_token = \"token-2\"\n\
+             [attribution]\nretention = \"30days\"\nmax_touch_age = \"1day\"\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path), serde_json::json!({})).unwrap();
+        let apps = config.meta_apps();
+        assert_eq!(apps.len(), 2);
+        assert_eq!(
+            apps[1].verify_token.as_ref().unwrap().expose_secret(),
+            "token-2"
+        );
+        assert_eq!(
+            config.attribution.max_touch_age,
+            Duration::from_secs(86_400)
+        );
+        // Secrets never show in Debug output.
+        assert!(!format!("{config:?}").contains("second"));
+
+        let mut bad = config.clone();
+        bad.attribution.max_touch_age = Duration::from_secs(40 * 86_400);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_touch_age")
+        );
+        bad = config;
+        bad.webhooks.forward_url = Some("not a url".into());
+        assert!(bad.validate().is_err());
     }
 
     #[test]

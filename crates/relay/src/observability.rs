@@ -79,3 +79,18 @@ pub fn channel_label(channel: &str) -> &'static str {
         _ => "unknown",
     }
 }
+
+/// One webhook request's result: `stored`, `duplicate`, `bad_signature`, `not_configured`.
+pub fn webhook_received(result: &'static str) {
+    counter!("capi_relay_webhooks_received_total", "result" => result).increment(1);
+}
+
+/// One stored webhook parsed: `processed` or `failed` (kept, not understood).
+pub fn webhook_processed(result: &'static str) {
+    counter!("capi_relay_webhooks_processed_total", "result" => result).increment(1);
+}
+
+/// Ad touches captured, by channel.
+pub fn touches_captured(channel: &'static str, count: u64) {
+    counter!("capi_relay_touches_captured_total", "channel" => channel).increment(count);
+}
