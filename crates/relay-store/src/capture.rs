@@ -514,19 +514,31 @@ macro_rules! impl_capture_store {
                 }
                 let contact_id: i64 = match existing {
                     Some(c) => {
-                        // Fill in identities this message adds (a phone after a user id, …).
-                        let update = self.sql(
-                            "UPDATE contacts SET phone_hash = COALESCE(phone_hash, $1), wa_user_id = COALESCE(wa_user_id, $2), \
-                             scoped_id = COALESCE(scoped_id, $3), \
+                        // Fill in identities this message adds (a phone after a user id, …),
+                        // unless another contact already holds one: contacts are not merged.
+                        let fill = |column: &str, param: &str| {
+                            format!(
+                                "{column} = COALESCE({column}, (SELECT {param} WHERE NOT EXISTS \
+                                 (SELECT 1 FROM contacts o WHERE o.channel = $6 AND o.asset_id = $7 AND o.{column} = {param})))"
+                            )
+                        };
+                        let update = self.sql(&format!(
+                            "UPDATE contacts SET {}, {}, {}, \
                              last_seen_at_ms = CASE WHEN last_seen_at_ms < $4 THEN $4 ELSE last_seen_at_ms END \
                              WHERE id = $5",
-                        );
-                        sqlx::query(sqlx::AssertSqlSafe(update.into_owned()))
+                            fill("phone_hash", "$1"),
+                            fill("wa_user_id", "$2"),
+                            fill("scoped_id", "$3"),
+                        ))
+                        .into_owned();
+                        sqlx::query(sqlx::AssertSqlSafe(update))
                             .bind(&s.phone_hash)
                             .bind(&s.wa_user_id)
                             .bind(&s.scoped_id)
                             .bind(s.seen_at_ms)
                             .bind(c.id)
+                            .bind(&s.channel)
+                            .bind(&s.asset_id)
                             .execute(&mut *tx)
                             .await
                             .map_err($crate::shared::map_err)?;

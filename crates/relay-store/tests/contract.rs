@@ -1016,6 +1016,32 @@ async fn sightings_create_one_contact_per_customer_and_touches_never_overwrite(
         .record_sighting(&sighting(Some("h1"), None, None))
         .await
         .unwrap();
+    // A user id seen alone, a phone seen alone, then both together: the two contacts stay
+    // apart and nothing fails (an identity is never moved from one contact to another).
+    let by_user = store
+        .record_sighting(&sighting(None, Some("US.2"), None))
+        .await
+        .unwrap();
+    let by_phone = store
+        .record_sighting(&sighting(Some("hx"), None, None))
+        .await
+        .unwrap();
+    let both = store
+        .record_sighting(&sighting(
+            Some("hx"),
+            Some("US.2"),
+            Some(("m9", 4_000, Some("C9"))),
+        ))
+        .await
+        .unwrap();
+    assert!([by_user.contact_id, by_phone.contact_id].contains(&both.contact_id));
+    for (key, id) in [
+        (ContactKey::WaUserId("US.2".into()), by_user.contact_id),
+        (ContactKey::PhoneHash("hx".into()), by_phone.contact_id),
+    ] {
+        let found = store.find_contact("whatsapp", "100", &key).await.unwrap();
+        assert_eq!(found.map(|c| c.id), Some(id), "{key:?}");
+    }
     let touches = store.contact_touches(a.contact_id).await.unwrap();
     assert_eq!(touches.len(), 2);
     assert_eq!(touches[0].touch.message_id, "m2", "newest first");

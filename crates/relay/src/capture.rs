@@ -190,7 +190,21 @@ impl Capture {
         let pending = self.store.pending_webhooks(PROCESS_BATCH).await?;
         let count = pending.len();
         for webhook in pending {
-            self.process(webhook, ingestor).await?;
+            let id = webhook.id;
+            match self.process(webhook, ingestor).await {
+                Ok(()) => {}
+                // Busy database: stop here, the delivery stays pending and is retried.
+                Err(e @ StoreError::Unavailable(_)) => return Err(e),
+                // Anything else would fail again: keep the delivery with the reason rather
+                // than block every delivery behind it.
+                Err(e) => {
+                    tracing::error!(webhook = id, error = %e, "webhook processing failed; kept as failed");
+                    observability::webhook_processed("failed");
+                    self.store
+                        .finish_webhook(id, Some(&format!("processing failed: {e}")), now_ms())
+                        .await?;
+                }
+            }
         }
         Ok(count)
     }
