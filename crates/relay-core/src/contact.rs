@@ -38,6 +38,9 @@ pub struct ContactRequest {
     pub channel: Channel,
     pub asset_id: String,
     pub customer: CustomerRef,
+    /// Other readings of the same customer, tried in order when `customer` is not found
+    /// (a Brazilian number with and without its ninth digit).
+    pub alternates: Vec<CustomerRef>,
     /// The field it came from, for messages (`contact.phone`, `user_data.mobile_number`).
     pub source: String,
     /// The raw phone number when the contact was named by phone (sent hashed as `ph`).
@@ -112,6 +115,37 @@ const CONTACT_KEYS: [&str; 7] = [
 /// Normalises a phone number (or `wa_id`) and hashes it as Meta wants `ph`.
 pub fn phone_hash(raw: &str, ctx: &PiiContext) -> Result<String, String> {
     pii::normalize(PiiField::Phone, raw, ctx).map(|n| pii::sha256_hex(&n))
+}
+
+/// Brazilian mobile numbers gained a ninth digit (2012–2016), but WhatsApp kept the ids of
+/// older accounts without it: `55 11 98765-4321` may arrive as `wa_id` `551187654321`. The
+/// other spelling of such a number, as E.164 digits.
+pub fn brazil_ninth_digit_variant(digits: &str) -> Option<String> {
+    let b = digits.as_bytes();
+    if !digits.starts_with("55") || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    match b.len() {
+        13 if b[4] == b'9' => Some(format!("{}{}", &digits[..4], &digits[5..])),
+        12 if (b'6'..=b'9').contains(&b[4]) => Some(format!("{}9{}", &digits[..4], &digits[4..])),
+        _ => None,
+    }
+}
+
+/// The hash of a phone number and of its other spelling, if it has one.
+fn phone_hashes(raw: &str, ctx: &PiiContext, is_wa_id: bool) -> Result<Vec<String>, String> {
+    let digits = match pii::normalize(PiiField::Phone, raw, ctx) {
+        Ok(d) => d,
+        // A wa_id is Meta's own id: its digits stand even when the metadata does not know them.
+        Err(_) if is_wa_id => raw.chars().filter(char::is_ascii_digit).collect(),
+        Err(why) => return Err(why),
+    };
+    if digits.is_empty() {
+        return Err("has no digits".into());
+    }
+    let mut hashes = vec![pii::sha256_hex(&digits)];
+    hashes.extend(brazil_ninth_digit_variant(&digits).map(|v| pii::sha256_hex(&v)));
+    Ok(hashes)
 }
 
 /// A `wa_id` is E.164 digits already; when the phone metadata does not know the number it is
@@ -246,19 +280,29 @@ pub fn plan(event: &Value, ctx: &PiiContext) -> Result<Option<ContactRequest>, V
         )
     };
     let mut phone = None;
+    let mut alternates = Vec::new();
     let customer = match key.as_str() {
         "phone" | "wa_id" => {
             if channel != Channel::WhatsApp {
                 return Err(vec![wrong_channel(Channel::WhatsApp)]);
             }
-            let hashed = if key == "phone" {
+            if key == "phone" {
                 phone = Some(value.clone());
-                phone_hash(&value, ctx)
+            }
+            let raw = if key == "wa_id" && !value.starts_with('+') {
+                format!("+{value}")
             } else {
-                wa_id_hash(&value, ctx).ok_or_else(|| "has no digits".to_owned())
+                value.clone()
             };
-            match hashed {
-                Ok(h) => CustomerRef::PhoneHash(h),
+            match phone_hashes(&raw, ctx, key == "wa_id") {
+                Ok(mut hashes) => {
+                    alternates = hashes
+                        .split_off(1)
+                        .into_iter()
+                        .map(CustomerRef::PhoneHash)
+                        .collect();
+                    CustomerRef::PhoneHash(hashes.remove(0))
+                }
                 Err(why) => {
                     return Err(vec![Issue::new(
                         IssueCode::InvalidValue,
@@ -292,6 +336,7 @@ pub fn plan(event: &Value, ctx: &PiiContext) -> Result<Option<ContactRequest>, V
         channel,
         asset_id,
         customer,
+        alternates,
         source,
         phone,
         event_time: event_time_of(obj),
@@ -307,8 +352,19 @@ pub fn lookup_candidates(channel: Channel, segment: &str, ctx: &PiiContext) -> V
     if let Some((kind, rest)) = segment.split_once(':') {
         let rest = rest.trim().to_owned();
         let exact = match kind {
-            "phone" => phone_hash(&rest, ctx).ok().map(CustomerRef::PhoneHash),
-            "wa_id" => wa_id_hash(&rest, ctx).map(CustomerRef::PhoneHash),
+            "phone" | "wa_id" => {
+                // A wa_id always carries its country code; a phone may rely on the region.
+                let raw = if kind == "wa_id" && !rest.starts_with('+') {
+                    format!("+{rest}")
+                } else {
+                    rest.clone()
+                };
+                let hashes = phone_hashes(&raw, ctx, kind == "wa_id").unwrap_or_default();
+                if !hashes.is_empty() {
+                    return hashes.into_iter().map(CustomerRef::PhoneHash).collect();
+                }
+                None
+            }
             "user_id" => Some(CustomerRef::WhatsAppUserId(rest)),
             "psid" | "igsid" => Some(CustomerRef::ScopedId(rest)),
             "conversation" | "conversation_id" => Some(CustomerRef::ConversationId(rest)),
@@ -330,8 +386,11 @@ pub fn lookup_candidates(channel: Channel, segment: &str, ctx: &PiiContext) -> V
                 .all(|c| c.is_ascii_digit() || " -().".contains(c)));
     match channel {
         Channel::WhatsApp => {
-            if phoneish && let Ok(h) = phone_hash(segment, ctx) {
-                candidates.push(CustomerRef::PhoneHash(h));
+            if phoneish {
+                // Read as a phone; digits no metadata knows may still be a wa_id.
+                if let Ok(hashes) = phone_hashes(segment, ctx, true) {
+                    candidates.extend(hashes.into_iter().map(CustomerRef::PhoneHash));
+                }
             }
             if segment.contains('.') && !phoneish {
                 candidates.push(CustomerRef::WhatsAppUserId(segment.to_owned()));

@@ -349,8 +349,8 @@ fn lookup_segments_are_read_by_prefix_or_shape() {
         CustomerRef::PhoneHash(phone.clone())
     );
     assert_eq!(
-        contact::lookup_candidates(Channel::WhatsApp, "wa_id:5511987654321", &c),
-        vec![CustomerRef::PhoneHash(phone)]
+        contact::lookup_candidates(Channel::WhatsApp, "wa_id:5511987654321", &c)[0],
+        CustomerRef::PhoneHash(phone)
     );
     assert_eq!(
         contact::lookup_candidates(Channel::Messenger, "7010000000000001", &c)[0],
@@ -459,4 +459,35 @@ proptest! {
             let _ = contact::lookup_candidates(channel, &segment, &ctx());
         }
     }
+}
+
+#[test]
+fn a_brazilian_number_is_also_looked_up_without_or_with_its_ninth_digit() {
+    use relay_core::contact::brazil_ninth_digit_variant as variant;
+    assert_eq!(variant("5511987654321").as_deref(), Some("551187654321"));
+    assert_eq!(variant("551187654321").as_deref(), Some("5511987654321"));
+    // Landlines (2–5 after the area code) and other countries have no other spelling.
+    assert_eq!(variant("551133334444"), None);
+    assert_eq!(variant("16315551234"), None);
+    assert_eq!(variant("55119876543"), None);
+
+    let event = conversion(json!({"phone": "+55 11 98765-4321"}));
+    let request = contact::plan(&event, &ctx()).unwrap().unwrap();
+    assert_eq!(
+        request.alternates,
+        [CustomerRef::PhoneHash(relay_core::pii::sha256_hex(
+            "551187654321"
+        ))]
+    );
+    // The old-style wa_id of the webhook hashes to that alternate.
+    assert_eq!(
+        contact::wa_id_hash("551187654321", &ctx()).unwrap(),
+        relay_core::pii::sha256_hex("551187654321")
+    );
+    let candidates = contact::lookup_candidates(Channel::WhatsApp, "+5511987654321", &ctx());
+    assert!(
+        candidates.contains(&CustomerRef::PhoneHash(relay_core::pii::sha256_hex(
+            "551187654321"
+        )))
+    );
 }

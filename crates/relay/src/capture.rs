@@ -284,10 +284,16 @@ impl Capture {
         now_ms: i64,
     ) -> Result<Lookup, StoreError> {
         let channel = request.channel.as_str();
-        let found = self
-            .store
-            .find_contact(channel, &request.asset_id, &store_key(&request.customer))
-            .await?;
+        let mut found = None;
+        for customer in std::iter::once(&request.customer).chain(&request.alternates) {
+            found = self
+                .store
+                .find_contact(channel, &request.asset_id, &store_key(customer))
+                .await?;
+            if found.is_some() {
+                break;
+            }
+        }
         let mut lookup = Lookup::default();
         if let Some(c) = &found {
             // At or before the event (to the end of its second), and not older than the window.

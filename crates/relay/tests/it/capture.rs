@@ -469,6 +469,30 @@ async fn a_conversion_by_phone_is_delivered_with_the_captured_click_id(backend: 
         assert!(sent["user_data"].get("mobile_number").is_none());
     }
 
+    // An older account's wa_id lacks the ninth digit Brazilian mobiles gained; the CRM's
+    // number has it. The contact is still found.
+    let old_style = String::from_utf8(fixture("whatsapp_cloud_referral.json"))
+        .unwrap()
+        .replace("5511987654321", "552198765432")
+        .replace("ARAkLkA8rmlFeiCktEJQ-QTwRiy", "OLDSTYLE-QTwRiy")
+        .replace("wamid.HBgN", "wamid.OLD");
+    app.deliver("", old_style.as_bytes()).await;
+    let (_, report) = app
+        .post_events(&[json!({
+            "event_name": "Purchase", "event_time": now() - 30, "event_id": "by-ninth-digit",
+            "messaging_channel": "whatsapp", "contact": {"phone": "+55 21 99876-5432"},
+            "user_data": {"whatsapp_business_account_id": WABA},
+            "custom_data": {"currency": "BRL", "value": "1"}
+        })])
+        .await;
+    assert_eq!(report["accepted"], 1, "{report}");
+    assert!(
+        report["results"][0]["attribution"]["ctwa_clid"]
+            .as_str()
+            .unwrap()
+            .starts_with("OLDSTYLE-")
+    );
+
     // A conversion before the click is not attributed to it.
     let mut before = purchase_by(json!({"phone": WA_PHONE}), "before-click");
     before["event_time"] = json!(now() - 3 * 3600);
