@@ -987,3 +987,105 @@ async fn the_capture_command_sets_asset_switches_and_shows_contacts() {
     .await;
     assert_eq!(missing.status.code(), Some(1));
 }
+
+/// The real binary at debug level: webhooks, conversions and lookups by phone leave no phone
+/// number, secret or key in the logs.
+#[tokio::test]
+async fn no_log_line_holds_a_phone_number_or_a_webhook_secret() {
+    use std::process::Stdio;
+
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let env = crate::app::prepare_env(Backend::Sqlite).await.unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = tokio::process::Command::new(crate::helpers::binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CAPI_RELAY_API_KEY", crate::app::API_KEY)
+        .env("CAPI_RELAY_MASTER_KEY", env.master_key_text())
+        .env("CAPI_RELAY_DATABASE_URL", &env.db.url)
+        .env("CAPI_RELAY_GRAPH_URL", &env.sim_url)
+        .env("CAPI_RELAY_META_APP_SECRET", APP_SECRET)
+        .env("CAPI_RELAY_META_VERIFY_TOKEN", VERIFY_TOKEN)
+        .env("RUST_LOG", "debug")
+        .env("CAPI_RELAY_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log.reopen().unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.strip_prefix("capi-relay listening on ") {
+                return rest.split_whitespace().next().unwrap().to_owned();
+            }
+        }
+        panic!("serve exited before listening");
+    })
+    .await
+    .unwrap();
+    let client = reqwest::Client::new();
+    let body = fixture("whatsapp_cloud_referral.json");
+    let r = client
+        .post(format!("{base}/webhooks/meta"))
+        .header("x-hub-signature-256", sign(APP_SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    while !env.store.pending_webhooks(1).await.unwrap().is_empty() {
+        assert!(started.elapsed() < WAIT, "never processed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = client
+        .get(format!(
+            "{base}/webhooks/meta?hub.mode=subscribe&hub.challenge=7&hub.verify_token={VERIFY_TOKEN}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .get(format!(
+            "{base}/v1/contacts/whatsapp/{WABA}/%2B5511987654321"
+        ))
+        .bearer_auth(crate::app::API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(crate::app::API_KEY)
+        .json(&json!({"data": [purchase_by(json!({"phone": WA_PHONE}), "logged")]}))
+        .send()
+        .await
+        .unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert_eq!(report["accepted"], 1, "{report}");
+    let started = std::time::Instant::now();
+    while env.sim.accepted(None).is_empty() {
+        assert!(started.elapsed() < WAIT, "never delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(
+        text.contains("/v1/contacts/{channel}/{asset_id}/{customer}"),
+        "debug logging names the routes"
+    );
+    for secret in [
+        APP_SECRET,
+        VERIFY_TOKEN,
+        crate::app::API_KEY,
+        "5511987654321",
+        "98765-4321",
+        "98765",
+    ] {
+        assert!(!text.contains(secret), "a log line contains {secret:?}");
+    }
+}
