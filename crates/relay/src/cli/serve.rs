@@ -22,6 +22,9 @@ use crate::{
 /// Database used by `--sandbox` unless one is given, so demo data stays apart.
 const SANDBOX_DATABASE_URL: &str = "sqlite://capi-relay-sandbox.db";
 const SANDBOX_TOKEN: &str = "sandbox-token";
+/// Webhook app secret and verify token of the sandbox, unless configured: demo values only.
+const SANDBOX_APP_SECRET: &str = "sandbox-app-secret";
+const SANDBOX_VERIFY_TOKEN: &str = "sandbox-verify-token";
 
 #[derive(Debug, Args, Serialize)]
 pub struct ServeArgs {
@@ -84,6 +87,13 @@ async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
     let sim_url = format!("http://{addr}");
     config.graph_url = sim_url.clone();
     config.meta_app_secret = None;
+    // Webhooks can be tried too: signed with a demo app secret (no Meta app involved).
+    if config.webhooks.apps.is_empty() {
+        config.webhooks.apps.push(crate::config::MetaApp {
+            app_secret: SecretString::from(SANDBOX_APP_SECRET.to_owned()),
+            verify_token: Some(SecretString::from(SANDBOX_VERIFY_TOKEN.to_owned())),
+        });
+    }
     if config.api_key.is_none() {
         let key: [u8; 16] = rand::rng().random();
         config.api_key = Some(SecretString::from(format!("sandbox-{}", hex::encode(key))));
@@ -157,6 +167,18 @@ fn print_sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) {
     println!(
         " demo assets: whatsapp 102290129340398, messenger 1234567890123, instagram 17841400000000000"
     );
+    if config
+        .webhooks
+        .apps
+        .iter()
+        .any(|a| a.app_secret.expose_secret() == SANDBOX_APP_SECRET)
+    {
+        println!(" webhooks:    http://{address}/webhooks/meta");
+        println!(" webhook secret: {SANDBOX_APP_SECRET}   (verify token {SANDBOX_VERIFY_TOKEN})");
+        println!(
+            "   sign a body: printf %s \"$BODY\" | openssl dgst -sha256 -hmac {SANDBOX_APP_SECRET} | sed 's/^.* /sha256=/'"
+        );
+    }
     println!();
     println!(" try:");
     println!(

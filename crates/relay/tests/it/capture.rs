@@ -1089,3 +1089,94 @@ async fn no_log_line_holds_a_phone_number_or_a_webhook_secret() {
         assert!(!text.contains(secret), "a log line contains {secret:?}");
     }
 }
+
+/// The sandbox takes signed webhooks with the demo secret it prints, and a conversion by phone
+/// then reaches the simulator with the captured click id.
+#[tokio::test]
+async fn the_sandbox_captures_webhooks_signed_with_its_demo_secret() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tokio::process::Command::new(crate::helpers::binary())
+        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("CAPI_RELAY_API_KEY")
+        .env_remove("CAPI_RELAY_MASTER_KEY")
+        .env_remove("CAPI_RELAY_DATABASE_URL")
+        .env_remove("CAPI_RELAY_META_APP_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = std::collections::HashMap::new();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            for label in ["relay API:", "simulator:", "API key:", "webhook secret:"] {
+                if let Some(rest) = line.trim().strip_prefix(label) {
+                    banner.insert(label, rest.split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            if line.trim_start().starts_with("try:") {
+                return;
+            }
+        }
+        panic!("the sandbox exited before printing its banner");
+    })
+    .await
+    .unwrap();
+    assert_eq!(banner.len(), 4, "{banner:?}");
+    let (base, key) = (&banner["relay API:"], &banner["API key:"]);
+
+    let client = reqwest::Client::new();
+    let body = fixture("whatsapp_cloud_referral.json");
+    let r = client
+        .post(format!("{base}/webhooks/meta"))
+        .header(
+            "x-hub-signature-256",
+            sign(&banner["webhook secret:"], &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    let report = loop {
+        let report: Value = client
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(key)
+            .json(&json!({"data": [purchase_by(json!({"phone": WA_PHONE}), "sandbox-contact")]}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        // Parsing runs just after the 200: retry until the touch is there.
+        if report["accepted"] == 1 || started.elapsed() > WAIT {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(report["accepted"], 1, "{report}");
+    loop {
+        let received: Value = client
+            .get(format!("{}/__sim/events", banner["simulator:"]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let text = received.to_string();
+        if text.contains("sandbox-contact") {
+            assert!(text.contains(CLICK_ID), "{received}");
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "never delivered: {received}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}
