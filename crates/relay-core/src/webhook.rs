@@ -291,11 +291,13 @@ fn automatic_events(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed)
     }
 }
 
-/// Messenger (`object: page`) and Instagram (`object: instagram`): `entry[].messaging[]`.
+/// Messenger (`object: page`) and Instagram (`object: instagram`): `entry[].messaging[]` and
+/// `entry[].standby[]`.
 fn messaging(root: &Map<String, Value>, channel: Channel, parsed: &mut Parsed) {
     for entry in objects(root, "entry") {
         let entry_id = id(entry, "id");
-        for item in objects(entry, "messaging") {
+        // `standby`: the same events, delivered while another app owns the thread (handover).
+        for item in objects(entry, "messaging").chain(objects(entry, "standby")) {
             let sender = item.get("sender").and_then(Value::as_object);
             let recipient = item.get("recipient").and_then(Value::as_object);
             let (Some(sender), Some(asset)) = (

@@ -159,6 +159,25 @@ fn messenger_messages_referrals_and_postbacks_are_read_and_echoes_skipped() {
 }
 
 #[test]
+fn messages_in_standby_are_read_like_messaging() {
+    let body = br#"{"object":"page","entry":[{"id":"1234567890123","time":1700000000000,"standby":[
+        {"sender":{"id":"7010000000000009"},"recipient":{"id":"1234567890123"},"timestamp":1700000000000,
+         "message":{"mid":"m_standby","text":"hi","referral":{"ad_id":"99","source":"ADS","type":"OPEN_THREAD"}}}]}]}"#;
+    let parsed = webhook::parse(body, None).unwrap();
+    assert_eq!(parsed.inbound.len(), 1);
+    assert_eq!(parsed.inbound[0].message_id, "m_standby");
+    assert_eq!(
+        parsed.inbound[0]
+            .referral
+            .as_ref()
+            .unwrap()
+            .ad_id
+            .as_deref(),
+        Some("99")
+    );
+}
+
+#[test]
 fn instagram_direct_ad_referrals_and_ig_me_links_are_read() {
     let parsed = webhook::parse(&fixture("instagram.json"), None).unwrap();
     assert_eq!(parsed.inbound.len(), 2);
