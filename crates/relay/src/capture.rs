@@ -107,10 +107,24 @@ pub enum Refused {
 
 impl Capture {
     pub fn new(store: Arc<dyn Store>, config: &Config) -> Capture {
-        let apps = config.meta_apps();
-        let mut verify_tokens: Vec<SecretString> =
-            config.meta_verify_token.iter().cloned().collect();
-        verify_tokens.extend(apps.iter().filter_map(|a| a.verify_token.clone()));
+        // An empty secret would let anyone sign, an empty token let anyone subscribe.
+        let set = |s: &SecretString| !s.expose_secret().trim().is_empty();
+        let apps: Vec<_> = config
+            .meta_apps()
+            .into_iter()
+            .filter(|a| set(&a.app_secret))
+            .collect();
+        let mut verify_tokens: Vec<SecretString> = config
+            .meta_verify_token
+            .iter()
+            .filter(|t| set(t))
+            .cloned()
+            .collect();
+        verify_tokens.extend(
+            apps.iter()
+                .filter_map(|a| a.verify_token.clone())
+                .filter(|t| set(t)),
+        );
         let default_phone_region = config
             .validation_options()
             .ok()
@@ -598,6 +612,28 @@ mod tests {
         ["first-secret", "second-secret"]
             .map(|s| SecretString::from(s.to_owned()))
             .to_vec()
+    }
+
+    #[tokio::test]
+    async fn empty_secrets_and_verify_tokens_are_never_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = relay_store::connect(&url).await.unwrap();
+        let config = Config {
+            meta_app_secret: Some(SecretString::from(String::new())),
+            meta_verify_token: Some(SecretString::from(" ".to_owned())),
+            ..Config::default()
+        };
+        let capture = Capture::new(store, &config);
+        assert_eq!(
+            capture.handshake(Some("subscribe"), Some(" "), Some("1")),
+            None
+        );
+        let refused = capture
+            .receive(b"{}", Some(&sign("", b"{}")), None)
+            .await
+            .unwrap();
+        assert_eq!(refused, Err(Refused::NotConfigured));
     }
 
     #[test]
