@@ -72,7 +72,9 @@ struct Routed {
     channel: &'static str,
     warnings: Vec<Issue>,
     attribution: Option<Attribution>,
-    new: NewEvent,
+    event_id: String,
+    dataset_id: String,
+    test_event_code: Option<String>,
 }
 
 /// How long the asset registry is cached; `assets add` shows up within this time.
@@ -234,6 +236,7 @@ async fn ingest(
 
     let mut results: Vec<Option<EventResult>> = (0..events.len()).map(|_| None).collect();
     let mut routed = Vec::with_capacity(events.len());
+    let mut new_events = Vec::with_capacity(events.len());
     for (index, input) in events.iter().enumerate() {
         // A conversion by contact becomes a normal event first (rewritten before validation).
         let mut event_options = *options;
@@ -339,35 +342,37 @@ async fn ingest(
                 .tenant_test_codes
                 .get(&asset.tenant)
                 .map(String::as_str));
+        let test_event_code = test_event_code.map(str::to_owned);
         routed.push(Routed {
             index,
             channel: observability::channel_label(channel.as_str()),
             warnings: valid.warnings,
             attribution,
-            new: NewEvent {
-                tenant: asset.tenant.clone(),
-                dataset_id: asset.dataset_id.clone(),
-                asset_id,
-                channel: channel.as_str().to_owned(),
-                event_id: event.event_id.clone(),
-                event_name: event.event_name.clone(),
-                event_time: event.event_time,
-                payload,
-                test_event_code: test_event_code.map(str::to_owned),
-                accepted_at_ms: now,
-            },
+            event_id: event.event_id.clone(),
+            dataset_id: asset.dataset_id.clone(),
+            test_event_code: test_event_code.clone(),
+        });
+        new_events.push(NewEvent {
+            tenant: asset.tenant.clone(),
+            dataset_id: asset.dataset_id.clone(),
+            asset_id,
+            channel: channel.as_str().to_owned(),
+            event_id: event.event_id,
+            event_name: event.event_name,
+            event_time: event.event_time,
+            payload,
+            test_event_code,
+            accepted_at_ms: now,
         });
     }
 
-    let new_events: Vec<NewEvent> = routed.iter().map(|r| r.new.clone()).collect();
     let outcomes = if new_events.is_empty() {
         Vec::new()
     } else {
         ingestor.insert(new_events).await?
     };
     for (r, outcome) in routed.into_iter().zip(outcomes) {
-        let (event_id, dataset_id, test_event_code) =
-            (r.new.event_id, r.new.dataset_id, r.new.test_event_code);
+        let (event_id, dataset_id, test_event_code) = (r.event_id, r.dataset_id, r.test_event_code);
         results[r.index] = Some(match outcome {
             InsertOutcome::Inserted(_) => {
                 observability::ingested(r.channel, "accepted");

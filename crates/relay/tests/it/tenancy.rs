@@ -701,8 +701,11 @@ async fn rotating_the_master_key_reseals_every_token(backend: Backend) {
     // Restarted with the new key, it delivers.
     let mut config = app.config();
     config.master_key = Some(new_key.encode());
-    // The held dataset pause is short in production terms; clear it for the test.
-    sqlx_clear_pauses(&app).await;
+    // Lift the 30 s hold now rather than wait it out.
+    app.store
+        .pause_dataset(crate::app::WABA_DATASET, 0)
+        .await
+        .unwrap();
     app.start(config).await;
     app.wait_until(WAIT, "the delivery with the new key", |a| {
         a.delivered_ids() == ["wa-1"]
@@ -712,33 +715,6 @@ async fn rotating_the_master_key_reseals_every_token(backend: Backend) {
     assert_eq!(audit["data"][0]["action"], "master_key.rotate");
     assert!(!audit.to_string().contains(&app.master_key_text()));
     app.stop().await;
-}
-
-/// Drops dataset pauses, so a test need not wait out a 30 s hold.
-async fn sqlx_clear_pauses(app: &TestApp) {
-    if let Some(path) = app.db.url.strip_prefix("sqlite://") {
-        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{path}"))
-            .await
-            .unwrap();
-        sqlx::query("DELETE FROM dataset_pauses")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE events SET next_attempt_at_ms = 0 WHERE state = 'queued'")
-            .execute(&pool)
-            .await
-            .unwrap();
-    } else {
-        let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
-        sqlx::query("DELETE FROM dataset_pauses")
-            .execute(&pool)
-            .await
-            .unwrap();
-        sqlx::query("UPDATE events SET next_attempt_at_ms = 0 WHERE state = 'queued'")
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
 }
 
 /// The README's onboarding walk-through, run with the binary against a running relay.
