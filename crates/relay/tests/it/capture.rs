@@ -1106,38 +1106,8 @@ async fn no_log_line_holds_a_phone_number_or_a_webhook_secret() {
 /// then reaches the simulator with the captured click id.
 #[tokio::test]
 async fn the_sandbox_captures_webhooks_signed_with_its_demo_secret() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(crate::helpers::binary())
-        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env_remove("CAPI_RELAY_API_KEY")
-        .env_remove("CAPI_RELAY_MASTER_KEY")
-        .env_remove("CAPI_RELAY_DATABASE_URL")
-        .env_remove("CAPI_RELAY_META_APP_SECRET")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = std::collections::HashMap::new();
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            for label in ["relay API:", "simulator:", "API key:", "webhook secret:"] {
-                if let Some(rest) = line.trim().strip_prefix(label) {
-                    banner.insert(label, rest.split_whitespace().next().unwrap().to_owned());
-                }
-            }
-            if line.trim_start().starts_with("try:") {
-                return;
-            }
-        }
-        panic!("the sandbox exited before printing its banner");
-    })
-    .await
-    .unwrap();
-    assert_eq!(banner.len(), 4, "{banner:?}");
+    let (mut child, banner) = crate::helpers::start_sandbox(dir.path()).await;
     let (base, key) = (&banner["relay API:"], &banner["API key:"]);
 
     let client = reqwest::Client::new();

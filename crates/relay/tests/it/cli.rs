@@ -240,36 +240,8 @@ async fn send_reports_meta_errors_and_a_missing_token_variable() {
 /// makes its master key file, prints working keys, and an event reaches the simulator.
 #[tokio::test]
 async fn the_sandbox_starts_in_an_empty_directory_and_delivers_to_the_simulator() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tokio::process::Command::new(binary())
-        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
-        .current_dir(dir.path())
-        .env_remove("CAPI_RELAY_API_KEY")
-        .env_remove("CAPI_RELAY_MASTER_KEY")
-        .env_remove("CAPI_RELAY_DATABASE_URL")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = std::collections::HashMap::new();
-    tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            for label in ["relay API:", "simulator:", "API key:", "admin key:"] {
-                if let Some(rest) = line.trim().strip_prefix(label) {
-                    banner.insert(label, rest.split_whitespace().next().unwrap().to_owned());
-                }
-            }
-            if line.trim_start().starts_with("try:") {
-                return;
-            }
-        }
-        panic!("the sandbox exited before printing its banner");
-    })
-    .await
-    .expect("the sandbox starts within 30 s");
-    assert_eq!(banner.len(), 4, "{banner:?}");
+    let (mut child, banner) = crate::helpers::start_sandbox(dir.path()).await;
 
     let key_file = dir.path().join("capi-relay.key");
     assert!(key_file.exists(), "the master key file is created");

@@ -59,3 +59,52 @@ pub async fn post_events(
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_capi-relay")
 }
+
+/// `capi-relay serve --sandbox` in `dir`, as a new user starts it (no key or database set).
+/// Returns the child and the banner's values by label (`"relay API:"`, `"API key:"`, …).
+pub async fn start_sandbox(
+    dir: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    std::collections::HashMap<&'static str, String>,
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    const LABELS: [&str; 5] = [
+        "relay API:",
+        "simulator:",
+        "API key:",
+        "admin key:",
+        "webhook secret:",
+    ];
+    let mut child = tokio::process::Command::new(binary())
+        .args(["serve", "--sandbox", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("CAPI_RELAY_API_KEY")
+        .env_remove("CAPI_RELAY_ADMIN_KEY")
+        .env_remove("CAPI_RELAY_MASTER_KEY")
+        .env_remove("CAPI_RELAY_DATABASE_URL")
+        .env_remove("CAPI_RELAY_META_APP_SECRET")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = std::collections::HashMap::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            for label in LABELS {
+                if let Some(rest) = line.trim().strip_prefix(label) {
+                    banner.insert(label, rest.split_whitespace().next().unwrap().to_owned());
+                }
+            }
+            if line.trim_start().starts_with("try:") {
+                return;
+            }
+        }
+        panic!("the sandbox exited before printing its banner");
+    })
+    .await
+    .expect("the sandbox starts within 30 s");
+    assert_eq!(banner.len(), LABELS.len(), "{banner:?}");
+    (child, banner)
+}
