@@ -1,17 +1,20 @@
 //! PostgreSQL backend: several relay processes share one database and split the work.
 
-use std::{borrow::Cow, str::FromStr, time::Duration};
+use std::{borrow::Cow, collections::HashMap, str::FromStr, time::Duration};
 
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    PgPool, Postgres, QueryBuilder, Row, Transaction,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use crate::{
-    Result,
+    InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
-    shared::{CLAIM_COLUMNS, DUE_CONDITION, impl_store, map_err},
+    shared::{
+        CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
+        push_new_event,
+    },
 };
 
 pub struct PostgresStore {
@@ -54,6 +57,38 @@ impl PostgresStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    }
+
+    /// `ON CONFLICT DO NOTHING RETURNING` says which rows were taken, even when another
+    /// relay instance inserts the same event at the same moment.
+    async fn insert_new_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>> {
+        let mut inserted: HashMap<(String, String), i64> = HashMap::with_capacity(events.len());
+        let mut tx = self.begin_write().await?;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let mut builder = QueryBuilder::<Postgres>::new(INSERT_EVENT_COLUMNS);
+            builder.push_values(chunk, push_new_event);
+            builder.push(
+                " ON CONFLICT (dataset_id, event_id) DO NOTHING RETURNING id, dataset_id, event_id",
+            );
+            let rows = builder.build().fetch_all(&mut *tx).await.map_err(map_err)?;
+            for row in rows {
+                inserted.insert(
+                    (row.try_get("dataset_id")?, row.try_get("event_id")?),
+                    row.try_get("id")?,
+                );
+            }
+        }
+        tx.commit().await.map_err(map_err)?;
+        // The first occurrence of a key took the row; any later one is a duplicate.
+        Ok(events
+            .iter()
+            .map(
+                |e| match inserted.remove(&(e.dataset_id.clone(), e.event_id.clone())) {
+                    Some(id) => InsertOutcome::Inserted(id),
+                    None => InsertOutcome::Duplicate,
+                },
+            )
+            .collect())
     }
 }
 

@@ -20,12 +20,32 @@ pub const RECORD_COLUMNS: &str = "id, tenant, dataset_id, asset_id, channel, eve
 pub const CLAIM_COLUMNS: &str = "id, dataset_id, asset_id, channel, event_id, event_time, payload, \
     test_event_code, attempts, accepted_at_ms";
 
+/// Events still to deliver: the predicate of the `events_due` partial index, written exactly so
+/// in every query that should use that index.
+///
+/// `OR`s rather than `IN (…)`: SQLite evaluates a partial index's `IN` list through a temporary
+/// table for every inserted row, which cost a third of each insert.
+macro_rules! unfinished {
+    () => {
+        "(state = 'queued' OR state = 'retrying' OR state = 'sending')"
+    };
+}
+/// Events delivered or dead: the predicate of the `events_finished` partial index.
+macro_rules! finished {
+    () => {
+        "(state = 'delivered' OR state = 'dead')"
+    };
+}
+pub(crate) use {finished, unfinished};
+
 /// The due-event condition shared by both claim queries (`$1` = now).
-pub const DUE_CONDITION: &str = "state IN ('queued', 'retrying', 'sending') \
-    AND next_attempt_at_ms <= $1 \
+pub const DUE_CONDITION: &str = concat!(
+    unfinished!(),
+    " AND next_attempt_at_ms <= $1 \
     AND (state <> 'sending' OR lease_until_ms < $1) \
     AND asset_id NOT IN (SELECT asset_id FROM assets WHERE status = 'paused') \
-    AND dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1)";
+    AND dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1)"
+);
 
 pub fn asset_from_row<R: Row>(row: &R) -> Result<Asset>
 where
@@ -201,8 +221,38 @@ pub fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// The columns of one `INSERT INTO events`, bound in this order by [`push_new_event`].
+pub const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, \
+    event_name, event_time, payload, test_event_code, next_attempt_at_ms, accepted_at_ms) ";
+
+/// Rows per multi-row insert: 500 rows × 11 columns stays under every placeholder limit.
+pub const INSERT_CHUNK: usize = 500;
+
+/// Binds one event's row of a multi-row `INSERT INTO events` (see [`INSERT_EVENT_COLUMNS`]).
+pub fn push_new_event<DB: sqlx::Database>(
+    mut row: sqlx::query_builder::Separated<'_, DB, &'static str>,
+    e: &crate::NewEvent,
+) where
+    for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<&'t str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    row.push_bind(e.tenant.as_str())
+        .push_bind(e.dataset_id.as_str())
+        .push_bind(e.asset_id.as_str())
+        .push_bind(e.channel.as_str())
+        .push_bind(e.event_id.as_str())
+        .push_bind(e.event_name.as_str())
+        .push_bind(e.event_time)
+        .push_bind(e.payload.as_str())
+        .push_bind(e.test_event_code.as_deref())
+        // Due at once: next_attempt_at_ms = accepted_at_ms.
+        .push_bind(e.accepted_at_ms)
+        .push_bind(e.accepted_at_ms);
+}
+
 /// Generates `impl Store` for a backend struct with a `pool` field and the backend hooks
-/// `sql(&str)`, `begin_write()`, `claim_sql()` and `MIGRATOR`.
+/// `sql(&str)`, `begin_write()`, `claim_sql()`, `insert_new_events()` and `MIGRATOR`.
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -304,44 +354,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_events(&self, events: &[$crate::NewEvent]) -> $crate::Result<Vec<$crate::InsertOutcome>> {
-                use std::collections::HashMap;
-                let mut inserted: HashMap<(String, String), i64> = HashMap::with_capacity(events.len());
-                let mut tx = self.begin_write().await?;
-                // Multi-row inserts; 500 rows × 11 columns stays under every placeholder limit.
-                for chunk in events.chunks(500) {
-                    let mut builder = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, event_name, event_time, payload, \
-                         test_event_code, next_attempt_at_ms, accepted_at_ms) ",
-                    );
-                    builder.push_values(chunk, |mut b, e| {
-                        b.push_bind(&e.tenant)
-                            .push_bind(&e.dataset_id)
-                            .push_bind(&e.asset_id)
-                            .push_bind(&e.channel)
-                            .push_bind(&e.event_id)
-                            .push_bind(&e.event_name)
-                            .push_bind(e.event_time)
-                            .push_bind(&e.payload)
-                            .push_bind(&e.test_event_code)
-                            .push_bind(e.accepted_at_ms)
-                            .push_bind(e.accepted_at_ms);
-                    });
-                    builder.push(" ON CONFLICT (dataset_id, event_id) DO NOTHING RETURNING id, dataset_id, event_id");
-                    let rows = builder.build().fetch_all(&mut *tx).await.map_err($crate::shared::map_err)?;
-                    for row in rows {
-                        use sqlx::Row;
-                        inserted.insert((row.try_get("dataset_id")?, row.try_get("event_id")?), row.try_get("id")?);
-                    }
-                }
-                tx.commit().await.map_err($crate::shared::map_err)?;
-                // The first occurrence of a key took the row; any later one is a duplicate.
-                Ok(events
-                    .iter()
-                    .map(|e| match inserted.remove(&(e.dataset_id.clone(), e.event_id.clone())) {
-                        Some(id) => $crate::InsertOutcome::Inserted(id),
-                        None => $crate::InsertOutcome::Duplicate,
-                    })
-                    .collect())
+                self.insert_new_events(events).await
             }
 
             async fn claim_due(
@@ -497,12 +510,11 @@ macro_rules! impl_store {
 
             async fn queue_stats(&self) -> $crate::Result<$crate::QueueStats> {
                 use sqlx::Row;
-                let row = sqlx::query(
-                    "SELECT \
-                       (SELECT COUNT(*) FROM events WHERE state IN ('queued', 'retrying', 'sending')) AS depth, \
-                       (SELECT MIN(accepted_at_ms) FROM events WHERE state IN ('queued', 'retrying', 'sending')) AS oldest, \
-                       (SELECT COUNT(*) FROM events WHERE state = 'dead') AS dead",
-                )
+                let row = sqlx::query(concat!(
+                    "SELECT (SELECT COUNT(*) FROM events WHERE ", $crate::shared::unfinished!(), ") AS depth, ",
+                    "(SELECT MIN(accepted_at_ms) FROM events WHERE ", $crate::shared::unfinished!(), ") AS oldest, ",
+                    "(SELECT COUNT(*) FROM events WHERE state = 'dead') AS dead",
+                ))
                 .fetch_one(&self.pool)
                 .await
                 .map_err($crate::shared::map_err)?;
@@ -514,7 +526,7 @@ macro_rules! impl_store {
             }
 
             async fn purge_finished(&self, before_ms: i64) -> $crate::Result<u64> {
-                let sql = self.sql("DELETE FROM events WHERE state IN ('delivered', 'dead') AND accepted_at_ms < $1");
+                let sql = self.sql(concat!("DELETE FROM events WHERE ", $crate::shared::finished!(), " AND accepted_at_ms < $1"));
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(before_ms)
                     .execute(&self.pool)

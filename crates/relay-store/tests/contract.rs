@@ -76,6 +76,7 @@ macro_rules! contract {
 contract!(
     migrations_can_run_twice_and_assets_round_trip,
     a_repeated_event_id_is_a_duplicate_only_within_its_dataset,
+    inserted_ids_name_the_stored_rows_across_chunks_and_datasets,
     claims_take_only_due_events_of_active_assets_and_datasets,
     concurrent_claimers_never_share_an_event,
     an_expired_lease_moves_to_another_owner,
@@ -215,6 +216,45 @@ async fn a_repeated_event_id_is_a_duplicate_only_within_its_dataset(store: Arc<d
         "another dataset may reuse the id"
     );
     assert_eq!(store.queue_stats().await.unwrap().depth, 3);
+}
+
+async fn inserted_ids_name_the_stored_rows_across_chunks_and_datasets(store: Arc<dyn Store>) {
+    // Stored earlier, so they come back as duplicates in the middle of the big batch.
+    store
+        .insert_events(&[event("d1", "100", "e7", 1), event("d2", "200", "e900", 1)])
+        .await
+        .unwrap();
+    // More rows than one multi-row insert takes, over two datasets, with repeats in the batch.
+    let batch: Vec<NewEvent> = (0..1_200)
+        .map(|i| {
+            let dataset = if i % 3 == 0 { "d2" } else { "d1" };
+            let asset = if dataset == "d2" { "200" } else { "100" };
+            event(dataset, asset, &format!("e{}", i % 1_100), 10 + i as i64)
+        })
+        .collect();
+    let outcomes = store.insert_events(&batch).await.unwrap();
+    let mut expected_new = std::collections::HashSet::new();
+    expected_new.insert(("d1".to_owned(), "e7".to_owned()));
+    expected_new.insert(("d2".to_owned(), "e900".to_owned()));
+    for (e, outcome) in batch.iter().zip(&outcomes) {
+        let key = (e.dataset_id.clone(), e.event_id.clone());
+        let first_time = expected_new.insert(key);
+        let stored = store
+            .find_events(&e.event_id, Some(&e.dataset_id), None)
+            .await
+            .unwrap();
+        assert_eq!(stored.len(), 1, "{}/{}", e.dataset_id, e.event_id);
+        match outcome {
+            InsertOutcome::Inserted(id) => {
+                assert!(first_time, "{}/{} inserted twice", e.dataset_id, e.event_id);
+                assert_eq!(stored[0].id, *id, "the id names the stored row");
+                assert_eq!(stored[0].accepted_at_ms, e.accepted_at_ms);
+            }
+            InsertOutcome::Duplicate => {
+                assert!(!first_time, "{}/{} is new", e.dataset_id, e.event_id);
+            }
+        }
+    }
 }
 
 async fn claims_take_only_due_events_of_active_assets_and_datasets(store: Arc<dyn Store>) {
