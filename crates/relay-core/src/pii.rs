@@ -1,8 +1,10 @@
 //! Customer-information (`user_data`) PII: normalisation and SHA-256 hashing as Meta documents
 //! them (spec §2.8). Click and scoped ids never pass through here: they are sent unhashed.
 
+use std::{fmt, str::FromStr};
+
 use chrono::NaiveDate;
-use phonenumber::{Mode, country};
+use rlibphonenumber::{PHONE_NUMBER_UTIL, PhoneNumberFormat, Region};
 use sha2::{Digest, Sha256};
 use unicode_normalization::UnicodeNormalization;
 
@@ -59,11 +61,36 @@ impl PiiField {
     }
 }
 
+/// A region (ISO 3166-1 alpha-2, such as BR) whose national numbering plan applies to phone
+/// numbers written without a country code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PhoneRegion(Region);
+
+impl FromStr for PhoneRegion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let unknown = || format!("{s:?} is not a region code such as US or BR");
+        let region = Region::from_code(s.trim()).map_err(|_| unknown())?;
+        // Every two letters parse; only regions with a numbering plan are real.
+        PHONE_NUMBER_UTIL
+            .get_country_code_for_region(region)
+            .map(|_| PhoneRegion(region))
+            .ok_or_else(unknown)
+    }
+}
+
+impl fmt::Display for PhoneRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// What normalisation needs to know beyond the value itself.
 #[derive(Debug, Clone, Copy)]
 pub struct PiiContext {
     /// Region assumed for phone numbers written without a country code.
-    pub default_phone_region: Option<country::Id>,
+    pub default_phone_region: Option<PhoneRegion>,
     /// Latest year a date of birth may have.
     pub current_year: i32,
 }
@@ -123,48 +150,47 @@ fn normalize_email(s: &str) -> Result<String, String> {
     Ok(email)
 }
 
-/// E.164 digits without `+`, parsed with libphonenumber's metadata.
-fn normalize_phone(s: &str, default_region: Option<country::Id>) -> Result<String, String> {
+/// E.164 digits without `+`, parsed and validated with libphonenumber's metadata.
+fn normalize_phone(s: &str, default_region: Option<PhoneRegion>) -> Result<String, String> {
     let digits: String = s.chars().filter(char::is_ascii_digit).collect();
     if digits.is_empty() {
         return Err("has no digits".into());
     }
-    let explicit_international = s.starts_with('+') || (digits.starts_with("00"));
     let international = if s.starts_with('+') {
-        digits.clone()
-    } else if let Some(rest) = digits.strip_prefix("00") {
-        rest.to_owned()
+        Some(digits.as_str())
     } else {
-        digits.clone()
+        digits.strip_prefix("00")
     };
-
-    let parse_valid = |region: Option<country::Id>, text: &str| {
-        phonenumber::parse(region, text)
-            .ok()
-            .filter(phonenumber::is_valid)
-            .map(|n| n.format().mode(Mode::E164).to_string()[1..].to_owned())
-    };
-
-    if explicit_international {
-        return parse_valid(None, &format!("+{international}")).ok_or_else(|| {
+    if let Some(international) = international {
+        return e164_digits(&format!("+{international}"), None).ok_or_else(|| {
             format!("+{international} is not a valid phone number for its country code")
         });
     }
-    if let Some(region) = default_region
-        && let Some(e164) = parse_valid(Some(region), &digits)
+    if let Some(PhoneRegion(region)) = default_region
+        && let Some(e164) = e164_digits(&digits, Some(region))
     {
         return Ok(e164);
     }
     // Meta asks for the country code to be included; a number may already carry it.
-    if let Some(e164) = parse_valid(None, &format!("+{digits}")) {
+    if let Some(e164) = e164_digits(&format!("+{digits}"), None) {
         return Ok(e164);
     }
     Err(match default_region {
         Some(region) => format!(
-            "is not a valid phone number, neither with a country code nor as a national number of {region:?}"
+            "is not a valid phone number, neither with a country code nor as a national number of {region}"
         ),
         None => "has no valid country code and no default phone region is configured".into(),
     })
+}
+
+/// The E.164 form without `+` of a number valid in its numbering plan.
+fn e164_digits(text: &str, region: Option<Region>) -> Option<String> {
+    let number = PHONE_NUMBER_UTIL.parse(text, region).ok()?;
+    if !number.is_valid() {
+        return None;
+    }
+    let e164 = number.format_as(PhoneNumberFormat::E164);
+    Some(e164.strip_prefix('+').unwrap_or(&e164).to_owned())
 }
 
 fn normalize_name(s: &str) -> Result<String, String> {
@@ -346,14 +372,14 @@ mod tests {
 
     use super::*;
 
-    fn ctx(region: Option<country::Id>) -> PiiContext {
+    fn ctx(region: Option<PhoneRegion>) -> PiiContext {
         PiiContext {
             default_phone_region: region,
             current_year: 2026,
         }
     }
 
-    fn hashed(field: PiiField, raw: &str, region: Option<country::Id>) -> String {
+    fn hashed(field: PiiField, raw: &str, region: Option<PhoneRegion>) -> String {
         sha256_hex(&normalize(field, raw, &ctx(region)).unwrap())
     }
 
@@ -372,7 +398,7 @@ mod tests {
 
     #[test]
     fn meta_documented_phone_example() {
-        let us = Some(country::Id::US);
+        let us = Some("US".parse().unwrap());
         assert_eq!(
             normalize(PiiField::Phone, "(650)555-1212", &ctx(us)).unwrap(),
             "16505551212"
@@ -489,7 +515,7 @@ mod tests {
 
     #[test]
     fn national_phone_numbers_use_the_default_region() {
-        let br = Some(country::Id::BR);
+        let br = Some("BR".parse().unwrap());
         assert_eq!(
             normalize(PiiField::Phone, "(11) 98765-4321", &ctx(br)).unwrap(),
             "5511987654321"
@@ -512,6 +538,17 @@ mod tests {
     }
 
     #[test]
+    fn phone_regions_are_real_iso_codes_in_any_case() {
+        assert_eq!("br".parse::<PhoneRegion>().unwrap().to_string(), "BR");
+        assert_eq!(" US ".parse::<PhoneRegion>().unwrap().to_string(), "US");
+        // Two letters with no numbering plan, and things that are not two letters.
+        for bad in ["XX", "BRA", "1", ""] {
+            let error = bad.parse::<PhoneRegion>().unwrap_err();
+            assert!(error.contains("not a region code"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn invalid_emails_are_refused_and_unicode_ones_kept() {
         let c = ctx(None);
         assert!(normalize(PiiField::Email, "not-an-email", &c).is_err());
@@ -527,7 +564,7 @@ mod tests {
         #[test]
         fn normalisation_is_idempotent(raw in "\\PC{0,40}", field_index in 0usize..11) {
             let field = PiiField::ALL[field_index];
-            let c = ctx(Some(country::Id::US));
+            let c = ctx(Some("US".parse().unwrap()));
             if let Ok(once) = normalize(field, &raw, &c) {
                 let twice = normalize(field, &once, &c);
                 // Phones lose their "+" and stay valid with the country code; all others are fixed points.

@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike};
-use phonenumber::country;
 use serde_json::{Map, Value};
 
 use crate::{
@@ -38,7 +37,7 @@ pub struct ValidationOptions {
     /// Send names other than the 14 business-messaging names instead of rejecting them.
     pub allow_custom_event_names: bool,
     /// Region for phone numbers written without a country code.
-    pub default_phone_region: Option<country::Id>,
+    pub default_phone_region: Option<crate::pii::PhoneRegion>,
     /// Accept WhatsApp events without `ctwa_clid` when they carry a hashed phone (`ph`): set
     /// per event for assets that allow unattributed conversions by contact.
     pub whatsapp_without_click_id: bool,

@@ -2,13 +2,13 @@
 //! environment variables (nested keys with `__`, e.g. `CAPI_RELAY_DELIVERY__WORKERS`), then
 //! command-line flags. Validated once at start-up and shared read-only.
 
-use std::{net::SocketAddr, path::Path, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use relay_core::ValidationOptions;
+use relay_core::{ValidationOptions, pii::PhoneRegion};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
@@ -316,11 +316,8 @@ impl Config {
         let default_phone_region = match &self.default_phone_region {
             None => None,
             Some(r) => Some(
-                phonenumber::country::Id::from_str(&r.to_ascii_uppercase()).map_err(|_| {
-                    ConfigError(format!(
-                        "default_phone_region {r:?} is not a region code such as US or BR"
-                    ))
-                })?,
+                r.parse::<PhoneRegion>()
+                    .map_err(|e| ConfigError(format!("default_phone_region: {e}")))?,
             ),
         };
         Ok(ValidationOptions {

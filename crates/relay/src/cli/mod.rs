@@ -14,10 +14,10 @@ mod simulate;
 mod tenants;
 mod validate;
 
-use std::{process::ExitCode, str::FromStr, sync::Arc, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use relay_core::ValidationOptions;
+use relay_core::{ValidationOptions, pii::PhoneRegion};
 use secrecy::SecretString;
 
 use crate::{
@@ -80,8 +80,8 @@ pub struct ValidationArgs {
     pub allow_custom_event_names: bool,
 
     /// Region (ISO 3166 alpha-2, e.g. BR) for phone numbers written without a country code.
-    #[arg(long, env = "CAPI_RELAY_DEFAULT_PHONE_REGION", value_parser = parse_region)]
-    pub default_phone_region: Option<phonenumber::country::Id>,
+    #[arg(long, env = "CAPI_RELAY_DEFAULT_PHONE_REGION")]
+    pub default_phone_region: Option<PhoneRegion>,
 }
 
 impl ValidationArgs {
@@ -92,11 +92,6 @@ impl ValidationArgs {
             ..ValidationOptions::default()
         }
     }
-}
-
-fn parse_region(s: &str) -> Result<phonenumber::country::Id, String> {
-    phonenumber::country::Id::from_str(&s.to_ascii_uppercase())
-        .map_err(|_| format!("{s:?} is not a region code such as US or BR"))
 }
 
 /// The database of commands that read or change the relay's state.

@@ -59,6 +59,8 @@ async fn start_relay_logging(
     })
     .await
     .expect("serve starts within 30 s");
+    // Keep reading, so the relay never writes to a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     (child, base)
 }
 

@@ -105,6 +105,8 @@ pub async fn start_sandbox(
     })
     .await
     .expect("the sandbox starts within 30 s");
+    // Keep reading, so the sandbox never writes to a closed pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     assert_eq!(banner.len(), LABELS.len(), "{banner:?}");
     (child, banner)
 }

@@ -113,7 +113,7 @@ proptest! {
         }
         let options = ValidationOptions {
             allow_custom_event_names: allow_custom,
-            default_phone_region: Some(phonenumber::country::Id::BR),
+            default_phone_region: Some("BR".parse().unwrap()),
             ..ValidationOptions::default()
         };
         if let Ok(valid) = validate_event(&event, &options, NOW) {
