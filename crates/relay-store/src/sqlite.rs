@@ -197,13 +197,21 @@ mod tests {
             .join("; ")
     }
 
+    /// A migrated store in a new directory, and the database file's path.
+    async fn fresh_store() -> (tempfile::TempDir, std::path::PathBuf, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("relay.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        (dir, file, store)
+    }
+
     // The partial indexes are only used when a query repeats their predicate exactly.
     #[tokio::test]
     async fn outbox_queries_use_the_partial_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("plan.db").display());
-        let store = SqliteStore::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+        let (_dir, _, store) = fresh_store().await;
 
         let claim = plan(&store, &SqliteStore::claim_sql()).await;
         assert!(claim.contains("USING INDEX events_due"), "{claim}");
@@ -226,11 +234,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_background_checkpoint_empties_the_wal() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("wal.db").display());
-        let store = SqliteStore::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
+    async fn the_background_checkpoint_copies_the_wal_into_the_database() {
+        let (_dir, file, store) = fresh_store().await;
         let events: Vec<NewEvent> = (0..2_000)
             .map(|i| NewEvent {
                 tenant: "default".into(),
@@ -245,7 +250,6 @@ mod tests {
                 accepted_at_ms: 1,
             })
             .collect();
-        let file = dir.path().join("wal.db");
         let before = std::fs::metadata(&file).unwrap().len();
         store.insert_events(&events).await.unwrap();
         // Far below SQLite's own 64 MiB threshold, so only the background task can copy the
