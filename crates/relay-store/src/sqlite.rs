@@ -154,22 +154,13 @@ async fn checkpoint_wal(pool: SqlitePool) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !pool.is_closed() {
         tick.tick().await;
-        if let Err(e) = checkpoint(&pool, "PASSIVE").await {
+        let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await;
+        if let Err(e) = passive {
             tracing::debug!(error = %e, "WAL checkpoint skipped");
         }
     }
-}
-
-/// Runs one `wal_checkpoint` in `mode`; returns the pages the WAL held.
-async fn checkpoint(pool: &SqlitePool, mode: &str) -> Result<i64> {
-    let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "PRAGMA wal_checkpoint({mode})"
-    )))
-    .fetch_one(pool)
-    .await
-    .map_err(map_err)?;
-    // Columns: busy, pages in the WAL, pages checkpointed.
-    Ok(row.try_get::<i64, _>(1)?)
 }
 
 impl_store!(SqliteStore, Sqlite);
