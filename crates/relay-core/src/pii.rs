@@ -121,7 +121,11 @@ pub fn normalize(field: PiiField, raw: &str, ctx: &PiiContext) -> Result<String,
 
 /// Lower-case hex SHA-256 of the UTF-8 bytes.
 pub fn sha256_hex(normalized: &str) -> String {
-    hex::encode(Sha256::digest(normalized.as_bytes()))
+    // Into a stack buffer: `hex::encode` builds its String a char at a time.
+    let mut hex = [0u8; 64];
+    hex::encode_to_slice(Sha256::digest(normalized.as_bytes()), &mut hex)
+        .expect("64 hex digits fit 32 bytes");
+    String::from_utf8(hex.to_vec()).expect("hex digits are ASCII")
 }
 
 /// True for 64 hex digits: what a SHA-256 digest looks like.
@@ -130,6 +134,10 @@ pub fn looks_like_sha256(value: &str) -> bool {
 }
 
 fn lower_nfc(s: &str) -> String {
+    if s.is_ascii() {
+        // ASCII is already in NFC: the common case skips the Unicode tables.
+        return s.to_ascii_lowercase();
+    }
     // Lower-casing can decompose, so compose after it.
     s.to_lowercase().nfc().collect()
 }

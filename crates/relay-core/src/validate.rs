@@ -5,7 +5,7 @@
 //! a field that is not sent for business messaging is dropped with a warning. Nothing is dropped
 //! silently.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use chrono::{DateTime, Datelike};
 use serde_json::{Map, Value};
@@ -225,12 +225,15 @@ struct Check {
 }
 
 impl Check {
-    fn error(&mut self, code: IssueCode, path: &str, message: impl Into<String>) {
-        self.errors.push(Issue::new(code, path, message));
+    // Paths are `Display` so that callers format them only when an issue is reported.
+    fn error(&mut self, code: IssueCode, path: impl fmt::Display, message: impl Into<String>) {
+        self.errors
+            .push(Issue::new(code, path.to_string(), message));
     }
 
-    fn warn(&mut self, code: IssueCode, path: &str, message: impl Into<String>) {
-        self.warnings.push(Issue::new(code, path, message));
+    fn warn(&mut self, code: IssueCode, path: impl fmt::Display, message: impl Into<String>) {
+        self.warnings
+            .push(Issue::new(code, path.to_string(), message));
     }
 
     fn into_rejected(self) -> Rejected {
@@ -240,7 +243,7 @@ impl Check {
         }
     }
 
-    fn wrong_type(&mut self, path: &str, expected: &str, got: &Value) {
+    fn wrong_type(&mut self, path: impl fmt::Display, expected: &str, got: &Value) {
         self.error(
             IssueCode::InvalidType,
             path,
@@ -443,7 +446,7 @@ fn check_pre_hashed(obj: &Map<String, Value>, check: &mut Check) -> PreHashed {
                     Some(f) => fields.push(f),
                     None => check.error(
                         IssueCode::InvalidValue,
-                        &format!("pre_hashed[{i}]"),
+                        format_args!("pre_hashed[{i}]"),
                         format!("{key} is not a hashed user_data key (em, ph, fn, ln, ge, db, ct, st, zp, country, external_id)"),
                     ),
                 }
@@ -458,7 +461,12 @@ fn check_pre_hashed(obj: &Map<String, Value>, check: &mut Check) -> PreHashed {
 }
 
 /// An id given as a string or a JSON integer (Meta's samples show both).
-fn id_value(map: &Map<String, Value>, key: &str, path: &str, check: &mut Check) -> Option<String> {
+fn id_value(
+    map: &Map<String, Value>,
+    key: &str,
+    path: impl fmt::Display,
+    check: &mut Check,
+) -> Option<String> {
     match map.get(key)? {
         Value::Null => None,
         Value::String(s) if !s.trim().is_empty() => Some(s.trim().to_owned()),
@@ -480,14 +488,13 @@ fn numeric_id(
     what: &str,
     check: &mut Check,
 ) -> Option<String> {
-    let path = format!("user_data.{key}");
-    let id = id_value(map, key, &path, check)?;
+    let id = id_value(map, key, format_args!("user_data.{key}"), check)?;
     if id.bytes().all(|b| b.is_ascii_digit()) {
         Some(id)
     } else {
         check.error(
             IssueCode::InvalidValue,
-            &path,
+            format_args!("user_data.{key}"),
             format!("{id:?} is not a {what}: Meta ids are digits only"),
         );
         None
@@ -568,13 +575,13 @@ fn check_user_data(
             let digests = hash_pii_values(field, value, pre_hashed.contains(field), pii_ctx, check);
             *data.pii_mut(field) = Hashed::from_digests(digests);
         } else if UNHASHED_USER_DATA_KEYS.contains(&key.as_str()) {
-            if let Some(v) = id_value(ud, key, &format!("user_data.{key}"), check) {
+            if let Some(v) = id_value(ud, key, format_args!("user_data.{key}"), check) {
                 data.unhashed.insert(key.clone(), v);
             }
         } else if !is_identity_key(key) {
             check.warn(
                 IssueCode::FieldDropped,
-                &format!("user_data.{key}"),
+                format_args!("user_data.{key}"),
                 "is not a customer-information field Meta accepts for business messaging; it was not sent",
             );
         }
@@ -663,7 +670,7 @@ fn require_identity(channel: Channel, data: &mut UserData, phone_only: bool, che
         if missing {
             check.error(
                 IssueCode::MissingIdentity,
-                &format!("user_data.{field}"),
+                format_args!("user_data.{field}"),
                 format!("{channel} events need {} ({field})", describe(field)),
             );
         }
@@ -681,7 +688,7 @@ fn require_identity(channel: Channel, data: &mut UserData, phone_only: bool, che
             if slot.take().is_some() {
                 check.warn(
                     IssueCode::FieldDropped,
-                    &format!("user_data.{field}"),
+                    format_args!("user_data.{field}"),
                     format!("belongs to {other} events, not {channel}; it was not sent"),
                 );
             }
@@ -698,16 +705,16 @@ fn hash_pii_values(
     check: &mut Check,
 ) -> Vec<String> {
     let key = field.key();
-    let items: Vec<(String, &Value)> = match value {
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (format!("user_data.{key}[{i}]"), v))
-            .collect(),
-        single => vec![(format!("user_data.{key}"), single)],
+    let (items, listed) = match value {
+        Value::Array(items) => (items.as_slice(), true),
+        single => (std::slice::from_ref(single), false),
     };
     let mut digests = Vec::new();
-    for (path, item) in items {
+    for (index, item) in items.iter().enumerate() {
+        let path = PiiPath {
+            key,
+            index: listed.then_some(index),
+        };
         let raw = match item {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
@@ -715,7 +722,7 @@ fn hash_pii_values(
             other => {
                 check.warn(
                     IssueCode::InvalidPii,
-                    &path,
+                    path,
                     format!(
                         "must be a string, got {}; the value was not sent",
                         json_type(other)
@@ -731,7 +738,7 @@ fn hash_pii_values(
             } else {
                 check.warn(
                     IssueCode::InvalidPii,
-                    &path,
+                    path,
                     "is marked pre_hashed but is not a SHA-256 hex digest; the value was not sent",
                 );
             }
@@ -740,7 +747,7 @@ fn hash_pii_values(
         if pii::looks_like_sha256(raw.trim()) {
             check.warn(
                 IssueCode::LooksPrehashed,
-                &path,
+                path,
                 "looks like a SHA-256 digest but is not marked pre_hashed, so it is treated as plain text; \
                  add \"pre_hashed\": true (or a list of keys) to the event if it is already hashed",
             );
@@ -749,7 +756,7 @@ fn hash_pii_values(
             Ok(normalized) => digests.push(pii::sha256_hex(&normalized)),
             Err(reason) => check.warn(
                 IssueCode::InvalidPii,
-                &path,
+                path,
                 format!("{reason}; the value was not sent"),
             ),
         }
@@ -757,10 +764,26 @@ fn hash_pii_values(
     digests
 }
 
+/// `user_data.{key}` or `user_data.{key}[{index}]`, written only when an issue is reported.
+#[derive(Clone, Copy)]
+struct PiiPath {
+    key: &'static str,
+    index: Option<usize>,
+}
+
+impl fmt::Display for PiiPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.index {
+            Some(i) => write!(f, "user_data.{}[{i}]", self.key),
+            None => write!(f, "user_data.{}", self.key),
+        }
+    }
+}
+
 fn string_field(
     map: &Map<String, Value>,
     key: &str,
-    path: &str,
+    path: impl fmt::Display,
     check: &mut Check,
 ) -> Option<String> {
     match map.get(key)? {
@@ -774,7 +797,12 @@ fn string_field(
     }
 }
 
-fn count_field(map: &Map<String, Value>, key: &str, path: &str, check: &mut Check) -> Option<u64> {
+fn count_field(
+    map: &Map<String, Value>,
+    key: &str,
+    path: impl fmt::Display,
+    check: &mut Check,
+) -> Option<u64> {
     match map.get(key)? {
         Value::Null => None,
         Value::Number(n) if n.as_u64().is_some() => n.as_u64(),
@@ -793,7 +821,7 @@ fn count_field(map: &Map<String, Value>, key: &str, path: &str, check: &mut Chec
 fn amount_field(
     map: &Map<String, Value>,
     key: &str,
-    path: &str,
+    path: impl fmt::Display,
     check: &mut Check,
 ) -> Option<rust_decimal::Decimal> {
     let value = map.get(key).filter(|v| !v.is_null())?;
@@ -823,7 +851,6 @@ fn check_custom_data(value: &Value, check: &mut Check) -> Option<CustomData> {
             return None;
         }
     };
-    let p = |k: &str| format!("custom_data.{k}");
     let mut out = CustomData {
         value: amount_field(cd, "value", "custom_data.value", check),
         predicted_ltv: amount_field(cd, "predicted_ltv", "custom_data.predicted_ltv", check),
@@ -855,7 +882,7 @@ fn check_custom_data(value: &Value, check: &mut Check) -> Option<CustomData> {
         ("search_string", &mut out.search_string),
         ("item_number", &mut out.item_number),
     ] {
-        *slot = string_field(cd, key, &p(key), check);
+        *slot = string_field(cd, key, format_args!("custom_data.{key}"), check);
     }
     if let Some(category) = string_field(
         cd,
@@ -885,7 +912,7 @@ fn check_custom_data(value: &Value, check: &mut Check) -> Option<CustomData> {
                     Value::String(s) => list.push(s.clone()),
                     Value::Number(n) => list.push(n.to_string()),
                     other => check.wrong_type(
-                        &format!("custom_data.content_ids[{i}]"),
+                        format_args!("custom_data.content_ids[{i}]"),
                         "a string",
                         other,
                     ),
@@ -902,7 +929,7 @@ fn check_custom_data(value: &Value, check: &mut Check) -> Option<CustomData> {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, item)| {
-                    check_content(item, &format!("custom_data.contents[{i}]"), check)
+                    check_content(item, format_args!("custom_data.contents[{i}]"), check)
                 })
                 .collect();
             out.contents = Some(contents);
@@ -934,23 +961,27 @@ fn check_custom_data(value: &Value, check: &mut Check) -> Option<CustomData> {
     Some(out)
 }
 
-fn check_content(item: &Value, path: &str, check: &mut Check) -> Option<Content> {
+fn check_content(
+    item: &Value,
+    path: impl fmt::Display + Copy,
+    check: &mut Check,
+) -> Option<Content> {
     let Value::Object(map) = item else {
         check.wrong_type(path, "an object", item);
         return None;
     };
-    let id = string_field(map, "id", &format!("{path}.id"), check);
+    let id = string_field(map, "id", format_args!("{path}.id"), check);
     if id.is_none() {
         check.error(
             IssueCode::MissingField,
-            &format!("{path}.id"),
+            format_args!("{path}.id"),
             "is required for each content",
         );
     }
     let mut content = Content {
         id: id.unwrap_or_default(),
-        quantity: count_field(map, "quantity", &format!("{path}.quantity"), check),
-        item_price: amount_field(map, "item_price", &format!("{path}.item_price"), check),
+        quantity: count_field(map, "quantity", format_args!("{path}.quantity"), check),
+        item_price: amount_field(map, "item_price", format_args!("{path}.item_price"), check),
         ..Content::default()
     };
     for (key, slot) in [
@@ -960,7 +991,7 @@ fn check_content(item: &Value, path: &str, check: &mut Check) -> Option<Content>
         ("brand", &mut content.brand),
         ("category", &mut content.category),
     ] {
-        *slot = string_field(map, key, &format!("{path}.{key}"), check);
+        *slot = string_field(map, key, format_args!("{path}.{key}"), check);
     }
     Some(content)
 }
@@ -1003,19 +1034,18 @@ fn check_extras(obj: &Map<String, Value>, check: &mut Check) -> Extras {
     match obj.get("original_event_data") {
         None | Some(Value::Null) => {}
         Some(Value::Object(o)) => {
-            let p = |k: &str| format!("original_event_data.{k}");
             extras.original_event_data = Some(OriginalEventData {
-                event_name: string_field(o, "event_name", &p("event_name"), check),
+                event_name: string_field(o, "event_name", "original_event_data.event_name", check),
                 event_time: match o.get("event_time") {
                     None | Some(Value::Null) => None,
                     Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
                     Some(other) => {
-                        check.wrong_type(&p("event_time"), "Unix seconds", other);
+                        check.wrong_type("original_event_data.event_time", "Unix seconds", other);
                         None
                     }
                 },
-                order_id: string_field(o, "order_id", &p("order_id"), check),
-                event_id: string_field(o, "event_id", &p("event_id"), check),
+                order_id: string_field(o, "order_id", "original_event_data.order_id", check),
+                event_id: string_field(o, "event_id", "original_event_data.event_id", check),
             });
         }
         Some(other) => check.wrong_type("original_event_data", "an object", other),
@@ -1067,7 +1097,7 @@ fn check_data_processing(obj: &Map<String, Value>, extras: &mut Extras, check: &
                     Some("LDU") => options.push("LDU".to_owned()),
                     _ => check.error(
                         IssueCode::InvalidValue,
-                        &format!("data_processing_options[{i}]"),
+                        format_args!("data_processing_options[{i}]"),
                         format!("{item} is not accepted; the only option is \"LDU\""),
                     ),
                 }
