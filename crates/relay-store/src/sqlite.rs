@@ -87,63 +87,98 @@ impl SqliteStore {
         )
     }
 
-    /// `BEGIN IMMEDIATE` makes this transaction the only writer, so the keys already stored can
-    /// be looked up first and only new rows inserted, their ids read from `last_insert_rowid`.
+    /// `BEGIN IMMEDIATE` makes this transaction the only writer, so ids can be read from
+    /// `last_insert_rowid`: AUTOINCREMENT numbers the rows of one statement consecutively.
     /// `RETURNING` would say the same, but SQLite answers it through a temporary table, which
     /// cost a quarter of each insert.
+    ///
+    /// Each chunk is first inserted optimistically with `INSERT OR IGNORE`: when every row
+    /// went in (the common case: no duplicates) that is all, with no lookup of stored keys.
+    /// Otherwise the chunk is rolled back to its savepoint and inserted the exact way.
     async fn insert_new_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>> {
         let mut tx = self.begin_write().await?;
-        let mut stored: HashSet<(String, String)> = HashSet::new();
-        let mut datasets: Vec<&str> = events.iter().map(|e| e.dataset_id.as_str()).collect();
-        datasets.sort_unstable();
-        datasets.dedup();
-        for dataset in datasets {
-            let ids: Vec<&str> = events
-                .iter()
-                .filter(|e| e.dataset_id == dataset)
-                .map(|e| e.event_id.as_str())
-                .collect();
-            for chunk in ids.chunks(INSERT_CHUNK) {
-                let mut lookup =
-                    QueryBuilder::<Sqlite>::new("SELECT event_id FROM events WHERE dataset_id = ");
-                lookup.push_bind(dataset).push(" AND event_id IN (");
-                let mut list = lookup.separated(", ");
-                for id in chunk {
-                    list.push_bind(*id);
-                }
-                lookup.push(")");
-                for row in lookup.build().fetch_all(&mut *tx).await.map_err(map_err)? {
-                    stored.insert((dataset.to_owned(), row.try_get("event_id")?));
-                }
-            }
-        }
-
-        // The first occurrence of a key not stored yet is inserted; any other is a duplicate.
-        let mut taken: HashSet<(&str, &str)> = HashSet::with_capacity(events.len());
-        let fresh: Vec<usize> = (0..events.len())
-            .filter(|&i| {
-                let key = (events[i].dataset_id.as_str(), events[i].event_id.as_str());
-                let already =
-                    !stored.is_empty() && stored.contains(&(key.0.to_owned(), key.1.to_owned()));
-                !already && taken.insert(key)
-            })
-            .collect();
-        let mut outcomes = vec![InsertOutcome::Duplicate; events.len()];
-        for chunk in fresh.chunks(INSERT_CHUNK) {
-            let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENT_COLUMNS);
-            insert.push_values(chunk.iter().map(|&i| &events[i]), push_new_event);
-            // No ON CONFLICT: a conflict here would mean the lookup above was wrong, and fails
-            // the whole transaction rather than misreport an event.
+        let mut outcomes = Vec::with_capacity(events.len());
+        for chunk in events.chunks(INSERT_CHUNK) {
+            sqlx::query("SAVEPOINT chunk")
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let mut insert = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE ");
+            insert.push(INSERT_EVENT_COLUMNS.trim_start_matches("INSERT "));
+            insert.push_values(chunk, push_new_event);
             let done = insert.build().execute(&mut *tx).await.map_err(map_err)?;
-            // AUTOINCREMENT numbers the rows of one statement consecutively, in order.
-            let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
-            for (offset, &i) in chunk.iter().enumerate() {
-                outcomes[i] = InsertOutcome::Inserted(first + offset as i64);
+            if done.rows_affected() == chunk.len() as u64 {
+                sqlx::query("RELEASE chunk")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
+                outcomes
+                    .extend((0..chunk.len()).map(|k| InsertOutcome::Inserted(first + k as i64)));
+            } else {
+                sqlx::query("ROLLBACK TO chunk")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query("RELEASE chunk")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                outcomes.extend(insert_exactly(&mut tx, chunk).await?);
             }
         }
         tx.commit().await.map_err(map_err)?;
         Ok(outcomes)
     }
+}
+
+/// Inserts the events of `chunk` whose keys are not stored yet, one insert per key, and says
+/// which were inserted and which were duplicates.
+async fn insert_exactly(
+    tx: &mut Transaction<'_, Sqlite>,
+    chunk: &[NewEvent],
+) -> Result<Vec<InsertOutcome>> {
+    let mut stored: HashSet<(&str, String)> = HashSet::new();
+    let mut datasets: Vec<&str> = chunk.iter().map(|e| e.dataset_id.as_str()).collect();
+    datasets.sort_unstable();
+    datasets.dedup();
+    for dataset in datasets {
+        let mut lookup =
+            QueryBuilder::<Sqlite>::new("SELECT event_id FROM events WHERE dataset_id = ");
+        lookup.push_bind(dataset).push(" AND event_id IN (");
+        let mut list = lookup.separated(", ");
+        for e in chunk.iter().filter(|e| e.dataset_id == dataset) {
+            list.push_bind(e.event_id.as_str());
+        }
+        lookup.push(")");
+        for row in lookup.build().fetch_all(&mut **tx).await.map_err(map_err)? {
+            stored.insert((dataset, row.try_get("event_id")?));
+        }
+    }
+
+    // The first occurrence of a key not stored yet is inserted; any other is a duplicate.
+    let mut taken: HashSet<(&str, &str)> = HashSet::with_capacity(chunk.len());
+    let fresh: Vec<usize> = (0..chunk.len())
+        .filter(|&i| {
+            let key = (chunk[i].dataset_id.as_str(), chunk[i].event_id.as_str());
+            let already = stored.contains(&(key.0, key.1.to_owned()));
+            !already && taken.insert(key)
+        })
+        .collect();
+    let mut outcomes = vec![InsertOutcome::Duplicate; chunk.len()];
+    if fresh.is_empty() {
+        return Ok(outcomes);
+    }
+    let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENT_COLUMNS);
+    insert.push_values(fresh.iter().map(|&i| &chunk[i]), push_new_event);
+    // No ON CONFLICT: a conflict here would mean the lookup above was wrong, and fails the
+    // whole transaction rather than misreport an event.
+    let done = insert.build().execute(&mut **tx).await.map_err(map_err)?;
+    let first = done.last_insert_rowid() - fresh.len() as i64 + 1;
+    for (offset, &i) in fresh.iter().enumerate() {
+        outcomes[i] = InsertOutcome::Inserted(first + offset as i64);
+    }
+    Ok(outcomes)
 }
 
 /// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], beside the writer

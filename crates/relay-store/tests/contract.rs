@@ -77,6 +77,7 @@ contract!(
     migrations_can_run_twice_and_assets_round_trip,
     a_repeated_event_id_is_a_duplicate_only_within_its_dataset,
     inserted_ids_name_the_stored_rows_across_chunks_and_datasets,
+    an_all_new_chunk_and_a_chunk_with_repeats_agree_in_one_batch,
     claims_take_only_due_events_of_active_assets_and_datasets,
     concurrent_claimers_never_share_an_event,
     an_expired_lease_moves_to_another_owner,
@@ -220,10 +221,8 @@ async fn a_repeated_event_id_is_a_duplicate_only_within_its_dataset(store: Arc<d
 
 async fn inserted_ids_name_the_stored_rows_across_chunks_and_datasets(store: Arc<dyn Store>) {
     // Stored earlier, so they come back as duplicates in the middle of the big batch.
-    store
-        .insert_events(&[event("d1", "100", "e7", 1), event("d2", "200", "e900", 1)])
-        .await
-        .unwrap();
+    let earlier = [event("d1", "100", "e7", 1), event("d2", "200", "e900", 1)];
+    store.insert_events(&earlier).await.unwrap();
     // More rows than one multi-row insert takes, over two datasets, with repeats in the batch.
     let batch: Vec<NewEvent> = (0..1_200)
         .map(|i| {
@@ -233,12 +232,45 @@ async fn inserted_ids_name_the_stored_rows_across_chunks_and_datasets(store: Arc
         })
         .collect();
     let outcomes = store.insert_events(&batch).await.unwrap();
-    let mut expected_new = std::collections::HashSet::new();
-    expected_new.insert(("d1".to_owned(), "e7".to_owned()));
-    expected_new.insert(("d2".to_owned(), "e900".to_owned()));
-    for (e, outcome) in batch.iter().zip(&outcomes) {
+    assert_outcomes_name_stored_rows(&store, &earlier, &batch, &outcomes).await;
+}
+
+async fn an_all_new_chunk_and_a_chunk_with_repeats_agree_in_one_batch(store: Arc<dyn Store>) {
+    let earlier = [event("d1", "100", "stored", 1)];
+    store.insert_events(&earlier).await.unwrap();
+    // 600 new events (a whole chunk with no duplicate), then one stored earlier, then a
+    // repeat of the batch's first event.
+    let mut batch: Vec<NewEvent> = (0..600)
+        .map(|i| event("d1", "100", &format!("n{i}"), 10 + i as i64))
+        .collect();
+    batch.push(event("d1", "100", "stored", 700));
+    batch.push(event("d1", "100", "n0", 701));
+    batch.push(event("d1", "100", "last", 702));
+    let outcomes = store.insert_events(&batch).await.unwrap();
+    assert_outcomes_name_stored_rows(&store, &earlier, &batch, &outcomes).await;
+    let new = outcomes
+        .iter()
+        .filter(|o| matches!(o, InsertOutcome::Inserted(_)))
+        .count();
+    assert_eq!(new, 601);
+}
+
+/// Each first occurrence of a key not in `earlier` is `Inserted` with the id of its stored
+/// row; every other event is a `Duplicate`.
+async fn assert_outcomes_name_stored_rows(
+    store: &Arc<dyn Store>,
+    earlier: &[NewEvent],
+    batch: &[NewEvent],
+    outcomes: &[InsertOutcome],
+) {
+    assert_eq!(outcomes.len(), batch.len());
+    let mut seen: std::collections::HashSet<(String, String)> = earlier
+        .iter()
+        .map(|e| (e.dataset_id.clone(), e.event_id.clone()))
+        .collect();
+    for (e, outcome) in batch.iter().zip(outcomes) {
         let key = (e.dataset_id.clone(), e.event_id.clone());
-        let first_time = expected_new.insert(key);
+        let first_time = seen.insert(key);
         let stored = store
             .find_events(&e.event_id, Some(&e.dataset_id), None)
             .await
