@@ -25,10 +25,10 @@ fn event(i: usize) -> NewEvent {
         dataset_id: "1000000000000001".into(),
         asset_id: "102290129340398".into(),
         channel: "whatsapp".into(),
-        event_id: format!("b-{i}"),
+        event_id: format!("b-{i}").into(),
         event_name: "Purchase".into(),
         event_time: 1_790_000_000,
-        payload: payload(i),
+        payload: payload(i).into(),
         test_event_code: None,
         accepted_at_ms: 1_790_000_000_000,
     }

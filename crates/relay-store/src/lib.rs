@@ -153,19 +153,22 @@ pub struct Asset {
 }
 
 /// An accepted event to store in the outbox.
+///
+/// The text is `Arc<str>`: the insert binds it by reference count instead of copying it, and
+/// the events of one asset share its ids.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub tenant: String,
-    pub dataset_id: String,
-    pub asset_id: String,
-    pub channel: String,
-    pub event_id: String,
-    pub event_name: String,
+    pub tenant: Arc<str>,
+    pub dataset_id: Arc<str>,
+    pub asset_id: Arc<str>,
+    pub channel: Arc<str>,
+    pub event_id: Arc<str>,
+    pub event_name: Arc<str>,
     /// Unix seconds of the conversion (Meta's `event_time`).
     pub event_time: i64,
     /// The exact JSON sent to Meta for this event.
-    pub payload: String,
-    pub test_event_code: Option<String>,
+    pub payload: Arc<str>,
+    pub test_event_code: Option<Arc<str>>,
     pub accepted_at_ms: i64,
 }
 

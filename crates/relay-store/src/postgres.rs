@@ -83,7 +83,7 @@ impl PostgresStore {
         Ok(events
             .iter()
             .map(
-                |e| match inserted.remove(&(e.dataset_id.clone(), e.event_id.clone())) {
+                |e| match inserted.remove(&(e.dataset_id.to_string(), e.event_id.to_string())) {
                     Some(id) => InsertOutcome::Inserted(id),
                     None => InsertOutcome::Duplicate,
                 },

@@ -233,19 +233,19 @@ pub fn push_new_event<DB: sqlx::Database>(
     mut row: sqlx::query_builder::Separated<'_, DB, &'static str>,
     e: &crate::NewEvent,
 ) where
-    for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
-    for<'t> Option<&'t str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> std::sync::Arc<str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<std::sync::Arc<str>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
 {
-    row.push_bind(e.tenant.as_str())
-        .push_bind(e.dataset_id.as_str())
-        .push_bind(e.asset_id.as_str())
-        .push_bind(e.channel.as_str())
-        .push_bind(e.event_id.as_str())
-        .push_bind(e.event_name.as_str())
+    row.push_bind(e.tenant.clone())
+        .push_bind(e.dataset_id.clone())
+        .push_bind(e.asset_id.clone())
+        .push_bind(e.channel.clone())
+        .push_bind(e.event_id.clone())
+        .push_bind(e.event_name.clone())
         .push_bind(e.event_time)
-        .push_bind(e.payload.as_str())
-        .push_bind(e.test_event_code.as_deref())
+        .push_bind(e.payload.clone())
+        .push_bind(e.test_event_code.clone())
         // Due at once: next_attempt_at_ms = accepted_at_ms.
         .push_bind(e.accepted_at_ms)
         .push_bind(e.accepted_at_ms);

@@ -139,7 +139,7 @@ async fn insert_exactly(
     chunk: &[NewEvent],
 ) -> Result<Vec<InsertOutcome>> {
     let mut stored: HashSet<(&str, String)> = HashSet::new();
-    let mut datasets: Vec<&str> = chunk.iter().map(|e| e.dataset_id.as_str()).collect();
+    let mut datasets: Vec<&str> = chunk.iter().map(|e| &*e.dataset_id).collect();
     datasets.sort_unstable();
     datasets.dedup();
     for dataset in datasets {
@@ -147,8 +147,8 @@ async fn insert_exactly(
             QueryBuilder::<Sqlite>::new("SELECT event_id FROM events WHERE dataset_id = ");
         lookup.push_bind(dataset).push(" AND event_id IN (");
         let mut list = lookup.separated(", ");
-        for e in chunk.iter().filter(|e| e.dataset_id == dataset) {
-            list.push_bind(e.event_id.as_str());
+        for e in chunk.iter().filter(|e| &*e.dataset_id == dataset) {
+            list.push_bind(e.event_id.clone());
         }
         lookup.push(")");
         for row in lookup.build().fetch_all(&mut **tx).await.map_err(map_err)? {
@@ -160,7 +160,7 @@ async fn insert_exactly(
     let mut taken: HashSet<(&str, &str)> = HashSet::with_capacity(chunk.len());
     let fresh: Vec<usize> = (0..chunk.len())
         .filter(|&i| {
-            let key = (chunk[i].dataset_id.as_str(), chunk[i].event_id.as_str());
+            let key = (&*chunk[i].dataset_id, &*chunk[i].event_id);
             let already = stored.contains(&(key.0, key.1.to_owned()));
             !already && taken.insert(key)
         })
@@ -268,7 +268,7 @@ mod tests {
                 dataset_id: "d1".into(),
                 asset_id: "a1".into(),
                 channel: "whatsapp".into(),
-                event_id: format!("e{i}"),
+                event_id: format!("e{i}").into(),
                 event_name: "Purchase".into(),
                 event_time: 1,
                 payload: "{}".into(),

@@ -122,7 +122,7 @@ fn event(dataset: &str, asset: &str, event_id: &str, accepted_at_ms: i64) -> New
         event_id: event_id.into(),
         event_name: "Purchase".into(),
         event_time: accepted_at_ms / 1000,
-        payload: format!("{{\"event_id\":\"{event_id}\"}}"),
+        payload: format!("{{\"event_id\":\"{event_id}\"}}").into(),
         test_event_code: None,
         accepted_at_ms,
     }
@@ -264,7 +264,7 @@ async fn assert_outcomes_name_stored_rows(
     outcomes: &[InsertOutcome],
 ) {
     assert_eq!(outcomes.len(), batch.len());
-    let mut seen: std::collections::HashSet<(String, String)> = earlier
+    let mut seen: std::collections::HashSet<(Arc<str>, Arc<str>)> = earlier
         .iter()
         .map(|e| (e.dataset_id.clone(), e.event_id.clone()))
         .collect();
@@ -629,7 +629,7 @@ async fn payloads_and_times_round_trip_exactly(store: Arc<dyn Store>) {
     );
     let far_future = 4_102_444_800_000_i64; // 2100-01-01 in ms
     let mut e = event("d1", "100", "unicode", far_future);
-    e.payload = payload.clone();
+    e.payload = payload.as_str().into();
     e.test_event_code = Some("TEST123".into());
     e.event_time = 1_767_000_000;
     store.insert_events(&[e]).await.unwrap();

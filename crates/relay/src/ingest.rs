@@ -29,11 +29,11 @@ use crate::{capture::Capture, delivery::worker::now_ms, observability};
 pub enum EventResult {
     Accepted {
         index: usize,
-        event_id: String,
-        dataset_id: String,
+        event_id: Arc<str>,
+        dataset_id: Arc<str>,
         /// Shown whenever it is set: Meta counts test events apart from real ones.
         #[serde(skip_serializing_if = "Option::is_none")]
-        test_event_code: Option<String>,
+        test_event_code: Option<Arc<str>>,
         /// The contact's touch used for a conversion by contact.
         #[serde(skip_serializing_if = "Option::is_none")]
         attribution: Option<Attribution>,
@@ -42,8 +42,8 @@ pub enum EventResult {
     },
     Duplicate {
         index: usize,
-        event_id: String,
-        dataset_id: String,
+        event_id: Arc<str>,
+        dataset_id: Arc<str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         attribution: Option<Attribution>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -72,9 +72,9 @@ struct Routed {
     channel: &'static str,
     warnings: Vec<Issue>,
     attribution: Option<Attribution>,
-    event_id: String,
-    dataset_id: String,
-    test_event_code: Option<String>,
+    event_id: Arc<str>,
+    dataset_id: Arc<str>,
+    test_event_code: Option<Arc<str>>,
 }
 
 /// How long the asset registry is cached; `assets add` shows up within this time.
@@ -97,11 +97,39 @@ pub struct Ingestor {
     capture: Option<Arc<Capture>>,
 }
 
-/// The routing snapshot: assets by id and each tenant's `test_event_code`.
+/// The routing snapshot: registered assets by id.
 #[derive(Default)]
 struct Registry {
-    assets: HashMap<String, Asset>,
-    tenant_test_codes: HashMap<String, String>,
+    assets: HashMap<String, Route>,
+}
+
+/// A registered asset and what its events are stored with, shared by all of them.
+struct Route {
+    asset: Asset,
+    tenant: Arc<str>,
+    dataset_id: Arc<str>,
+    asset_id: Arc<str>,
+    channel: Arc<str>,
+    /// The asset's `test_event_code`, else its tenant's.
+    test_event_code: Option<Arc<str>>,
+}
+
+impl Route {
+    fn new(asset: Asset, tenant_test_codes: &HashMap<String, String>) -> Self {
+        let test_event_code = asset
+            .test_event_code
+            .as_deref()
+            .or(tenant_test_codes.get(&asset.tenant).map(String::as_str))
+            .map(Arc::from);
+        Route {
+            tenant: asset.tenant.as_str().into(),
+            dataset_id: asset.dataset_id.as_str().into(),
+            asset_id: asset.asset_id.as_str().into(),
+            channel: asset.channel.as_str().into(),
+            test_event_code,
+            asset,
+        }
+    }
 }
 
 struct WriteJob {
@@ -144,20 +172,20 @@ impl Ingestor {
                 return Ok(cached.1.clone());
             }
         }
+        let tenant_test_codes: HashMap<String, String> = self
+            .store
+            .list_tenants()
+            .await?
+            .into_iter()
+            .filter_map(|t| Some((t.name, t.test_event_code?)))
+            .collect();
         let fresh = Arc::new(Registry {
             assets: self
                 .store
                 .list_assets()
                 .await?
                 .into_iter()
-                .map(|a| (a.asset_id.clone(), a))
-                .collect(),
-            tenant_test_codes: self
-                .store
-                .list_tenants()
-                .await?
-                .into_iter()
-                .filter_map(|t| Some((t.name, t.test_event_code?)))
+                .map(|a| (a.asset_id.clone(), Route::new(a, &tenant_test_codes)))
                 .collect(),
         });
         *self.registry.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), fresh.clone());
@@ -235,6 +263,7 @@ async fn ingest(
 ) -> Result<IngestReport, StoreError> {
     let options = &ingestor.options;
     let now = now_ms();
+    let request_test_code: Option<Arc<str>> = test_event_code.map(Arc::from);
     let mut registry = ingestor.registry(false).await?;
 
     let mut results: Vec<Option<EventResult>> = (0..events.len()).map(|_| None).collect();
@@ -260,7 +289,7 @@ async fn ingest(
                 let visible = registry
                     .assets
                     .get(&request.asset_id)
-                    .is_some_and(|a| scope.allows(a));
+                    .is_some_and(|r| scope.allows(&r.asset));
                 let resolved = if visible {
                     capture.resolve(input, &request, now).await?
                 } else {
@@ -315,14 +344,17 @@ async fn ingest(
             // Maybe added since the snapshot was taken.
             registry = ingestor.registry(true).await?;
         }
-        let visible = registry.assets.get(&asset_id).filter(|a| scope.allows(a));
-        let asset = match visible {
-            Some(asset) if asset.channel == channel.as_str() => asset,
+        let visible = registry
+            .assets
+            .get(&asset_id)
+            .filter(|r| scope.allows(&r.asset));
+        let route = match visible {
+            Some(route) if route.asset.channel == channel.as_str() => route,
             found => {
                 let message = match found {
-                    Some(asset) => format!(
+                    Some(route) => format!(
                         "asset {asset_id} is registered for {}, not {channel}",
-                        asset.channel
+                        route.asset.channel
                     ),
                     None => format!(
                         "asset {asset_id} is not registered for this API key; onboard it with `capi-relay assets onboard`"
@@ -342,31 +374,29 @@ async fn ingest(
             }
         };
         let payload = serde_json::to_string(&event).expect("a MetaEvent always serialises");
-        let test_event_code = test_event_code
-            .or(asset.test_event_code.as_deref())
-            .or(registry
-                .tenant_test_codes
-                .get(&asset.tenant)
-                .map(String::as_str));
-        let test_event_code = test_event_code.map(str::to_owned);
+        let test_event_code = request_test_code
+            .as_ref()
+            .or(route.test_event_code.as_ref())
+            .cloned();
+        let event_id: Arc<str> = event.event_id.into();
         routed.push(Routed {
             index,
             channel: observability::channel_label(channel.as_str()),
             warnings: valid.warnings,
             attribution,
-            event_id: event.event_id.clone(),
-            dataset_id: asset.dataset_id.clone(),
+            event_id: event_id.clone(),
+            dataset_id: route.dataset_id.clone(),
             test_event_code: test_event_code.clone(),
         });
         new_events.push(NewEvent {
-            tenant: asset.tenant.clone(),
-            dataset_id: asset.dataset_id.clone(),
-            asset_id,
-            channel: channel.as_str().to_owned(),
-            event_id: event.event_id,
-            event_name: event.event_name,
+            tenant: route.tenant.clone(),
+            dataset_id: route.dataset_id.clone(),
+            asset_id: route.asset_id.clone(),
+            channel: route.channel.clone(),
+            event_id,
+            event_name: event.event_name.into(),
             event_time: event.event_time,
-            payload,
+            payload: payload.into(),
             test_event_code,
             accepted_at_ms: now,
         });
