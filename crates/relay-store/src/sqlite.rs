@@ -103,8 +103,11 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            let mut insert = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE ");
-            insert.push(INSERT_EVENT_COLUMNS.trim_start_matches("INSERT "));
+            let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENT_COLUMNS.replacen(
+                "INSERT INTO",
+                "INSERT OR IGNORE INTO",
+                1,
+            ));
             insert.push_values(chunk, push_new_event);
             let done = insert.build().execute(&mut *tx).await.map_err(map_err)?;
             if done.rows_affected() == chunk.len() as u64 {
@@ -132,8 +135,8 @@ impl SqliteStore {
     }
 }
 
-/// Inserts the events of `chunk` whose keys are not stored yet, one insert per key, and says
-/// which were inserted and which were duplicates.
+/// Looks up which keys of `chunk` are stored already, inserts the first event of each other
+/// key in one statement, and says which events were inserted and which were duplicates.
 async fn insert_exactly(
     tx: &mut Transaction<'_, Sqlite>,
     chunk: &[NewEvent],
