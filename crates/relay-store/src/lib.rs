@@ -197,6 +197,14 @@ pub struct ClaimedEvent {
     pub accepted_at_ms: i64,
 }
 
+/// A dataset with due events, for the delivery scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDataset {
+    pub dataset_id: String,
+    /// The earliest due time of its events.
+    pub due_at_ms: i64,
+}
+
 /// One send attempt as recorded for each event it carried.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Attempt {
@@ -225,8 +233,11 @@ pub enum Resolution {
         reason: String,
         dead_at_ms: i64,
     },
-    /// Back to `queued` without counting the attempt (the asset was paused).
-    Release,
+    /// Back to `queued`, due at `now_ms`, without counting the attempt (the asset was paused,
+    /// or the send never started).
+    Release {
+        now_ms: i64,
+    },
 }
 
 /// An event with its history, for `GET /v1/events/{event_id}` and the dashboard.
@@ -305,17 +316,34 @@ pub trait Store: CaptureStore + Send + Sync + 'static {
     /// (already stored, or earlier in the same call) is `Duplicate`. Returns one outcome per event.
     async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>>;
 
-    /// Claims up to `limit` events that are due (`queued`/`retrying` with
-    /// `next_attempt_at_ms <= now_ms`, or `sending` with an expired lease), skipping paused assets
-    /// and datasets paused past `now_ms`. Sets `sending`, the lease and `attempts + 1`.
-    /// Oldest due first. Safe under concurrent callers and processes: an event is claimed once.
-    async fn claim_due(
+    /// Datasets with events due at or before `due_before_ms` (now, minus the delivery linger),
+    /// earliest first, with the earliest due time; skips datasets Meta is throttling at `now_ms`
+    /// and datasets whose assets are all paused. Costs one index probe per dataset.
+    async fn due_datasets(&self, now_ms: i64, due_before_ms: i64) -> Result<Vec<DueDataset>>;
+
+    /// Claims up to `limit` of one dataset's due events (`queued`/`retrying` due by `now_ms`, or
+    /// `sending` with a lease that ran out), skipping paused assets. Sets `sending`, the lease
+    /// (the event is due again at `lease_until_ms`) and `attempts + 1`. Oldest due first. Safe
+    /// under concurrent callers and processes: an event is claimed once per lease.
+    async fn claim_dataset(
         &self,
         owner: &str,
+        dataset_id: &str,
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
     ) -> Result<Vec<ClaimedEvent>>;
+
+    /// Extends the leases of every event held by one of `owners` to `lease_until_ms` (the
+    /// heartbeat). Returns how many events.
+    async fn renew_leases(&self, owners: &[String], lease_until_ms: i64) -> Result<u64>;
+
+    /// How many of `ids` `owner` still holds under lease.
+    async fn count_leased(&self, owner: &str, ids: &[i64]) -> Result<u64>;
+
+    /// Puts every event `owner` holds back in the queue, due at `now_ms`, without counting the
+    /// attempt (a worker that stops or failed before sending them).
+    async fn release_leases(&self, owner: &str, now_ms: i64) -> Result<u64>;
 
     /// Records `attempt` for every event in `ids` (only those still leased by `owner`) and moves
     /// them as `resolution` says, clearing the lease. `Release` also undoes the attempt count.

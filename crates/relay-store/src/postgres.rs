@@ -49,7 +49,7 @@ impl PostgresStore {
         format!(
             "WITH due AS (SELECT id FROM events WHERE {DUE_CONDITION} ORDER BY next_attempt_at_ms, id LIMIT $2 \
              FOR UPDATE SKIP LOCKED) \
-             UPDATE events SET state = 'sending', lease_owner = $3, lease_until_ms = $4, attempts = events.attempts + 1 \
+             UPDATE events SET state = 'sending', lease_owner = $3, lease_until_ms = $4, next_attempt_at_ms = $4, attempts = events.attempts + 1 \
              FROM due WHERE events.id = due.id RETURNING {}",
             CLAIM_COLUMNS
                 .split(", ")

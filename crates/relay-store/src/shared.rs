@@ -38,13 +38,38 @@ macro_rules! finished {
 }
 pub(crate) use {finished, unfinished};
 
-/// The due-event condition shared by both claim queries (`$1` = now).
+/// A dataset's due events (`$1` = now, `$5` = the dataset): the predicate of the `events_due`
+/// partial index, then the due time. A claimed event's due time is the end of its lease, so an
+/// event whose sender died is due again when its lease runs out, with no separate reaper.
 pub const DUE_CONDITION: &str = concat!(
     unfinished!(),
-    " AND next_attempt_at_ms <= $1 \
-    AND (state <> 'sending' OR lease_until_ms < $1) \
-    AND asset_id NOT IN (SELECT asset_id FROM assets WHERE status = 'paused') \
-    AND dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1)"
+    " AND dataset_id = $5 AND next_attempt_at_ms <= $1 \
+    AND asset_id NOT IN (SELECT asset_id FROM assets WHERE status = 'paused')"
+);
+
+/// Datasets with events due by `$2` (now minus the linger), and their earliest due time,
+/// skipping datasets Meta is throttling (`$1` = now) and datasets whose assets are all paused.
+///
+/// A loose index scan of `events_due` (dataset_id first): one index probe per dataset with
+/// unfinished events, however many events each holds, so a 200,000-event backlog costs what a
+/// single event does.
+pub const DUE_DATASETS: &str = concat!(
+    "WITH RECURSIVE ds(dataset_id) AS (\
+       SELECT MIN(dataset_id) FROM events WHERE ",
+    unfinished!(),
+    " UNION ALL \
+       SELECT (SELECT MIN(dataset_id) FROM events WHERE ",
+    unfinished!(),
+    " AND dataset_id > ds.dataset_id) FROM ds WHERE ds.dataset_id IS NOT NULL\
+     ), due AS MATERIALIZED (\
+       SELECT ds.dataset_id, (SELECT MIN(next_attempt_at_ms) FROM events WHERE ",
+    unfinished!(),
+    " AND events.dataset_id = ds.dataset_id) AS due_at FROM ds WHERE ds.dataset_id IS NOT NULL\
+     ) \
+     SELECT dataset_id, due_at FROM due WHERE due_at <= $2 \
+     AND dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1) \
+     AND dataset_id NOT IN (SELECT dataset_id FROM assets GROUP BY dataset_id HAVING MIN(status) = 'paused') \
+     ORDER BY due_at"
 );
 
 pub fn asset_from_row<R: Row>(row: &R) -> Result<Asset>
@@ -357,9 +382,29 @@ macro_rules! impl_store {
                 self.insert_new_events(events).await
             }
 
-            async fn claim_due(
+            async fn due_datasets(&self, now_ms: i64, due_before_ms: i64) -> $crate::Result<Vec<$crate::DueDataset>> {
+                let sql = self.sql($crate::shared::DUE_DATASETS);
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(now_ms)
+                    .bind(due_before_ms)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        use sqlx::Row;
+                        Ok($crate::DueDataset {
+                            dataset_id: row.try_get("dataset_id")?,
+                            due_at_ms: row.try_get("due_at")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn claim_dataset(
                 &self,
                 owner: &str,
+                dataset_id: &str,
                 now_ms: i64,
                 lease_until_ms: i64,
                 limit: i64,
@@ -371,6 +416,7 @@ macro_rules! impl_store {
                     .bind(limit)
                     .bind(owner)
                     .bind(lease_until_ms)
+                    .bind(dataset_id)
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::shared::map_err)?;
@@ -380,6 +426,59 @@ macro_rules! impl_store {
                     .collect::<$crate::Result<Vec<_>>>()?;
                 claimed.sort_by_key(|e| e.id);
                 Ok(claimed)
+            }
+
+            async fn renew_leases(&self, owners: &[String], lease_until_ms: i64) -> $crate::Result<u64> {
+                let mut renewed = 0;
+                for chunk in owners.chunks(500) {
+                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_until_ms = ");
+                    b.push_bind(lease_until_ms)
+                        .push(", next_attempt_at_ms = ")
+                        .push_bind(lease_until_ms)
+                        .push(" WHERE state = 'sending' AND lease_owner IN (");
+                    let mut sep = b.separated(", ");
+                    for owner in chunk {
+                        sep.push_bind(owner.clone());
+                    }
+                    b.push(")");
+                    let done = b.build().execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                    renewed += done.rows_affected();
+                }
+                Ok(renewed)
+            }
+
+            async fn count_leased(&self, owner: &str, ids: &[i64]) -> $crate::Result<u64> {
+                use sqlx::Row;
+                let mut held = 0u64;
+                for chunk in ids.chunks(1000) {
+                    let mut b = sqlx::QueryBuilder::<$db>::new(
+                        "SELECT COUNT(*) AS n FROM events WHERE state = 'sending' AND lease_owner = ",
+                    );
+                    b.push_bind(owner).push(" AND id IN (");
+                    let mut sep = b.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    b.push(")");
+                    let row = b.build().fetch_one(&self.pool).await.map_err($crate::shared::map_err)?;
+                    held += row.try_get::<i64, _>("n")? as u64;
+                }
+                Ok(held)
+            }
+
+            async fn release_leases(&self, owner: &str, now_ms: i64) -> $crate::Result<u64> {
+                let sql = self.sql(
+                    "UPDATE events SET state = 'queued', attempts = attempts - 1, next_attempt_at_ms = $2, \
+                     lease_owner = NULL, lease_until_ms = NULL \
+                     WHERE state = 'sending' AND lease_owner = $1",
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(owner)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(done.rows_affected())
             }
 
             async fn resolve(
@@ -410,8 +509,8 @@ macro_rules! impl_store {
                                 .push(", dead_at_ms = ")
                                 .push_bind(*dead_at_ms);
                         }
-                        $crate::Resolution::Release => {
-                            b.push("state = 'queued', attempts = attempts - 1");
+                        $crate::Resolution::Release { now_ms } => {
+                            b.push("state = 'queued', attempts = attempts - 1, next_attempt_at_ms = ").push_bind(*now_ms);
                         }
                     }
                     b.push(" WHERE state = 'sending' AND lease_owner = ").push_bind(owner).push(" AND id IN (");

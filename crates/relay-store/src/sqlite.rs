@@ -81,7 +81,7 @@ impl SqliteStore {
 
     fn claim_sql() -> String {
         format!(
-            "UPDATE events SET state = 'sending', lease_owner = $3, lease_until_ms = $4, attempts = attempts + 1 \
+            "UPDATE events SET state = 'sending', lease_owner = $3, lease_until_ms = $4, next_attempt_at_ms = $4, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM events WHERE {DUE_CONDITION} ORDER BY next_attempt_at_ms, id LIMIT $2) \
              RETURNING {CLAIM_COLUMNS}"
         )

@@ -81,6 +81,9 @@ contract!(
     claims_take_only_due_events_of_active_assets_and_datasets,
     concurrent_claimers_never_share_an_event,
     an_expired_lease_moves_to_another_owner,
+    due_datasets_are_listed_once_each_with_their_earliest_due_time,
+    a_claim_takes_only_its_own_dataset_oldest_first,
+    leases_are_renewed_counted_and_released_by_owner,
     each_resolution_sets_state_and_records_the_attempt,
     dead_letters_are_listed_and_replayed_by_filter,
     queue_stats_and_retention_purge,
@@ -137,6 +140,29 @@ fn attempt(outcome: &str, at: i64) -> Attempt {
         message: None,
         latency_ms: 12,
     }
+}
+
+/// Claims due events of every due dataset, as the delivery loop does one dataset at a time.
+async fn claim_due(
+    store: &Arc<dyn Store>,
+    owner: &str,
+    now_ms: i64,
+    lease_until_ms: i64,
+    limit: i64,
+) -> relay_store::Result<Vec<relay_store::ClaimedEvent>> {
+    let mut claimed = Vec::new();
+    for due in store.due_datasets(now_ms, now_ms).await? {
+        let room = limit - claimed.len() as i64;
+        if room <= 0 {
+            break;
+        }
+        claimed.extend(
+            store
+                .claim_dataset(owner, &due.dataset_id, now_ms, lease_until_ms, room)
+                .await?,
+        );
+    }
+    Ok(claimed)
 }
 
 async fn seed(store: &Arc<dyn Store>, n: usize) -> Vec<i64> {
@@ -292,26 +318,24 @@ async fn assert_outcomes_name_stored_rows(
 async fn claims_take_only_due_events_of_active_assets_and_datasets(store: Arc<dyn Store>) {
     let ids = seed(&store, 5).await;
     assert!(
-        store
-            .claim_due("w", 999, 10_000, 10)
+        claim_due(&store, "w", 999, 10_000, 10)
             .await
             .unwrap()
             .is_empty(),
         "nothing due yet"
     );
-    let claimed = store.claim_due("w", 1_002, 10_000, 10).await.unwrap();
+    let claimed = claim_due(&store, "w", 1_002, 10_000, 10).await.unwrap();
     assert_eq!(
         claimed.iter().map(|e| e.id).collect::<Vec<_>>(),
         ids[..3].to_vec()
     );
     assert!(claimed.iter().all(|e| e.attempts == 1));
-    let limited = store.claim_due("w", 5_000, 10_000, 1).await.unwrap();
+    let limited = claim_due(&store, "w", 5_000, 10_000, 1).await.unwrap();
     assert_eq!(limited.len(), 1);
 
     store.pause_asset("100", "auth", 0).await.unwrap();
     assert!(
-        store
-            .claim_due("w", 5_000, 10_000, 10)
+        claim_due(&store, "w", 5_000, 10_000, 10)
             .await
             .unwrap()
             .is_empty(),
@@ -320,15 +344,17 @@ async fn claims_take_only_due_events_of_active_assets_and_datasets(store: Arc<dy
     store.set_asset_token("100", "t", 0).await.unwrap();
     store.pause_dataset("d1", 6_000).await.unwrap();
     assert!(
-        store
-            .claim_due("w", 5_000, 10_000, 10)
+        claim_due(&store, "w", 5_000, 10_000, 10)
             .await
             .unwrap()
             .is_empty(),
         "paused dataset"
     );
     assert_eq!(
-        store.claim_due("w", 6_001, 20_000, 10).await.unwrap().len(),
+        claim_due(&store, "w", 6_001, 20_000, 10)
+            .await
+            .unwrap()
+            .len(),
         1,
         "pause over"
     );
@@ -343,8 +369,7 @@ async fn concurrent_claimers_never_share_an_event(store: Arc<dyn Store>) {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claimed = store
-                    .claim_due(&format!("w{worker}"), 10_000, 100_000, 25)
+                let claimed = claim_due(&store, &format!("w{worker}"), 10_000, 100_000, 25)
                     .await
                     .unwrap();
                 if claimed.is_empty() {
@@ -367,22 +392,20 @@ async fn concurrent_claimers_never_share_an_event(store: Arc<dyn Store>) {
 async fn an_expired_lease_moves_to_another_owner(store: Arc<dyn Store>) {
     let ids = seed(&store, 1).await;
     assert_eq!(
-        store
-            .claim_due("old", 2_000, 3_000, 10)
+        claim_due(&store, "old", 2_000, 3_000, 10)
             .await
             .unwrap()
             .len(),
         1
     );
     assert!(
-        store
-            .claim_due("new", 2_500, 9_000, 10)
+        claim_due(&store, "new", 2_500, 9_000, 10)
             .await
             .unwrap()
             .is_empty(),
         "lease still held"
     );
-    let reclaimed = store.claim_due("new", 3_001, 9_000, 10).await.unwrap();
+    let reclaimed = claim_due(&store, "new", 3_001, 9_000, 10).await.unwrap();
     assert_eq!((reclaimed.len(), reclaimed[0].attempts), (1, 2));
     let stale = store
         .resolve(
@@ -410,9 +433,153 @@ async fn an_expired_lease_moves_to_another_owner(store: Arc<dyn Store>) {
     assert_eq!(done, 1);
 }
 
+async fn due_datasets_are_listed_once_each_with_their_earliest_due_time(store: Arc<dyn Store>) {
+    for (asset_id, dataset) in [("100", "d1"), ("200", "d2"), ("300", "d3"), ("400", "d4")] {
+        store.upsert_asset(&asset(asset_id, dataset)).await.unwrap();
+    }
+    let events = vec![
+        event("d1", "100", "a", 1_000),
+        event("d1", "100", "b", 1_500),
+        event("d2", "200", "c", 2_000),
+        event("d3", "300", "d", 1_200),
+        event("d4", "400", "e", 1_100),
+    ];
+    store.insert_events(&events).await.unwrap();
+    let list = |now: i64, before: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .due_datasets(now, before)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.dataset_id, d.due_at_ms))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        list(5_000, 5_000).await,
+        [
+            ("d1".into(), 1_000),
+            ("d4".into(), 1_100),
+            ("d3".into(), 1_200),
+            ("d2".into(), 2_000)
+        ],
+        "each dataset once, earliest due first"
+    );
+    assert_eq!(
+        list(5_000, 1_150).await,
+        [("d1".into(), 1_000), ("d4".into(), 1_100)],
+        "the linger: only datasets due by the given time"
+    );
+    store.pause_dataset("d2", 9_000).await.unwrap();
+    store.pause_asset("300", "auth", 0).await.unwrap();
+    assert_eq!(
+        list(5_000, 5_000).await,
+        [("d1".into(), 1_000), ("d4".into(), 1_100)],
+        "a throttled dataset and a dataset whose only asset is paused wait"
+    );
+    let claimed = store
+        .claim_dataset("w", "d4", 5_000, 15_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        list(5_000, 5_000).await,
+        [("d1".into(), 1_000)],
+        "a claimed dataset is not due while its lease holds"
+    );
+    assert_eq!(
+        list(15_001, 15_001).await,
+        [
+            ("d1".into(), 1_000),
+            ("d2".into(), 9_000),
+            ("d4".into(), 15_000)
+        ],
+        "due again when the lease ends (and d2 when its throttling pause ends)"
+    );
+}
+
+async fn a_claim_takes_only_its_own_dataset_oldest_first(store: Arc<dyn Store>) {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    store.upsert_asset(&asset("200", "d2")).await.unwrap();
+    let events: Vec<NewEvent> = (0..6)
+        .map(|i| {
+            let (d, a) = if i % 2 == 0 {
+                ("d1", "100")
+            } else {
+                ("d2", "200")
+            };
+            event(d, a, &format!("e{i}"), 2_000 - i as i64 * 100)
+        })
+        .collect();
+    store.insert_events(&events).await.unwrap();
+    let claimed = store
+        .claim_dataset("w", "d1", 5_000, 10_000, 2)
+        .await
+        .unwrap();
+    let mut names: Vec<_> = claimed.iter().map(|e| e.event_id.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["e2", "e4"], "the two oldest of d1 only");
+    assert!(
+        claimed
+            .iter()
+            .all(|e| e.dataset_id == "d1" && e.attempts == 1)
+    );
+    let rest = store
+        .claim_dataset("w2", "d1", 5_000, 10_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1, "the claimed ones are not taken twice");
+    assert!(
+        store
+            .claim_dataset("w", "nope", 5_000, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn leases_are_renewed_counted_and_released_by_owner(store: Arc<dyn Store>) {
+    let ids = seed(&store, 3).await;
+    let a = store
+        .claim_dataset("a", "d1", 5_000, 10_000, 2)
+        .await
+        .unwrap();
+    let b = store
+        .claim_dataset("b", "d1", 5_000, 10_000, 2)
+        .await
+        .unwrap();
+    assert_eq!((a.len(), b.len()), (2, 1));
+    assert_eq!(store.count_leased("a", &ids).await.unwrap(), 2);
+    assert_eq!(store.count_leased("b", &ids).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .renew_leases(&["a".to_owned(), "nobody".to_owned()], 30_000)
+            .await
+            .unwrap(),
+        2
+    );
+    // At 20 s b's lease has ended and a's, renewed, holds.
+    let taken = claim_due(&store, "c", 20_000, 40_000, 10).await.unwrap();
+    assert_eq!(
+        taken.iter().map(|e| e.id).collect::<Vec<_>>(),
+        b.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    assert_eq!(taken[0].attempts, 2);
+    assert_eq!(store.count_leased("b", &ids).await.unwrap(), 0, "b lost it");
+    assert_eq!(store.release_leases("a", 21_000).await.unwrap(), 2);
+    let again = claim_due(&store, "d", 21_000, 50_000, 10).await.unwrap();
+    assert_eq!(again.len(), 2, "released events are due at once");
+    assert!(
+        again.iter().all(|e| e.attempts == 1),
+        "a release does not count an attempt"
+    );
+}
+
 async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store>) {
     let ids = seed(&store, 4).await;
-    store.claim_due("w", 5_000, 50_000, 10).await.unwrap();
+    claim_due(&store, "w", 5_000, 50_000, 10).await.unwrap();
     let at = 6_000;
     store
         .resolve(
@@ -453,7 +620,7 @@ async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store
             "w",
             &ids[3..4],
             &attempt("permanent:auth", at),
-            &Resolution::Release,
+            &Resolution::Release { now_ms: at },
         )
         .await
         .unwrap();
@@ -498,14 +665,13 @@ async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store
     assert_eq!(released.attempts.len(), 1, "but the attempt is on record");
 
     assert!(
-        store
-            .claim_due("w", 8_000, 50_000, 10)
+        claim_due(&store, "w", 8_000, 50_000, 10)
             .await
             .unwrap()
             .iter()
             .all(|e| e.event_id == "e3")
     );
-    let again = store.claim_due("w", 9_000, 50_000, 10).await.unwrap();
+    let again = claim_due(&store, "w", 9_000, 50_000, 10).await.unwrap();
     assert_eq!(
         again
             .iter()
@@ -518,7 +684,7 @@ async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store
 
 async fn dead_letters_are_listed_and_replayed_by_filter(store: Arc<dyn Store>) {
     let ids = seed(&store, 3).await;
-    store.claim_due("w", 5_000, 50_000, 10).await.unwrap();
+    claim_due(&store, "w", 5_000, 50_000, 10).await.unwrap();
     for (n, id) in ids.iter().enumerate() {
         let dead = Resolution::Dead {
             reason: format!("reason {n}"),
@@ -566,7 +732,10 @@ async fn dead_letters_are_listed_and_replayed_by_filter(store: Arc<dyn Store>) {
         (EventState::Queued, 0, None)
     );
     assert_eq!(
-        store.claim_due("w", 7_000, 50_000, 10).await.unwrap().len(),
+        claim_due(&store, "w", 7_000, 50_000, 10)
+            .await
+            .unwrap()
+            .len(),
         1
     );
     let rest = DeadLetterFilter {
@@ -584,7 +753,7 @@ async fn queue_stats_and_retention_purge(store: Arc<dyn Store>) {
         (stats.depth, stats.oldest_accepted_at_ms, stats.dead),
         (3, Some(1_000), 0)
     );
-    store.claim_due("w", 5_000, 50_000, 10).await.unwrap();
+    claim_due(&store, "w", 5_000, 50_000, 10).await.unwrap();
     store
         .resolve(
             "w",
@@ -644,8 +813,7 @@ async fn payloads_and_times_round_trip_exactly(store: Arc<dyn Store>) {
         (far_future, 1_767_000_000)
     );
     assert_eq!(record.test_event_code.as_deref(), Some("TEST123"));
-    let claimed = store
-        .claim_due("w", far_future, far_future + 1, 10)
+    let claimed = claim_due(&store, "w", far_future, far_future + 1, 10)
         .await
         .unwrap();
     assert_eq!(claimed[0].payload, payload);
@@ -740,7 +908,7 @@ async fn tenants_own_their_assets_and_events(store: Arc<dyn Store>) {
     );
 
     // Dead letters are scoped by tenant and by a key's assets.
-    let claimed = store.claim_due("w", 2_000, 9_000, 10).await.unwrap();
+    let claimed = claim_due(&store, "w", 2_000, 9_000, 10).await.unwrap();
     let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
     let dead = Resolution::Dead {
         reason: "bad".into(),

@@ -10,10 +10,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     capture::{self, Capture},
+    clock::{self, now_ms},
     config::Config,
     delivery::{
-        GraphClient,
-        worker::{self, DeliveryContext, now_ms},
+        GraphClient, dispatcher,
+        sender::{self, DeliveryContext},
     },
     http::{self, AppState},
     observability,
@@ -76,20 +77,18 @@ pub async fn run_with_store(
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let owner = worker::process_owner_id();
+    let owner = sender::process_owner_id();
     let ctx = DeliveryContext {
         store: store.clone(),
         graph,
         config: config.delivery.clone(),
+        request_timeout: config.graph_timeout,
         wake: wake.clone(),
         vault: vault.clone(),
+        clock: clock::system(),
     };
-    for n in 0..config.delivery.workers {
-        tasks.spawn(worker::run_worker(
-            ctx.clone(),
-            format!("{owner}-w{n}"),
-            cancel.clone(),
-        ));
+    if config.delivery.workers > 0 {
+        tasks.spawn(dispatcher::run(ctx.clone(), owner.clone(), cancel.clone()));
     }
     tasks.spawn(purge_loop(store.clone(), config.clone(), cancel.clone()));
 
@@ -134,7 +133,7 @@ pub async fn run_with_store(
         metrics: observability::prometheus(),
     };
     let app = http::router(state, config.max_body_bytes, config.webhooks.max_body_bytes);
-    tracing::info!(address = %listener.local_addr()?, workers = config.delivery.workers, "capi-relay serving");
+    tracing::info!(address = %listener.local_addr()?, delivery = config.delivery.workers > 0, max_in_flight = config.delivery.max_in_flight, "capi-relay serving");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

@@ -34,10 +34,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::Config,
-    delivery::{retry, worker::now_ms},
-    ingest::Ingestor,
-    observability,
+    clock::now_ms, config::Config, delivery::retry, ingest::Ingestor, observability,
     tenancy::keys::Scope,
 };
 

@@ -108,16 +108,26 @@ pub struct AttributionConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct DeliveryConfig {
-    /// Concurrent delivery workers in this process; 0 makes an ingest-only instance (other
-    /// instances on the same PostgreSQL database deliver).
+    /// 0 makes an ingest-only instance (other instances on the same PostgreSQL database
+    /// deliver); any other value runs delivery in this process. How much is sent at once is
+    /// `max_in_flight` and `per_dataset_in_flight`.
     pub workers: usize,
-    /// Events claimed per worker round (then split by dataset and batch limits).
+    /// Requests to Meta in flight at once in this process, across all datasets.
+    pub max_in_flight: usize,
+    /// Requests in flight at once for one dataset (Meta throttles per dataset).
+    pub per_dataset_in_flight: usize,
+    /// How long a dataset's first due event waits for others to join its request.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Most events one claim takes from a dataset (then cut by the batch limits).
     pub claim_limit: i64,
     /// Most events in one request to Meta (Meta's maximum is 1,000).
     pub batch_max_events: usize,
     /// Most bytes of event JSON in one request.
     pub batch_max_bytes: usize,
-    /// How long a claim is held before another worker may take the events over.
+    /// How long a claim holds its events; renewed every `lease / 5` while they are in flight.
+    /// A crashed relay's events are sent again after at most this long. Four fifths of it must
+    /// exceed `graph_timeout` + 1 s: a request only starts while its lease outlasts the request.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
     /// Wait before each retry; the number of entries is the number of retries.
@@ -131,7 +141,7 @@ pub struct DeliveryConfig {
     /// Events this close to Meta's 7-day limit are dead-lettered instead of sent.
     #[serde(with = "humantime_serde")]
     pub too_old_margin: Duration,
-    /// Shortest and longest sleep of an idle worker.
+    /// Shortest and longest sleep of an idle scheduler.
     #[serde(with = "humantime_serde")]
     pub idle_poll_min: Duration,
     #[serde(with = "humantime_serde")]
@@ -205,11 +215,14 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         let minutes = |m: u64| Duration::from_secs(60 * m);
         DeliveryConfig {
-            workers: 2,
-            claim_limit: 2_000,
+            workers: 1,
+            max_in_flight: 64,
+            per_dataset_in_flight: 4,
+            linger: Duration::from_millis(100),
+            claim_limit: relay_core::MAX_EVENTS_PER_REQUEST as i64,
             batch_max_events: relay_core::MAX_EVENTS_PER_REQUEST,
             batch_max_bytes: 4 * 1024 * 1024,
-            lease: Duration::from_secs(120),
+            lease: Duration::from_secs(10),
             retry_schedule: vec![
                 Duration::from_secs(5),
                 Duration::from_secs(30),
@@ -270,6 +283,21 @@ impl Config {
             return fail(
                 "delivery.batch_max_events must be between 1 and 1000 (Meta's limit)".into(),
             );
+        }
+        if d.max_in_flight == 0 || d.per_dataset_in_flight == 0 || d.claim_limit < 1 {
+            return fail(
+                "delivery.max_in_flight, delivery.per_dataset_in_flight and delivery.claim_limit must be at least 1"
+                    .into(),
+            );
+        }
+        // A request starts only while its lease outlasts the request and a margin; renewals
+        // come every lease / 5, so four fifths of the lease must exceed both.
+        if d.lease * 4 / 5 <= self.graph_timeout + crate::delivery::lease::LEASE_MARGIN {
+            return fail(format!(
+                "delivery.lease ({}) is too short for graph_timeout ({}): four fifths of the lease must exceed graph_timeout plus 1 s, since a request to Meta only starts while its lease outlasts it",
+                humantime_serde::re::humantime::format_duration(d.lease),
+                humantime_serde::re::humantime::format_duration(self.graph_timeout)
+            ));
         }
         if !(0.0..=1.0).contains(&d.retry_jitter) {
             return fail("delivery.retry_jitter must be between 0 and 1".into());

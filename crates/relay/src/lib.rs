@@ -4,7 +4,7 @@
 //! - [`http`]: the HTTP API; [`ingest`]: validating, routing and storing submitted events.
 //! - [`capture`]: Meta webhooks, the attribution store, conversions by contact.
 //! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
-//! - [`config`]: layered configuration; [`observability`]: Prometheus metrics.
+//! - [`config`]: layered configuration; [`observability`]: Prometheus metrics; [`clock`]: time.
 //! - [`tenancy`]: tenants, onboarding, API keys, audit; [`vault`]: tokens sealed at rest.
 //! - [`simulator`]: a Graph API simulator for tests, benchmarks and sandbox runs.
 //! - [`cli`]: the `capi-relay` command line.
@@ -14,6 +14,7 @@
 pub mod app;
 pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod events_file;

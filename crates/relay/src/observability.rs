@@ -94,3 +94,39 @@ pub fn webhook_processed(result: &'static str) {
 pub fn touches_captured(channel: &'static str, count: u64) {
     counter!("capi_relay_touches_captured_total", "channel" => channel).increment(count);
 }
+
+/// Claims whose lease another owner took before their answer was recorded.
+pub fn leases_lost(count: u64) {
+    counter!("capi_relay_leases_lost_total").increment(count);
+}
+
+/// Heartbeats that could not renew the leases in flight.
+pub fn lease_renewal_failed() {
+    counter!("capi_relay_lease_renewal_failures_total").increment(1);
+}
+
+/// The delivery loop or a sender crashed and was recovered: `panic`, `sender_panic`.
+pub fn delivery_restart(reason: &'static str) {
+    counter!("capi_relay_delivery_restarts_total", "reason" => reason).increment(1);
+}
+
+/// Delivery errors that were backed off and retried: `database`.
+pub fn delivery_error(kind: &'static str) {
+    counter!("capi_relay_delivery_errors_total", "kind" => kind).increment(1);
+}
+
+/// Counts a Graph request in flight while it lives.
+pub struct GraphInFlight(());
+
+impl GraphInFlight {
+    pub fn start() -> Self {
+        gauge!("capi_relay_graph_requests_in_flight").increment(1.0);
+        GraphInFlight(())
+    }
+}
+
+impl Drop for GraphInFlight {
+    fn drop(&mut self) {
+        gauge!("capi_relay_graph_requests_in_flight").decrement(1.0);
+    }
+}

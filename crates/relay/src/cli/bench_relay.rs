@@ -22,7 +22,7 @@ use tokio::{
 
 use super::bench::percentile;
 use crate::{
-    delivery::worker::now_ms,
+    clock::now_ms,
     simulator::{Simulator, SimulatorConfig},
     vault::MasterKey,
 };

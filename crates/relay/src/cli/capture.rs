@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use relay_core::Channel;
 
 use super::DbArgs;
-use crate::{capture::Capture, config::Config, delivery::worker::now_ms};
+use crate::{capture::Capture, clock::now_ms, config::Config};
 
 #[derive(Debug, Subcommand)]
 pub enum CaptureCommand {

@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use relay_store::DeadLetterFilter;
 
 use super::DbArgs;
-use crate::delivery::worker::now_ms;
+use crate::clock::now_ms;
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {

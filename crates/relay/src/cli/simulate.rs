@@ -46,6 +46,12 @@ pub struct SimulateArgs {
     /// Latency added to every events request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// A random extra latency of up to this many milliseconds per events request.
+    #[arg(long, default_value_t = 0)]
+    pub latency_jitter_ms: u64,
+    /// Datasets whose every events request is throttled (code 80004).
+    #[arg(long = "throttle-dataset")]
+    pub throttle_datasets: Vec<String>,
     /// Seed for the fault dice, for repeatable runs.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -89,6 +95,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             throttle_rate: args.fault_throttle_rate,
             throttle_regain_minutes: args.throttle_regain_minutes,
             latency_ms: args.latency_ms,
+            latency_jitter_ms: args.latency_jitter_ms,
+            throttle_datasets: args.throttle_datasets,
             timeout_hold_ms: 0,
             reject_events_containing: None,
         },

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, auth::TenantKey, events::record_json};
-use crate::delivery::worker::now_ms;
+use crate::clock::now_ms;
 use crate::tenancy::keys::Scope;
 
 #[derive(Deserialize)]

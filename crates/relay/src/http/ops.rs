@@ -3,7 +3,7 @@
 use axum::{extract::State, http::StatusCode, response::IntoResponse};
 
 use super::AppState;
-use crate::{delivery::worker::now_ms, observability};
+use crate::{clock::now_ms, observability};
 
 pub async fn healthz() -> &'static str {
     "ok"

@@ -54,6 +54,11 @@ pub struct Faults {
     pub throttle_regain_minutes: u64,
     /// Added to every events request, in milliseconds.
     pub latency_ms: u64,
+    /// A random extra latency between 0 and this, in milliseconds (Meta answers in 100–600 ms).
+    pub latency_jitter_ms: u64,
+    /// Datasets whose every events request is throttled (code 80004, with a usage header), as
+    /// Meta throttles one busy dataset and not the others.
+    pub throttle_datasets: Vec<String>,
     /// How long a "timeout" holds the request, in milliseconds.
     pub timeout_hold_ms: u64,
     /// Refuse, with code 100, any request holding an event whose JSON contains this text: a
@@ -114,6 +119,8 @@ struct Data {
     asset_datasets: HashMap<String, String>,
     denied_assets: HashSet<String>,
     accepted: Vec<AcceptedEvent>,
+    /// (dataset, event_id) of every accepted event, to count duplicates.
+    seen: HashSet<(String, String)>,
     faults: Faults,
     rng: Option<StdRng>,
 }
@@ -124,6 +131,29 @@ struct Stats {
     events_accepted: AtomicU64,
     rejected_requests: AtomicU64,
     injected_faults: AtomicU64,
+    /// Events requests being answered now, and the most at once since the last reset.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    /// Accepted events whose `event_id` this dataset had already accepted: what Meta would
+    /// count twice, since it does not deduplicate business-messaging events.
+    duplicate_events: AtomicU64,
+}
+
+/// Counts an events request in flight while it lives.
+struct InFlight<'a>(&'a Stats);
+
+impl<'a> InFlight<'a> {
+    fn start(stats: &'a Stats) -> Self {
+        let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Shared simulator state.
@@ -181,6 +211,20 @@ impl Simulator {
         self.stats.events_accepted.load(Ordering::Relaxed)
     }
 
+    /// The most events requests answered at once since the last reset.
+    pub fn stats_max_in_flight(&self) -> u64 {
+        self.stats.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Accepted events that repeated an `event_id` already accepted for their dataset.
+    pub fn stats_duplicate_events(&self) -> u64 {
+        self.stats.duplicate_events.load(Ordering::SeqCst)
+    }
+
+    pub fn stats_requests(&self) -> u64 {
+        self.stats.requests.load(Ordering::Relaxed)
+    }
+
     pub fn set_faults(&self, faults: Faults) {
         self.lock().faults = faults;
     }
@@ -202,12 +246,18 @@ impl Simulator {
 
     /// Forgets accepted events and statistics (datasets, tokens and faults stay).
     pub fn reset(&self) {
-        self.lock().accepted.clear();
+        {
+            let mut data = self.lock();
+            data.accepted.clear();
+            data.seen.clear();
+        }
         for counter in [
             &self.stats.requests,
             &self.stats.events_accepted,
             &self.stats.rejected_requests,
             &self.stats.injected_faults,
+            &self.stats.max_in_flight,
+            &self.stats.duplicate_events,
         ] {
             counter.store(0, Ordering::Relaxed);
         }
@@ -397,10 +447,23 @@ fn unknown_object(object_id: &str) -> MetaError {
 }
 
 /// An injected fault, if the dice say so.
-async fn injected_fault(sim: &Simulator) -> Option<Response> {
+async fn injected_fault(sim: &Simulator, dataset_id: &str) -> Option<Response> {
     let faults = sim.lock().faults.clone();
-    if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    let jitter = if faults.latency_jitter_ms > 0 {
+        (sim.roll() * faults.latency_jitter_ms as f64) as u64
+    } else {
+        0
+    };
+    if faults.latency_ms + jitter > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms + jitter)).await;
+    }
+    if faults.throttle_datasets.iter().any(|d| d == dataset_id) {
+        sim.stats.injected_faults.fetch_add(1, Ordering::Relaxed);
+        return Some(throttled(
+            80004,
+            "(#80004) There have been too many calls to this dataset.",
+            faults.throttle_regain_minutes,
+        ));
     }
     let roll = sim.roll();
     let mut threshold = faults.server_error_rate;
@@ -441,21 +504,7 @@ async fn injected_fault(sim: &Simulator) -> Option<Response> {
                 "(#613) Calls to this api have exceeded the rate limit.",
             ),
         };
-        let mut response = error_response(&MetaError::new(400, code, message).transient());
-        let usage = json!({"call_count": 100, "total_cputime": 100, "total_time": 100}).to_string();
-        let buc = json!({"0": [{"type": "ads_management", "call_count": 100, "total_cputime": 100,
-            "total_time": 100, "estimated_time_to_regain_access": faults.throttle_regain_minutes}]})
-        .to_string();
-        let headers = response.headers_mut();
-        headers.insert(
-            "x-app-usage",
-            HeaderValue::from_str(&usage).expect("ascii json"),
-        );
-        headers.insert(
-            "x-business-use-case-usage",
-            HeaderValue::from_str(&buc).expect("ascii json"),
-        );
-        Some(response)
+        Some(throttled(code, message, faults.throttle_regain_minutes))
     } else {
         None
     };
@@ -463,6 +512,25 @@ async fn injected_fault(sim: &Simulator) -> Option<Response> {
         sim.stats.injected_faults.fetch_add(1, Ordering::Relaxed);
     }
     fault
+}
+
+/// A throttling answer with Meta's usage headers at 100%.
+fn throttled(code: i64, message: &str, regain_minutes: u64) -> Response {
+    let mut response = error_response(&MetaError::new(400, code, message).transient());
+    let usage = json!({"call_count": 100, "total_cputime": 100, "total_time": 100}).to_string();
+    let buc = json!({"0": [{"type": "ads_management", "call_count": 100, "total_cputime": 100,
+        "total_time": 100, "estimated_time_to_regain_access": regain_minutes}]})
+    .to_string();
+    let headers = response.headers_mut();
+    headers.insert(
+        "x-app-usage",
+        HeaderValue::from_str(&usage).expect("ascii json"),
+    );
+    headers.insert(
+        "x-business-use-case-usage",
+        HeaderValue::from_str(&buc).expect("ascii json"),
+    );
+    response
 }
 
 async fn post_events(
@@ -473,6 +541,7 @@ async fn post_events(
     body: Bytes,
 ) -> Response {
     sim.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let _in_flight = InFlight::start(&sim.stats);
     let result = handle_events(&sim, &version, &dataset_id, &query, &headers, &body).await;
     match result {
         Ok(response) => response,
@@ -503,7 +572,7 @@ async fn handle_events(
     if !sim.lock().datasets.contains(dataset_id) {
         return Err(unknown_object(dataset_id));
     }
-    if let Some(fault) = injected_fault(sim).await {
+    if let Some(fault) = injected_fault(sim, dataset_id).await {
         return Ok(fault);
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -523,6 +592,14 @@ async fn handle_events(
     let count = events.len();
     {
         let mut data = sim.lock();
+        let repeated = events
+            .iter()
+            .filter_map(|e| e.get("event_id").and_then(Value::as_str))
+            .filter(|id| !data.seen.insert((dataset_id.to_owned(), (*id).to_owned())))
+            .count();
+        sim.stats
+            .duplicate_events
+            .fetch_add(repeated as u64, Ordering::SeqCst);
         let room = sim.max_stored_events.saturating_sub(data.accepted.len());
         data.accepted
             .extend(events.iter().take(room).map(|event| AcceptedEvent {
@@ -628,6 +705,9 @@ async fn stats(State(sim): State<Simulator>) -> Json<Value> {
         "events_accepted": s.events_accepted.load(Ordering::Relaxed),
         "rejected_requests": s.rejected_requests.load(Ordering::Relaxed),
         "injected_faults": s.injected_faults.load(Ordering::Relaxed),
+        "requests_in_flight": s.in_flight.load(Ordering::SeqCst),
+        "max_requests_in_flight": s.max_in_flight.load(Ordering::SeqCst),
+        "duplicate_events": s.duplicate_events.load(Ordering::SeqCst),
     }))
 }
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 pub use self::onboard::{OnboardReport, OnboardRequest, onboard};
 use crate::{
-    delivery::worker::now_ms,
+    clock::now_ms,
     vault::{MasterKey, VaultError, is_sealed},
 };
 

@@ -101,6 +101,7 @@ pub fn test_config(db_url: &str, graph_url: &str, master_key: &MasterKey) -> Con
     d.idle_poll_max = Duration::from_millis(50);
     d.throttle_pause = Duration::from_millis(100);
     d.lease = Duration::from_secs(5);
+    d.linger = Duration::from_millis(10);
     config
 }
 

@@ -16,12 +16,14 @@ use std::{
 use relay_core::{Issue, ValidationOptions, contact::Attribution, validate_event};
 use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError};
 
-use crate::tenancy::keys::Scope;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{capture::Capture, delivery::worker::now_ms, observability};
+use self::group_commit::WriteJob;
+use crate::{capture::Capture, clock::now_ms, observability, tenancy::keys::Scope};
+
+mod group_commit;
 
 /// The result of one submitted event.
 #[derive(Debug, Serialize)]
@@ -84,8 +86,6 @@ const ASSET_RELOAD_MIN_AGE: Duration = Duration::from_millis(100);
 /// Events validated between yields: a 1,000-event request is ~20 ms of CPU, and without yields
 /// the group writer, woken for its next commit, waited behind it for a worker thread.
 const YIELD_EVERY: usize = 32;
-/// Most events committed in one group transaction.
-const MAX_GROUP_EVENTS: usize = 5_000;
 
 /// The ingestion service: validation options, the asset registry cache and the group writer.
 pub struct Ingestor {
@@ -132,16 +132,11 @@ impl Route {
     }
 }
 
-struct WriteJob {
-    events: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<InsertOutcome>, StoreError>>,
-}
-
 impl Ingestor {
     /// Starts the group-commit writer task; it ends when the `Ingestor` is dropped.
     pub fn new(store: Arc<dyn Store>, options: ValidationOptions) -> Self {
         let (writer, jobs) = mpsc::channel(1_024);
-        tokio::spawn(group_writer(store.clone(), jobs));
+        tokio::spawn(group_commit::run(store.clone(), jobs));
         let stale = Instant::now() - ASSET_CACHE_TTL * 2;
         Ingestor {
             store,
@@ -196,7 +191,11 @@ impl Ingestor {
         let (reply, answer) = oneshot::channel();
         let unavailable = || StoreError::Unavailable("the ingest writer stopped".into());
         self.writer
-            .send(WriteJob { events, reply })
+            .send(WriteJob {
+                lane: events.first().map(|e| e.tenant.clone()).unwrap_or_default(),
+                events,
+                reply,
+            })
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())?
@@ -215,43 +214,6 @@ impl Ingestor {
         test_event_code: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
         ingest(self, events, scope, test_event_code).await
-    }
-}
-
-/// Commits queued jobs together: whatever is waiting when a transaction starts joins it.
-async fn group_writer(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut group = vec![first];
-        let mut total = group[0].events.len();
-        while total < MAX_GROUP_EVENTS {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    total += job.events.len();
-                    group.push(job);
-                }
-                Err(_) => break,
-            }
-        }
-        let sizes: Vec<usize> = group.iter().map(|j| j.events.len()).collect();
-        let all: Vec<NewEvent> = group.iter_mut().flat_map(|j| j.events.drain(..)).collect();
-        match store.insert_events(&all).await {
-            Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter();
-                for (job, size) in group.into_iter().zip(sizes) {
-                    let _ = job.reply.send(Ok(outcomes.by_ref().take(size).collect()));
-                }
-            }
-            Err(e) => {
-                // Nothing of the group was committed; every request is told to retry.
-                tracing::warn!(error = %e, "group insert failed");
-                let message = e.to_string();
-                for job in group {
-                    let _ = job
-                        .reply
-                        .send(Err(StoreError::Unavailable(message.clone())));
-                }
-            }
-        }
     }
 }
 

@@ -1,10 +1,14 @@
-//! Outbox workers: claim due events by lease, send them in batches, record every attempt, and
-//! move each event to delivered, retrying, dead, or back to the queue of a paused asset.
+//! Sending one claim: the events of one dataset taken under one lease. Too-old events become
+//! dead letters, the rest go out in batches; every answer is recorded and each event moves to
+//! delivered, retrying, dead, or back to the queue of a paused asset.
 //!
-//! A worker never holds a database transaction across a request to Meta: claim (one short
-//! transaction), send, resolve (another). A crash between Meta's answer and the resolve leaves
-//! the events leased; when the lease expires another worker sends them again. That is the one
-//! window in which Meta can receive a duplicate (see the README).
+//! A sender never holds a database transaction across a request to Meta: claim (one short
+//! transaction), send, resolve (another). A request starts only while the claim's lease
+//! outlasts the request's timeout ([`Leases::may_send`]), and a resolve that finds the events
+//! no longer held by this claim stops the claim: a lost lease never leads to a second send
+//! from this process. A crash between Meta's answer and the resolve leaves the events leased;
+//! when the lease ends another claim sends them again. That is the one window in which Meta can
+//! receive a duplicate (see the README).
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,77 +16,69 @@ use rand::Rng;
 use relay_store::{Attempt, ClaimedEvent, Resolution, Store};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use super::{
     GraphClient, PermanentKind, RetryKind, SendOutcome,
     batch::{Batch, make_batches},
+    hooks,
+    lease::Leases,
     retry,
 };
-use crate::{config::DeliveryConfig, observability, vault::MasterKey};
+use crate::{clock::SharedClock, config::DeliveryConfig, observability, vault::MasterKey};
 
 /// Meta refuses events older than this (spec §2.3).
 const META_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// What a worker needs; shared by all workers of a process.
+/// What senders need; shared by all of a process.
 #[derive(Clone)]
 pub struct DeliveryContext {
     pub store: Arc<dyn Store>,
     pub graph: GraphClient,
     pub config: DeliveryConfig,
+    /// The Graph client's whole-request timeout: a request starts only while its lease
+    /// outlasts it.
+    pub request_timeout: Duration,
     /// Woken by ingestion so new events go out without waiting for the next poll.
     pub wake: Arc<Notify>,
     /// Opens the sealed access tokens.
     pub vault: Arc<MasterKey>,
+    pub clock: SharedClock,
 }
 
 /// How long a dataset waits when its asset's token cannot be opened with this relay's key.
 const UNSEALABLE_TOKEN_HOLD: Duration = Duration::from_secs(30);
 
-/// Runs one worker until `cancel` fires; the round in progress is finished first.
-pub async fn run_worker(ctx: DeliveryContext, owner: String, cancel: CancellationToken) {
-    let mut idle = ctx.config.idle_poll_min;
-    loop {
-        if cancel.is_cancelled() {
-            break;
-        }
-        match run_round(&ctx, &owner).await {
-            Ok(0) => {
-                tokio::select! {
-                    () = ctx.wake.notified() => idle = ctx.config.idle_poll_min,
-                    () = tokio::time::sleep(idle) => idle = (idle * 2).min(ctx.config.idle_poll_max),
-                    () = cancel.cancelled() => break,
-                }
-            }
-            Ok(_) => idle = ctx.config.idle_poll_min,
-            Err(e) => {
-                tracing::warn!(worker = %owner, error = %e, "delivery round failed; backing off");
-                tokio::select! {
-                    () = tokio::time::sleep(ctx.config.idle_poll_max) => {}
-                    () = cancel.cancelled() => break,
-                }
-            }
-        }
-    }
-    tracing::debug!(worker = %owner, "delivery worker stopped");
+/// Why a claim stopped before all its events were resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Store(#[from] relay_store::StoreError),
+    /// The claim's lease was taken over; nothing more is sent under it.
+    #[error("lost the lease of {lost} events; the claim is abandoned")]
+    LeaseLost { lost: u64 },
 }
 
-/// Claims and processes one round; returns how many events it claimed.
-pub async fn run_round(ctx: &DeliveryContext, owner: &str) -> relay_store::Result<usize> {
-    let now = now_ms();
-    let lease_until = now + ctx.config.lease.as_millis() as i64;
-    let claimed = ctx
-        .store
-        .claim_due(owner, now, lease_until, ctx.config.claim_limit)
-        .await?;
-    let count = claimed.len();
-    if count == 0 {
-        return Ok(0);
+/// One claim: its lease owner and events.
+pub struct Claim {
+    pub owner: String,
+    pub events: Vec<ClaimedEvent>,
+}
+
+/// Sends a claim to the end. Events it could not send under a valid lease are released.
+pub async fn send_claim(
+    ctx: &DeliveryContext,
+    leases: &Leases,
+    claim: Claim,
+) -> Result<(), SendError> {
+    let Claim { owner, events } = claim;
+    let owner = owner.as_str();
+    if let Some(first) = events.first() {
+        hooks::maybe_panic(&first.dataset_id);
     }
+    let now = ctx.clock.now_ms();
     let cutoff_secs = (now / 1000) - (META_MAX_AGE - ctx.config.too_old_margin).as_secs() as i64;
-    let (too_old, sendable): (Vec<_>, Vec<_>) = claimed
-        .into_iter()
-        .partition(|e| e.event_time < cutoff_secs);
+    let (too_old, sendable): (Vec<_>, Vec<_>) =
+        events.into_iter().partition(|e| e.event_time < cutoff_secs);
     if !too_old.is_empty() {
         let attempt = Attempt {
             attempted_at_ms: now,
@@ -95,24 +91,90 @@ pub async fn run_round(ctx: &DeliveryContext, owner: &str) -> relay_store::Resul
         let reason = "too old: event_time is (nearly) 7 days ago, Meta would refuse it";
         dead_letter(ctx, owner, &too_old, &attempt, reason, "too_old").await?;
     }
+    // A stored payload that is not JSON can never be sent: a dead letter, not a panic.
+    let (unreadable, sendable): (Vec<_>, Vec<_>) = sendable
+        .into_iter()
+        .partition(|e| RawValue::from_string(e.payload.clone()).is_err());
+    if !unreadable.is_empty() {
+        let attempt = local_attempt(
+            now,
+            "unreadable_payload",
+            "the stored payload is not valid JSON",
+        );
+        let reason =
+            "the stored payload cannot be read as JSON (database corruption or a manual edit)";
+        dead_letter(
+            ctx,
+            owner,
+            &unreadable,
+            &attempt,
+            reason,
+            "unreadable_payload",
+        )
+        .await?;
+    }
     let batches = make_batches(
         sendable,
         ctx.config.batch_max_events,
         ctx.config.batch_max_bytes,
     );
-    for batch in batches {
-        deliver_batch(ctx, owner, batch).await?;
+    let mut batches = batches.into_iter();
+    let mut first = true;
+    while let Some(batch) = batches.next() {
+        let result = deliver_batch(ctx, leases, owner, batch, first).await;
+        first = false;
+        if let Err(e) = result {
+            // Whatever this claim still holds goes back to the queue, unsent.
+            let rest: Vec<i64> = batches.flat_map(|b| b.events).map(|e| e.id).collect();
+            release(ctx, owner, &rest).await;
+            return Err(e);
+        }
     }
-    Ok(count)
+    Ok(())
+}
+
+async fn release(ctx: &DeliveryContext, owner: &str, ids: &[i64]) {
+    if ids.is_empty() {
+        return;
+    }
+    let now = ctx.clock.now_ms();
+    let attempt = local_attempt(now, "released", "not sent: the claim stopped; queued again");
+    if let Err(e) = ctx
+        .store
+        .resolve(owner, ids, &attempt, &Resolution::Release { now_ms: now })
+        .await
+    {
+        tracing::warn!(error = %e, events = ids.len(), "cannot release events; they are sent again when their lease ends");
+    }
+}
+
+/// Checks that a resolve found every event still held by this claim.
+fn check_held(expected: usize, updated: u64) -> Result<(), SendError> {
+    let lost = expected as u64 - updated.min(expected as u64);
+    if lost > 0 {
+        observability::leases_lost(lost);
+        tracing::warn!(
+            lost,
+            "a claim's lease was taken over before its answer was recorded"
+        );
+        return Err(SendError::LeaseLost { lost });
+    }
+    Ok(())
 }
 
 async fn deliver_batch(
     ctx: &DeliveryContext,
+    leases: &Leases,
     owner: &str,
     batch: Batch,
-) -> relay_store::Result<()> {
+    fresh_claim: bool,
+) -> Result<(), SendError> {
     let Some(asset) = ctx.store.get_asset(&batch.asset_id).await? else {
-        let attempt = local_attempt("unknown_asset", "the asset was removed from the registry");
+        let attempt = local_attempt(
+            ctx.clock.now_ms(),
+            "unknown_asset",
+            "the asset was removed from the registry",
+        );
         let reason = format!("asset {} is no longer registered", batch.asset_id);
         return dead_letter(
             ctx,
@@ -130,33 +192,64 @@ async fn deliver_batch(
             // A relay started with the wrong master key (e.g. mid-rotation): hold the events
             // without counting an attempt; a relay with the right key delivers them.
             tracing::error!(asset_id = %asset.asset_id, error = %e, "cannot open the asset's access token");
-            let hold = now_ms() + UNSEALABLE_TOKEN_HOLD.as_millis() as i64;
+            let now = ctx.clock.now_ms();
+            let hold = now + UNSEALABLE_TOKEN_HOLD.as_millis() as i64;
             ctx.store.pause_dataset(&batch.dataset_id, hold).await?;
-            let attempt = local_attempt("token_unreadable", &e.to_string());
-            ctx.store
-                .resolve(owner, &ids(&batch.events), &attempt, &Resolution::Release)
+            let attempt = local_attempt(now, "token_unreadable", &e.to_string());
+            let updated = ctx
+                .store
+                .resolve(
+                    owner,
+                    &ids(&batch.events),
+                    &attempt,
+                    &Resolution::Release { now_ms: now },
+                )
                 .await?;
-            return Ok(());
+            return check_held(batch.events.len(), updated);
         }
     };
     // Bisection stack: a refused payload is split until the bad events stand alone.
     let mut pending = vec![batch.events];
+    let mut verified = fresh_claim;
     while let Some(events) = pending.pop() {
+        let now = ctx.clock.now_ms();
+        if !leases.may_send(owner, now, ctx.request_timeout) {
+            // The lease could not be renewed in time (the database is slow or unreachable):
+            // sending now could outlive it. Put the events back instead.
+            let rest: Vec<i64> = pending
+                .iter()
+                .flatten()
+                .chain(&events)
+                .map(|e| e.id)
+                .collect();
+            tracing::warn!(
+                events = rest.len(),
+                "lease too short to start a request; events released"
+            );
+            release(ctx, owner, &rest).await;
+            return Ok(());
+        }
+        if !verified {
+            let held = ctx.store.count_leased(owner, &ids(&events)).await?;
+            check_held(events.len(), held)?;
+        }
+        verified = false;
         let payloads: Vec<Box<RawValue>> = events
             .iter()
-            .map(|e| RawValue::from_string(e.payload.clone()))
-            .collect::<Result<_, _>>()
-            .expect("stored payloads are the JSON the relay wrote");
-        let report = ctx
-            .graph
-            .send_events(
-                &batch.dataset_id,
-                &token,
-                &payloads,
-                batch.test_event_code.as_deref(),
-            )
-            .await;
-        let now = now_ms();
+            .filter_map(|e| RawValue::from_string(e.payload.clone()).ok())
+            .collect();
+        let report = {
+            let _in_flight = observability::GraphInFlight::start();
+            ctx.graph
+                .send_events(
+                    &batch.dataset_id,
+                    &token,
+                    &payloads,
+                    batch.test_event_code.as_deref(),
+                )
+                .await
+        };
+        let now = ctx.clock.now_ms();
         let attempt = attempt_of(&report.outcome, now, report.latency);
         observability::graph_request(outcome_label(&report.outcome), report.latency);
         match report.outcome {
@@ -164,7 +257,8 @@ async fn deliver_batch(
                 let resolution = Resolution::Delivered {
                     delivered_at_ms: now,
                 };
-                ctx.store
+                let updated = ctx
+                    .store
                     .resolve(owner, &ids(&events), &attempt, &resolution)
                     .await?;
                 for e in &events {
@@ -173,6 +267,7 @@ async fn deliver_batch(
                     ));
                 }
                 count_by_channel(&events, observability::delivered);
+                check_held(events.len(), updated)?;
             }
             SendOutcome::Retryable {
                 kind,
@@ -198,15 +293,27 @@ async fn deliver_batch(
                     &detail.message,
                 )
                 .await?;
+                // A throttled or failing dataset gets no more requests from this claim.
+                let rest: Vec<i64> = pending.iter().flatten().map(|e| e.id).collect();
+                release(ctx, owner, &rest).await;
+                return Ok(());
             }
             SendOutcome::Permanent { kind, detail } => match kind {
                 PermanentKind::Auth | PermanentKind::Permission | PermanentKind::MissingDataset => {
                     let reason = format!("{}: {}", kind.as_str(), detail.message);
                     ctx.store.pause_asset(&batch.asset_id, &reason, now).await?;
                     tracing::error!(asset_id = %batch.asset_id, reason = %reason, "asset paused; update its token or access to resume");
-                    ctx.store
-                        .resolve(owner, &ids(&events), &attempt, &Resolution::Release)
+                    let all: Vec<i64> = pending
+                        .iter()
+                        .flatten()
+                        .chain(&events)
+                        .map(|e| e.id)
+                        .collect();
+                    let updated = ctx
+                        .store
+                        .resolve(owner, &all, &attempt, &Resolution::Release { now_ms: now })
                         .await?;
+                    return check_held(all.len(), updated);
                 }
                 PermanentKind::InvalidPayload { .. } | PermanentKind::EventTooOld
                     if events.len() > 1 =>
@@ -238,7 +345,7 @@ async fn schedule_retry(
     kind: RetryKind,
     hint: Option<Duration>,
     message: &str,
-) -> relay_store::Result<()> {
+) -> Result<(), SendError> {
     let now = attempt.attempted_at_ms;
     // Events in one batch can have different attempt counts; group them by it.
     let mut by_attempts: Vec<(i32, Vec<&ClaimedEvent>)> = Vec::new();
@@ -264,12 +371,14 @@ async fn schedule_retry(
                 let resolution = Resolution::Retry {
                     next_attempt_at_ms: now + delay.as_millis() as i64,
                 };
-                ctx.store
+                let updated = ctx
+                    .store
                     .resolve(owner, &group_ids, attempt, &resolution)
                     .await?;
                 count_by_channel(&owned, |c, n| {
                     observability::retried(c, retry_label(kind), n)
                 });
+                check_held(group_ids.len(), updated)?;
             }
             None => {
                 let reason = format!("gave up after {attempts} attempts; last error: {message}");
@@ -287,17 +396,51 @@ async fn dead_letter(
     attempt: &Attempt,
     reason: &str,
     label: &'static str,
-) -> relay_store::Result<()> {
+) -> Result<(), SendError> {
     let resolution = Resolution::Dead {
         reason: reason.to_owned(),
         dead_at_ms: attempt.attempted_at_ms,
     };
-    ctx.store
+    let updated = ctx
+        .store
         .resolve(owner, &ids(events), attempt, &resolution)
         .await?;
     tracing::warn!(events = events.len(), reason = %reason, "events dead-lettered");
     count_by_channel(events, |c, n| observability::dead(c, label, n));
-    Ok(())
+    check_held(events.len(), updated)
+}
+
+/// Puts a crashed sender's events back for a retry shortly, with the reason on record. Only
+/// the events the claim still holds are touched.
+pub async fn recover_after_panic(ctx: &DeliveryContext, owner: &str, event_ids: &[i64]) {
+    let now = ctx.clock.now_ms();
+    let attempt = local_attempt(
+        now,
+        "internal_error",
+        "the sender stopped unexpectedly (a bug: see the relay's log); retrying",
+    );
+    let retry_at = now
+        + ctx
+            .config
+            .retry_schedule
+            .first()
+            .map_or(5_000, |d| d.as_millis() as i64);
+    let resolution = Resolution::Retry {
+        next_attempt_at_ms: retry_at,
+    };
+    match ctx
+        .store
+        .resolve(owner, event_ids, &attempt, &resolution)
+        .await
+    {
+        Ok(n) => tracing::warn!(
+            events = n,
+            "a crashed sender's events are queued for a retry"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot requeue a crashed sender's events; they are sent again when their lease ends")
+        }
+    }
 }
 
 fn ids(events: &[ClaimedEvent]) -> Vec<i64> {
@@ -313,9 +456,9 @@ fn count_by_channel(events: &[ClaimedEvent], mut record: impl FnMut(&'static str
     }
 }
 
-fn local_attempt(outcome: &str, message: &str) -> Attempt {
+fn local_attempt(now: i64, outcome: &str, message: &str) -> Attempt {
     Attempt {
-        attempted_at_ms: now_ms(),
+        attempted_at_ms: now,
         outcome: outcome.into(),
         http_status: None,
         fbtrace_id: None,
@@ -369,11 +512,6 @@ fn retry_label(kind: RetryKind) -> &'static str {
         RetryKind::Throttled => "throttled",
         RetryKind::PolicyBlock => "policy_block",
     }
-}
-
-/// Wall-clock Unix milliseconds.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// A worker-id prefix unique to this process, for lease ownership across relay instances.

@@ -1,0 +1,274 @@
+//! The delivery loop of one process: finds the datasets with due events, claims one dataset's
+//! events at a time under a lease of the claim's own, and hands each claim to a sender task.
+//!
+//! - Up to `max_in_flight` claims are in flight at once, at most `per_dataset_in_flight` of one
+//!   dataset; the [`Scheduler`] picks the least recently served due dataset first.
+//! - A dataset's first due event waits `linger` for others to join its request.
+//! - A heartbeat renews the leases of the claims in flight ([`Leases`]).
+//! - Supervised: a database error backs off and goes on; a panicking sender's events are put
+//!   back for a retry; a panicking loop is restarted with backoff. Senders live apart from the
+//!   loop, so a restart never cuts a request short.
+//!
+//! On shutdown no new claim starts; the claims in flight finish and are recorded.
+
+use std::{
+    pin::pin,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use relay_store::DueDataset;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    lease::Leases,
+    scheduler::Scheduler,
+    sender::{self, Claim, DeliveryContext, SendError},
+};
+use crate::observability;
+
+/// How long a list of due datasets is reused before it is read again.
+const DUE_LIST_TTL_MS: i64 = 50;
+/// How long a dataset whose claim found nothing is skipped.
+const EMPTY_CLAIM_BACKOFF_MS: i64 = 250;
+/// Longest wait after repeated database errors or restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+struct Shared {
+    ctx: DeliveryContext,
+    leases: Arc<Leases>,
+    scheduler: Mutex<Scheduler>,
+    permits: Arc<Semaphore>,
+    /// Signalled by each sender that ends.
+    sender_done: Notify,
+    senders: TaskTracker,
+}
+
+impl Shared {
+    fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+        self.scheduler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs delivery for this process until `cancel` fires, then lets the claims in flight finish.
+pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: CancellationToken) {
+    let config = &ctx.config;
+    let shared = Arc::new(Shared {
+        scheduler: Mutex::new(Scheduler::new(
+            config.max_in_flight,
+            config.per_dataset_in_flight,
+        )),
+        permits: Arc::new(Semaphore::new(config.max_in_flight)),
+        leases: Arc::new(Leases::new(process_owner)),
+        sender_done: Notify::new(),
+        senders: TaskTracker::new(),
+        ctx,
+    });
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_heartbeat.clone()));
+
+    let mut restarts = 0u32;
+    loop {
+        let incarnation = tokio::spawn(dispatch(shared.clone(), cancel.clone()));
+        match incarnation.await {
+            Ok(()) => break,
+            Err(e) => {
+                restarts += 1;
+                observability::delivery_restart("panic");
+                tracing::error!(error = %e, restarts, "the delivery loop crashed; restarting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff(restarts)) => {}
+                    () = cancel.cancelled() => break,
+                }
+            }
+        }
+    }
+    shared.senders.close();
+    shared.senders.wait().await;
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+    // Claims a crash left registered (none normally): their events go back now, not at lease end.
+    let now = shared.ctx.clock.now_ms();
+    for owner in shared.leases.live_owners() {
+        if let Err(e) = shared.ctx.store.release_leases(&owner, now).await {
+            tracing::warn!(error = %e, "cannot release leases at shutdown; they end by themselves");
+        }
+    }
+    tracing::debug!("delivery stopped");
+}
+
+fn backoff(failures: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.saturating_pow(failures.min(10))).min(MAX_BACKOFF)
+}
+
+async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
+    let ctx = &shared.ctx;
+    let config = &ctx.config;
+    let linger_ms = config.linger.as_millis() as i64;
+    let lease_ms = config.lease.as_millis() as i64;
+    let mut due: Vec<DueDataset> = Vec::new();
+    let mut fetched_at = i64::MIN;
+    let mut idle = config.idle_poll_min;
+    let mut failures = 0u32;
+    loop {
+        // Listening before looking, so a wake-up during the look is not lost.
+        let mut woken = pin!(ctx.wake.notified());
+        woken.as_mut().enable();
+        if cancel.is_cancelled() {
+            return;
+        }
+        let now = ctx.clock.now_ms();
+        let mut started = 0usize;
+        let mut failed = false;
+        if shared.scheduler().free() > 0 {
+            if due.is_empty() || now - fetched_at >= DUE_LIST_TTL_MS {
+                match ctx.store.due_datasets(now, now - linger_ms).await {
+                    Ok(list) => {
+                        due = list;
+                        fetched_at = now;
+                        shared.scheduler().prune(&due, now);
+                    }
+                    Err(e) => {
+                        failed = true;
+                        database_error(&e, failures);
+                    }
+                }
+            }
+            let picks = if failed {
+                Vec::new()
+            } else {
+                shared.scheduler().pick(&due, now)
+            };
+            for dataset_id in picks {
+                let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+                    shared.scheduler().finished(&dataset_id);
+                    continue;
+                };
+                let owner = shared.leases.next_owner();
+                let until = now + lease_ms;
+                shared.leases.claimed(&owner, until);
+                let claimed = ctx
+                    .store
+                    .claim_dataset(&owner, &dataset_id, now, until, config.claim_limit)
+                    .await;
+                match claimed {
+                    Ok(events) if events.is_empty() => {
+                        shared.leases.forget(&owner);
+                        let mut scheduler = shared.scheduler();
+                        scheduler.finished(&dataset_id);
+                        scheduler.back_off(&dataset_id, now + EMPTY_CLAIM_BACKOFF_MS);
+                        due.retain(|d| d.dataset_id != dataset_id);
+                    }
+                    Ok(events) => {
+                        if (events.len() as i64) < config.claim_limit {
+                            // All of its due events are taken: not due until read again.
+                            due.retain(|d| d.dataset_id != dataset_id);
+                        }
+                        started += 1;
+                        spawn_sender(&shared, dataset_id, Claim { owner, events }, permit);
+                    }
+                    Err(e) => {
+                        shared.leases.forget(&owner);
+                        shared.scheduler().finished(&dataset_id);
+                        failed = true;
+                        database_error(&e, failures);
+                        break;
+                    }
+                }
+            }
+        }
+        if failed {
+            failures += 1;
+            tokio::select! {
+                () = tokio::time::sleep(backoff(failures)) => {}
+                () = cancel.cancelled() => return,
+            }
+            continue;
+        }
+        failures = 0;
+        if started > 0 {
+            idle = config.idle_poll_min;
+            continue;
+        }
+        let free = shared.scheduler().free() > 0;
+        tokio::select! {
+            () = shared.sender_done.notified() => {}
+            () = woken => {
+                // New events: give the ones right behind them the linger to join one request.
+                tokio::select! {
+                    () = tokio::time::sleep(config.linger) => {}
+                    () = cancel.cancelled() => return,
+                }
+                idle = config.idle_poll_min;
+                due.clear();
+            }
+            () = tokio::time::sleep(idle), if free => {
+                idle = (idle * 2).min(config.idle_poll_max);
+                due.clear();
+            }
+            () = cancel.cancelled() => return,
+        }
+    }
+}
+
+fn database_error(e: &relay_store::StoreError, failures: u32) {
+    observability::delivery_error("database");
+    tracing::warn!(error = %e, failures = failures + 1, "delivery cannot reach the database; backing off");
+}
+
+fn spawn_sender(
+    shared: &Arc<Shared>,
+    dataset_id: String,
+    claim: Claim,
+    permit: OwnedSemaphorePermit,
+) {
+    let shared2 = shared.clone();
+    shared.senders.spawn(async move {
+        let shared = shared2;
+        let owner = claim.owner.clone();
+        let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
+        let (ctx, leases) = (shared.ctx.clone(), shared.leases.clone());
+        let sent = tokio::spawn(async move { sender::send_claim(&ctx, &leases, claim).await });
+        match sent.await {
+            Ok(Ok(())) | Ok(Err(SendError::LeaseLost { .. })) => {}
+            Ok(Err(SendError::Store(e))) => {
+                observability::delivery_error("database");
+                tracing::warn!(dataset_id = %dataset_id, error = %e, "a send could not be recorded; its events are sent again when their lease ends");
+            }
+            Err(e) => {
+                observability::delivery_restart("sender_panic");
+                tracing::error!(dataset_id = %dataset_id, error = %e, "a sender crashed; its events are retried");
+                sender::recover_after_panic(&shared.ctx, &owner, &ids).await;
+            }
+        }
+        shared.leases.forget(&owner);
+        shared.scheduler().finished(&dataset_id);
+        drop(permit);
+        shared.sender_done.notify_one();
+    });
+}
+
+/// Renews the leases of the claims in flight every `lease / 5`.
+async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
+    let ctx = &shared.ctx;
+    let every = ctx.config.lease / 5;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = stop.cancelled() => return,
+        }
+        let owners = shared.leases.live_owners();
+        if owners.is_empty() {
+            continue;
+        }
+        let until = ctx.clock.now_ms() + ctx.config.lease.as_millis() as i64;
+        match ctx.store.renew_leases(&owners, until).await {
+            Ok(_) => shared.leases.renewed(&owners, until),
+            Err(e) => {
+                observability::lease_renewal_failed();
+                tracing::warn!(error = %e, claims = owners.len(), "cannot renew leases; senders stop starting requests before they run out");
+            }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Which datasets to claim next. Pure bookkeeping, no I/O and no clock (times are passed in):
+//! requests in flight per dataset and in total, fairness between datasets, short back-offs.
+//!
+//! Fairness: among the due datasets, the one served longest ago goes first, so a dataset with a
+//! 200,000-event backlog gets its `per_dataset` requests and every other due dataset gets its
+//! turn in the same pass; a deep backlog never queues other datasets' fresh events behind it.
+
+use std::collections::HashMap;
+
+use relay_store::DueDataset;
+
+#[derive(Debug)]
+pub struct Scheduler {
+    max_in_flight: usize,
+    per_dataset: usize,
+    total: usize,
+    datasets: HashMap<String, DatasetState>,
+    /// Serve counter: a dataset's `last_served` is the value when it was last picked.
+    sequence: u64,
+}
+
+#[derive(Debug, Default)]
+struct DatasetState {
+    in_flight: usize,
+    last_served: u64,
+    /// Not picked before this time (its last claim found nothing to take).
+    not_before_ms: i64,
+}
+
+impl Scheduler {
+    pub fn new(max_in_flight: usize, per_dataset: usize) -> Self {
+        Scheduler {
+            max_in_flight: max_in_flight.max(1),
+            per_dataset: per_dataset.max(1),
+            total: 0,
+            datasets: HashMap::new(),
+            sequence: 0,
+        }
+    }
+
+    /// Requests that may still start.
+    pub fn free(&self) -> usize {
+        self.max_in_flight.saturating_sub(self.total)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.total
+    }
+
+    /// Picks up to `free()` of `due` (each at most once a call) and counts them as in flight:
+    /// least recently served first, then earliest due. Skips datasets at their own limit and
+    /// those backing off at `now_ms`.
+    pub fn pick(&mut self, due: &[DueDataset], now_ms: i64) -> Vec<String> {
+        let mut candidates: Vec<(&DueDataset, u64)> = due
+            .iter()
+            .filter_map(|d| {
+                let state = self.datasets.get(&d.dataset_id);
+                let eligible = state
+                    .is_none_or(|s| s.in_flight < self.per_dataset && s.not_before_ms <= now_ms);
+                eligible.then(|| (d, state.map_or(0, |s| s.last_served)))
+            })
+            .collect();
+        candidates.sort_by_key(|(d, served)| (*served, d.due_at_ms));
+        candidates.dedup_by(|a, b| a.0.dataset_id == b.0.dataset_id);
+        let picked: Vec<String> = candidates
+            .into_iter()
+            .take(self.free())
+            .map(|(d, _)| d.dataset_id.clone())
+            .collect();
+        for id in &picked {
+            self.sequence += 1;
+            let state = self.datasets.entry(id.clone()).or_default();
+            state.in_flight += 1;
+            state.last_served = self.sequence;
+            self.total += 1;
+        }
+        picked
+    }
+
+    /// A picked dataset's claim or send is over.
+    pub fn finished(&mut self, dataset_id: &str) {
+        if let Some(state) = self.datasets.get_mut(dataset_id)
+            && state.in_flight > 0
+        {
+            state.in_flight -= 1;
+            self.total = self.total.saturating_sub(1);
+        }
+    }
+
+    /// Skips the dataset until `until_ms` (a claim that found nothing: its events belong to a
+    /// paused asset, or another relay took them).
+    pub fn back_off(&mut self, dataset_id: &str, until_ms: i64) {
+        self.datasets
+            .entry(dataset_id.to_owned())
+            .or_default()
+            .not_before_ms = until_ms;
+    }
+
+    /// Forgets idle datasets not in `due`, so the map stays as large as the live datasets.
+    pub fn prune(&mut self, due: &[DueDataset], now_ms: i64) {
+        self.datasets.retain(|id, s| {
+            s.in_flight > 0 || s.not_before_ms > now_ms || due.iter().any(|d| &d.dataset_id == id)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn due(ids: &[(&str, i64)]) -> Vec<DueDataset> {
+        ids.iter()
+            .map(|(id, at)| DueDataset {
+                dataset_id: (*id).into(),
+                due_at_ms: *at,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deep_backlog_gets_its_own_limit_and_every_other_dataset_its_turn() {
+        let mut s = Scheduler::new(8, 2);
+        // "big" has been due far longer than the others.
+        let list = due(&[("big", 0), ("a", 900), ("b", 950), ("c", 990)]);
+        let first = s.pick(&list, 1_000);
+        assert_eq!(first, ["big", "a", "b", "c"]);
+        // Next pass: big is at its limit after one more; a, b, c were served after big.
+        let second = s.pick(&list, 1_000);
+        assert_eq!(second, ["big", "a", "b", "c"]);
+        assert!(
+            s.pick(&list, 1_000).is_empty(),
+            "every dataset at its limit"
+        );
+        assert_eq!(s.in_flight(), 8);
+    }
+
+    #[test]
+    fn the_least_recently_served_dataset_goes_first() {
+        let mut s = Scheduler::new(1, 4);
+        let list = due(&[("a", 0), ("b", 10), ("c", 20)]);
+        let mut order = Vec::new();
+        for _ in 0..6 {
+            let picked = s.pick(&list, 100);
+            assert_eq!(picked.len(), 1);
+            s.finished(&picked[0]);
+            order.push(picked[0].clone());
+        }
+        assert_eq!(order, ["a", "b", "c", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_dataset_backing_off_is_skipped_until_its_time() {
+        let mut s = Scheduler::new(4, 4);
+        s.back_off("a", 500);
+        let list = due(&[("a", 0), ("b", 0)]);
+        assert_eq!(s.pick(&list, 499), ["b"]);
+        s.finished("b");
+        assert_eq!(s.pick(&list, 500), ["a", "b"]);
+    }
+
+    #[test]
+    fn finishing_an_unknown_dataset_changes_nothing() {
+        let mut s = Scheduler::new(2, 1);
+        s.finished("nobody");
+        assert_eq!(s.free(), 2);
+    }
+
+    proptest! {
+        #[test]
+        fn limits_hold_whatever_the_order_of_picks_and_finishes(
+            ops in proptest::collection::vec((0usize..6, any::<bool>()), 1..200),
+            max in 1usize..10,
+            per in 1usize..4,
+        ) {
+            let names = ["a", "b", "c", "d", "e", "f"];
+            let list = due(&names.iter().map(|n| (*n, 0)).collect::<Vec<_>>());
+            let mut s = Scheduler::new(max, per);
+            let mut live: HashMap<String, usize> = HashMap::new();
+            for (k, pick) in ops {
+                if pick {
+                    for id in s.pick(&list, 0) {
+                        *live.entry(id).or_default() += 1;
+                    }
+                } else if let Some(n) = live.get_mut(names[k]).filter(|n| **n > 0) {
+                    *n -= 1;
+                    s.finished(names[k]);
+                }
+                let total: usize = live.values().sum();
+                prop_assert_eq!(total, s.in_flight());
+                prop_assert!(total <= max);
+                prop_assert!(live.values().all(|n| *n <= per));
+            }
+        }
+    }
+}
