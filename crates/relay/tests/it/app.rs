@@ -143,6 +143,67 @@ impl TestEnv {
     pub fn master_key_text(&self) -> String {
         self.vault.encode().expose_secret().to_owned()
     }
+
+    /// Registers `count` more WhatsApp assets, each with a dataset of its own (known to the
+    /// simulator), under `tenant`; returns their (asset id, dataset id).
+    pub async fn add_wabas(&self, tenant: &str, first: u64, count: u64) -> Vec<(String, String)> {
+        add_wabas(&self.store, &self.sim, &self.vault, tenant, first, count).await
+    }
+}
+
+impl TestApp {
+    /// Registers `count` more WhatsApp assets, each with a dataset of its own (known to the
+    /// simulator), under `tenant`; returns their (asset id, dataset id).
+    pub async fn add_wabas(&self, tenant: &str, first: u64, count: u64) -> Vec<(String, String)> {
+        add_wabas(&self.store, &self.sim, &self.vault, tenant, first, count).await
+    }
+}
+
+async fn add_wabas(
+    store: &Arc<dyn Store>,
+    sim: &Simulator,
+    vault: &MasterKey,
+    tenant: &str,
+    first: u64,
+    count: u64,
+) -> Vec<(String, String)> {
+    {
+        if tenant != DEFAULT_TENANT && store.get_tenant(tenant).await.unwrap().is_none() {
+            store
+                .create_tenant(&relay_store::Tenant {
+                    name: tenant.into(),
+                    test_event_code: None,
+                    created_at_ms: 0,
+                })
+                .await
+                .unwrap();
+        }
+        let mut added = Vec::new();
+        for n in first..first + count {
+            let (asset, dataset) = (
+                format!("{}", 500_000_000_000_000 + n),
+                format!("{}", 900_000_000_000_000 + n),
+            );
+            sim.add_dataset(&dataset);
+            store
+                .upsert_asset(&Asset {
+                    tenant: tenant.into(),
+                    channel: "whatsapp".into(),
+                    asset_id: asset.clone(),
+                    dataset_id: dataset.clone(),
+                    sealed_token: vault.seal(&SecretString::from(TOKEN), &asset),
+                    test_event_code: None,
+                    status: AssetStatus::Active,
+                    status_reason: None,
+                    created_at_ms: 0,
+                    updated_at_ms: 0,
+                })
+                .await
+                .unwrap();
+            added.push((asset, dataset));
+        }
+        added
+    }
 }
 
 async fn set_sealed_token(store: &Arc<dyn Store>, vault: &MasterKey, asset_id: &str, token: &str) {
@@ -191,15 +252,21 @@ pub async fn prepare_env(backend: Backend) -> Option<TestEnv> {
 }
 
 pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let env = prepare_env(backend).await?;
+    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    tweak(&mut config);
+    Some(spawn_app_on(env, config).await)
+}
+
+/// Starts the relay with `config` on a prepared environment (assets added beforehand).
+pub async fn spawn_app_on(env: TestEnv, config: Config) -> TestApp {
     let TestEnv {
         db,
         sim,
         sim_url,
         store,
         vault,
-    } = prepare_env(backend).await?;
-    let mut config = test_config(&db.url, &sim_url, &vault);
-    tweak(&mut config);
+    } = env;
     let mut app = TestApp {
         base: String::new(),
         sim,
@@ -212,7 +279,7 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -
         handle: None,
     };
     app.start(config).await;
-    Some(app)
+    app
 }
 
 impl TestApp {

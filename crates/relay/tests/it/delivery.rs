@@ -1,0 +1,277 @@
+//! Delivery at partner scale, from the outside: many datasets at once against a slow Graph,
+//! leases that outlive slow requests, a lease taken over, a crashing sender, and fairness
+//! between a throttled or deep dataset and everyone else.
+
+use std::{collections::HashSet, time::Duration};
+
+use capi_relay::{delivery::hooks, simulator::Faults};
+use serde_json::{Value, json};
+
+use crate::{
+    app::{Backend, TestApp, prepare_env, spawn_app_on, test_config},
+    helpers::now,
+};
+
+both_backends!(
+    two_hundred_datasets_at_200_ms_are_delivered_concurrently,
+    a_graph_slower_than_half_the_lease_loses_no_lease_and_sends_nothing_twice,
+    a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more,
+    a_sender_panic_is_survived_and_its_events_are_retried,
+    a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events,
+);
+
+fn event(asset: &str, tag: &str, i: usize) -> Value {
+    json!({
+        "event_name": "Purchase",
+        "event_time": now() - 60,
+        "event_id": format!("{tag}-{i}"),
+        "messaging_channel": "whatsapp",
+        "user_data": {"whatsapp_business_account_id": asset, "ctwa_clid": format!("ARAk-{tag}-{i}")},
+        "custom_data": {"currency": "BRL", "value": "10.00"}
+    })
+}
+
+async fn post_all(app: &TestApp, events: Vec<Value>) {
+    for chunk in events.chunks(1_000) {
+        let (status, body) = app.post_events(chunk).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["accepted"], chunk.len(), "{body}");
+    }
+}
+
+fn assert_no_duplicates(app: &TestApp, expected: usize) {
+    let ids = app.delivered_ids();
+    let unique: HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), expected, "every event delivered");
+    assert_eq!(ids.len(), expected, "no event delivered twice");
+    assert_eq!(app.sim.stats_duplicate_events(), 0);
+}
+
+async fn two_hundred_datasets_at_200_ms_are_delivered_concurrently(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", 0, 200).await;
+    app.sim.set_faults(Faults {
+        latency_ms: 200,
+        ..Faults::default()
+    });
+    let events: Vec<Value> = (0..2_000)
+        .map(|i| event(&assets[i % 200].0, "many", i))
+        .collect();
+    let started = std::time::Instant::now();
+    post_all(&app, events).await;
+    app.wait_for_empty_queue(Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    assert_no_duplicates(&app, 2_000);
+    let most = app.sim.stats_max_in_flight();
+    eprintln!(
+        "200 datasets at 200 ms: {} requests, at most {most} in flight, {took:?}",
+        app.sim.stats_requests()
+    );
+    assert!(most >= 32, "only {most} requests were in flight at once");
+}
+
+async fn a_graph_slower_than_half_the_lease_loses_no_lease_and_sends_nothing_twice(
+    backend: Backend,
+) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    // Each request takes 3.2 s, over half the 6 s lease; a claim of 300 events goes out in
+    // three sequential 100-event requests, so it lives ~10 s: longer than its first lease.
+    config.graph_timeout = Duration::from_millis(3_500);
+    config.delivery.lease = Duration::from_secs(6);
+    config.delivery.batch_max_events = 100;
+    config.delivery.claim_limit = 300;
+    config.delivery.per_dataset_in_flight = 1;
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", 1_000, 10).await;
+    app.sim.set_faults(Faults {
+        latency_ms: 3_200,
+        ..Faults::default()
+    });
+    let events: Vec<Value> = (0..3_000)
+        .map(|i| event(&assets[i % 10].0, "slow", i))
+        .collect();
+    post_all(&app, events).await;
+    app.wait_for_empty_queue(Duration::from_secs(60)).await;
+    assert_no_duplicates(&app, 3_000);
+    // A lease that ran out would have let a second claim send again: one attempt each.
+    for i in (0..3_000).step_by(97) {
+        let (status, body) = app.get_json(&format!("/v1/events/slow-{i}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["attempts"].as_array().map(Vec::len), Some(1), "{body}");
+    }
+}
+
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let db_url = env.db.url.clone();
+    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    config.delivery.batch_max_events = 100;
+    config.delivery.claim_limit = 300;
+    config.delivery.per_dataset_in_flight = 1;
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", 2_000, 1).await;
+    app.sim.set_faults(Faults {
+        latency_ms: 1_000,
+        ..Faults::default()
+    });
+    let lost_before = metric(&app, "capi_relay_leases_lost_total").await;
+    let events: Vec<Value> = (0..300).map(|i| event(&assets[0].0, "steal", i)).collect();
+    post_all(&app, events).await;
+    // The claim's first request is on its way; another owner takes the lease meanwhile.
+    app.wait_until(Duration::from_secs(10), "a request in flight", |app| {
+        app.sim.stats_requests() >= 1
+    })
+    .await;
+    let far = capi_relay::clock::now_ms() + 3_600_000;
+    let steal = format!(
+        "UPDATE events SET lease_owner = 'thief', lease_until_ms = {far}, next_attempt_at_ms = {far} \
+         WHERE state = 'sending'"
+    );
+    let stolen = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(steal))
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(steal))
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+    };
+    assert_eq!(stolen, 300, "the whole claim was in flight");
+    app.wait_until(Duration::from_secs(10), "the first answer", |app| {
+        app.sim.stats_events_accepted() >= 100
+    })
+    .await;
+    // Two more requests' worth of time: the first owner must not send the other 200.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        app.sim.stats_events_accepted(),
+        100,
+        "only the request already in flight reached Meta"
+    );
+    assert_eq!(app.sim.stats_requests(), 1);
+    let lost = metric(&app, "capi_relay_leases_lost_total").await - lost_before;
+    assert!(lost >= 100.0, "lost leases counted: {lost}");
+}
+
+async fn a_sender_panic_is_survived_and_its_events_are_retried(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    let app = spawn_app_on(env, config).await;
+    // A dataset of this test's own: the hook is process-wide.
+    let offset = if backend == Backend::Sqlite {
+        3_000
+    } else {
+        3_100
+    };
+    let assets = app.add_wabas("default", offset, 1).await;
+    let (asset, dataset) = &assets[0];
+    hooks::panic_next_send(dataset);
+    post_all(&app, vec![event(asset, "panic", 1)]).await;
+    app.wait_for_empty_queue(Duration::from_secs(20)).await;
+    post_all(&app, vec![event(asset, "panic", 2)]).await;
+    app.wait_for_empty_queue(Duration::from_secs(20)).await;
+    assert_no_duplicates(&app, 2);
+    let (_, body) = app.get_json("/v1/events/panic-1").await;
+    let outcomes: Vec<&str> = body["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["internal_error", "delivered"], "{body}");
+    assert!(metric(&app, "capi_relay_delivery_restarts_total").await >= 1.0);
+}
+
+async fn a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    // 100-event requests at 300 ms: the deep dataset's 10,000 events take seconds to drain.
+    config.delivery.batch_max_events = 100;
+    config.delivery.claim_limit = 100;
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", 4_000, 22).await;
+    let (throttled, deep, fresh) = (&assets[0], &assets[1], &assets[2..]);
+    app.sim.set_faults(Faults {
+        latency_ms: 300,
+        throttle_datasets: vec![throttled.1.clone()],
+        ..Faults::default()
+    });
+    let mut backlog: Vec<Value> = (0..500).map(|i| event(&throttled.0, "thr", i)).collect();
+    backlog.extend((0..10_000).map(|i| event(&deep.0, "deep", i)));
+    post_all(&app, backlog).await;
+    // While those are on their way, 20 other datasets get one event each.
+    let started = std::time::Instant::now();
+    let events: Vec<Value> = fresh
+        .iter()
+        .enumerate()
+        .map(|(i, (asset, _))| event(asset, "fresh", i))
+        .collect();
+    post_all(&app, events).await;
+    app.wait_until(Duration::from_secs(20), "the fresh events", |app| {
+        app.delivered_ids()
+            .iter()
+            .filter(|id| id.starts_with("fresh-"))
+            .count()
+            == 20
+    })
+    .await;
+    let waited = started.elapsed();
+    let deep_done = app
+        .delivered_ids()
+        .iter()
+        .filter(|id| id.starts_with("deep-"))
+        .count();
+    eprintln!(
+        "fresh events delivered {waited:?} after their POST; {deep_done} of the deep backlog by then"
+    );
+    assert!(
+        deep_done < 10_000,
+        "the deep backlog was still going (else the test shows nothing)"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "fresh events waited {waited:?} behind a throttled dataset and a deep backlog"
+    );
+    assert!(
+        !app.delivered_ids().iter().any(|id| id.starts_with("thr-")),
+        "the throttled dataset delivered nothing"
+    );
+}
