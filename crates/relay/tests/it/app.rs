@@ -143,12 +143,6 @@ impl TestEnv {
     pub fn master_key_text(&self) -> String {
         self.vault.encode().expose_secret().to_owned()
     }
-
-    /// Registers `count` more WhatsApp assets, each with a dataset of its own (known to the
-    /// simulator), under `tenant`; returns their (asset id, dataset id).
-    pub async fn add_wabas(&self, tenant: &str, first: u64, count: u64) -> Vec<(String, String)> {
-        add_wabas(&self.store, &self.sim, &self.vault, tenant, first, count).await
-    }
 }
 
 impl TestApp {
