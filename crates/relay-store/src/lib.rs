@@ -289,7 +289,9 @@ pub trait Store: CaptureStore + Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     /// Inserts or replaces an asset by `asset_id`. Replacing resumes a paused asset.
-    /// `Conflict` if the asset belongs to another tenant.
+    /// `Conflict` if the asset belongs to another tenant, is registered on another channel, or
+    /// names a dataset another tenant owns (the first tenant to register an asset on a dataset
+    /// owns it). The messages never name the other tenant.
     async fn upsert_asset(&self, asset: &Asset) -> Result<()>;
     async fn get_asset(&self, asset_id: &str) -> Result<Option<Asset>>;
     async fn list_assets(&self) -> Result<Vec<Asset>>;

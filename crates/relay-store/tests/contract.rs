@@ -86,6 +86,7 @@ contract!(
     queue_stats_and_retention_purge,
     payloads_and_times_round_trip_exactly,
     tenants_own_their_assets_and_events,
+    a_dataset_belongs_to_one_tenant_and_an_asset_id_to_one_channel,
     api_keys_are_found_by_hash_and_revoked,
     tokens_are_resealed_all_or_nothing,
     the_audit_trail_lists_newest_first,
@@ -660,6 +661,65 @@ fn tenant(name: &str) -> Tenant {
         name: name.into(),
         test_event_code: None,
         created_at_ms: 10,
+    }
+}
+
+/// Issue 12 A.3: two tenants on one dataset would see each other's event ids as `duplicate`.
+async fn a_dataset_belongs_to_one_tenant_and_an_asset_id_to_one_channel(store: Arc<dyn Store>) {
+    for name in ["acme", "beta"] {
+        assert!(store.create_tenant(&tenant(name)).await.unwrap());
+    }
+    let of = |tenant: &str, id: &str, dataset: &str| Asset {
+        tenant: tenant.into(),
+        ..asset(id, dataset)
+    };
+    store.upsert_asset(&of("acme", "500", "shared")).await.unwrap();
+    // The same tenant may put several assets on its dataset.
+    store.upsert_asset(&of("acme", "501", "shared")).await.unwrap();
+
+    let refused = store.upsert_asset(&of("beta", "600", "shared")).await;
+    let Err(StoreError::Conflict(message)) = refused else {
+        panic!("another tenant's dataset is refused: {refused:?}");
+    };
+    assert!(message.contains("dataset shared belongs to another tenant"), "{message}");
+    assert!(!message.contains("acme"), "the owner is not named: {message}");
+    // Nothing of the refused asset was stored, and beta can use a dataset of its own.
+    assert_eq!(store.get_asset("600").await.unwrap(), None);
+    store.upsert_asset(&of("beta", "600", "beta-own")).await.unwrap();
+
+    // Moving acme's assets elsewhere does not free the dataset: its events are still there.
+    store.upsert_asset(&of("acme", "500", "acme-new")).await.unwrap();
+    store.upsert_asset(&of("acme", "501", "acme-new")).await.unwrap();
+    assert!(matches!(
+        store.upsert_asset(&of("beta", "600", "shared")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.get_asset("600").await.unwrap().unwrap().dataset_id, "beta-own");
+
+    // An asset id registered on one channel is not silently replaced by another channel's.
+    let before = store.get_asset("500").await.unwrap().unwrap();
+    let mut instagram = of("acme", "500", "acme-ig");
+    instagram.channel = "instagram".into();
+    let refused = store.upsert_asset(&instagram).await;
+    let Err(StoreError::Conflict(message)) = refused else {
+        panic!("a channel collision is refused: {refused:?}");
+    };
+    assert!(message.contains("asset 500 is already registered as a whatsapp asset"), "{message}");
+    assert_eq!(store.get_asset("500").await.unwrap(), Some(before));
+    // The refused registration claimed no dataset: beta may take `acme-ig`.
+    store.upsert_asset(&of("beta", "601", "acme-ig")).await.unwrap();
+
+    // Two tenants registering one new dataset at the same moment: exactly one wins.
+    for round in 0..5 {
+        let dataset = format!("race-{round}");
+        let (first, second) = (
+            of("acme", &format!("70{round}"), &dataset),
+            of("beta", &format!("80{round}"), &dataset),
+        );
+        let (a, b) = tokio::join!(store.upsert_asset(&first), store.upsert_asset(&second));
+        assert!(a.is_ok() != b.is_ok(), "round {round}: {a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert!(matches!(loser, Err(StoreError::Conflict(_))), "{loser:?}");
     }
 }
 
