@@ -48,7 +48,9 @@ pub struct PendingWebhook {
 pub struct WebhookRecord {
     pub id: i64,
     pub received_at_ms: i64,
-    /// `pending`, `processed` or `failed` (signed but not understood; `error` says why).
+    /// `pending`, `processed` or `failed`: signed but not understood, or understood but an
+    /// automatic event in it could not be reported (refused, too old, unregistered asset);
+    /// `error` says why.
     pub state: String,
     pub error: Option<String>,
     pub processed_at_ms: Option<i64>,
@@ -204,7 +206,8 @@ pub trait CaptureStore: Send + Sync + 'static {
     async fn insert_webhook(&self, webhook: &NewWebhook) -> Result<WebhookInsert>;
     /// Webhooks not yet parsed, oldest first.
     async fn pending_webhooks(&self, limit: i64) -> Result<Vec<PendingWebhook>>;
-    /// Marks a webhook processed, or failed with the reason it could not be understood.
+    /// Marks a webhook processed, or failed with the reason (not understood, or an automatic
+    /// event in it not reported).
     async fn finish_webhook(&self, id: i64, error: Option<&str>, now_ms: i64) -> Result<()>;
     /// Newest first, optionally only in `state`.
     async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> Result<Vec<WebhookRecord>>;

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::Config,
     delivery::{retry, worker::now_ms},
-    ingest::Ingestor,
+    ingest::{EventResult, Ingestor},
     observability,
     tenancy::keys::Scope,
 };
@@ -236,12 +236,36 @@ impl Capture {
                     .await;
             }
         };
+        // Re-keys first: a message under the new id in the same delivery then finds the contact.
+        for update in &parsed.user_id_updates {
+            let at_ms = if update.timestamp_ms > 0 {
+                update.timestamp_ms
+            } else {
+                w.received_at_ms
+            };
+            let rekeyed = self
+                .store
+                .rekey_wa_user_id(
+                    Channel::WhatsApp.as_str(),
+                    &update.waba_id,
+                    &update.previous,
+                    &update.current,
+                    at_ms,
+                )
+                .await?;
+            if !rekeyed {
+                tracing::info!(waba = %update.waba_id, "user_id_update for a customer not captured");
+            }
+        }
         for inbound in &parsed.inbound {
             let sighting = sighting(inbound, &self.pii, w.received_at_ms);
             if self.store.record_sighting(&sighting).await?.touch_inserted {
                 observability::touches_captured(inbound.channel.as_str(), 1);
             }
         }
+        // Automatic events the relay could not report: kept on the webhook record, where
+        // `GET /v1/webhooks?state=failed` and `capture webhooks` show them.
+        let mut not_reported: Vec<String> = Vec::new();
         for auto in &parsed.automatic_events {
             if !self
                 .store
@@ -251,12 +275,17 @@ impl Capture {
             {
                 continue;
             }
+            let event_id = webhook::automatic_event_id(auto);
             let Some(event) = webhook::automatic_event_json(auto) else {
                 tracing::info!(waba = %auto.waba_id, "automatic event without a click id not reported");
                 continue;
             };
             let Some(asset) = self.store.get_asset(&auto.waba_id).await? else {
                 tracing::warn!(waba = %auto.waba_id, "automatic event for an unregistered asset");
+                not_reported.push(format!(
+                    "automatic event {event_id} not reported: asset {} is not registered",
+                    auto.waba_id
+                ));
                 continue;
             };
             // Reported on behalf of the asset's own tenant.
@@ -266,12 +295,31 @@ impl Capture {
                 key_id: "automatic_events".into(),
             };
             let report = ingestor.ingest(&[event], &scope, None).await?;
-            if report.rejected > 0 {
-                tracing::warn!(waba = %auto.waba_id, result = ?report.results, "automatic event rejected");
+            for result in &report.results {
+                if let EventResult::Rejected { errors, .. } = result {
+                    let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    tracing::warn!(waba = %auto.waba_id, event_id = %event_id, errors = %why.join("; "), "automatic event refused");
+                    not_reported.push(format!(
+                        "automatic event {event_id} refused: {}",
+                        why.join("; ")
+                    ));
+                }
             }
         }
-        self.store.finish_webhook(w.id, None, now_ms()).await?;
-        observability::webhook_processed("processed");
+        let error = (!not_reported.is_empty()).then(|| {
+            format!(
+                "processed, but not every automatic event was reported: {}",
+                not_reported.join(" | ")
+            )
+        });
+        self.store
+            .finish_webhook(w.id, error.as_deref(), now_ms())
+            .await?;
+        observability::webhook_processed(if error.is_some() {
+            "failed"
+        } else {
+            "processed"
+        });
         Ok(())
     }
 
