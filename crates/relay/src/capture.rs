@@ -593,7 +593,15 @@ pub async fn forward_loop(
                     let retryable = s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429;
                     (retryable, Some(format!("HTTP {s}")))
                 }
-                Err(e) => (true, Some(e.to_string())),
+                // reqwest's message names the URL: shown redacted (it may carry credentials).
+                Err(e) => (
+                    true,
+                    Some(format!(
+                        "{} ({})",
+                        e.without_url(),
+                        relay_store::redact_url(&url)
+                    )),
+                ),
             };
             let resolution = match error {
                 None => ForwardResolution::Done,

@@ -52,6 +52,7 @@ both_backends!(
     a_user_id_update_lets_a_conversion_by_the_new_id_find_the_click_id,
     webhooks_stored_before_a_restart_are_processed_at_start,
     verified_webhooks_are_forwarded_upstream_with_their_signature_and_retried,
+    a_forward_error_names_the_forward_url_without_its_credentials,
     retention_purges_old_attribution_data,
 );
 
@@ -990,6 +991,41 @@ async fn verified_webhooks_are_forwarded_upstream_with_their_signature_and_retri
         2,
         "not forwarded again"
     );
+    app.stop().await;
+}
+
+/// Issue 12 D.11: reqwest's errors print the URL, credentials and all.
+async fn a_forward_error_names_the_forward_url_without_its_credentials(backend: Backend) {
+    let Some(mut app) = spawn(backend, |c| {
+        c.webhooks.forward_url =
+            Some("http://inbox:hunter2@127.0.0.1:9/meta?token=sekrit&tenant=a".into());
+    })
+    .await
+    else {
+        return;
+    };
+    app.deliver("", &fixture("messenger.json")).await;
+    let started = std::time::Instant::now();
+    let error = loop {
+        let stored = app.store.list_webhooks(None, 1).await.unwrap();
+        if let Some(error) = stored[0].forward_error.clone() {
+            break error;
+        }
+        assert!(started.elapsed() < WAIT, "no forward attempt recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        error.contains("http://inbox:***@127.0.0.1:9/meta?token=***&tenant=a"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("hunter2") && !error.contains("sekrit"),
+        "{error}"
+    );
+    let (_, listed) = app
+        .request(Method::GET, "/v1/webhooks", ADMIN_KEY, None)
+        .await;
+    assert!(!listed.to_string().contains("hunter2"), "{listed}");
     app.stop().await;
 }
 
