@@ -353,7 +353,10 @@ fn user_id_updates(
         })
     };
     for item in items {
-        let previous = user_id(item, &["previous", "previous_user_id", "old_user_id", "old"]);
+        let previous = user_id(
+            item,
+            &["previous", "previous_user_id", "old_user_id", "old"],
+        );
         let current = user_id(item, &["current", "current_user_id", "new_user_id", "new"]);
         let (Some(previous), Some(current)) = (previous, current) else {
             continue;
@@ -494,7 +497,9 @@ fn unscaled_custom_data(custom: &Value) -> Value {
     let mut out = custom.clone();
     if let Some(value) = out.get_mut("value")
         && let Ok(mut amount) = money::parse_amount(value)
-        && amount.set_scale(amount.scale() + AUTOMATIC_EVENT_VALUE_DIGITS).is_ok()
+        && amount
+            .set_scale(amount.scale() + AUTOMATIC_EVENT_VALUE_DIGITS)
+            .is_ok()
     {
         *value = Value::Number(money::amount_to_number(amount));
     }

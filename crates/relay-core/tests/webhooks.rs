@@ -148,14 +148,19 @@ fn automatic_event_values_are_divided_by_1000_exactly_as_metas_example() {
             "timestamp": TS, "ctwa_clid": "ARAk-1", "custom_data": {"currency": "USD", "value": sent}}]));
         let parsed = webhook::parse(&body, None).unwrap();
         // Parsing keeps what Meta sent; the re-posted event has the plain amount.
-        assert_eq!(parsed.automatic_events[0].custom_data.as_ref().unwrap()["value"], sent);
+        assert_eq!(
+            parsed.automatic_events[0].custom_data.as_ref().unwrap()["value"],
+            sent
+        );
         let event = webhook::automatic_event_json(&parsed.automatic_events[0]).unwrap();
         assert_eq!(event["custom_data"]["value"], reposted, "{sent}");
         assert_eq!(event["custom_data"]["currency"], "USD");
     }
     let body = automatic_events_body(json!([{"id": "wamid.X", "event_name": "Purchase",
         "timestamp": TS, "ctwa_clid": "ARAk-1", "custom_data": {"currency": "USD", "value": 25000}}]));
-    let event = webhook::automatic_event_json(&webhook::parse(&body, None).unwrap().automatic_events[0]).unwrap();
+    let event =
+        webhook::automatic_event_json(&webhook::parse(&body, None).unwrap().automatic_events[0])
+            .unwrap();
     let valid = validate_event(&event, &ValidationOptions::default(), TS + 60).unwrap();
     assert_eq!(
         valid.event.custom_data.unwrap().value,
@@ -224,13 +229,49 @@ fn a_user_id_update_names_the_previous_and_the_current_user_id() {
             .collect::<Vec<_>>()
     };
     let pair = vec![("US.1".to_owned(), "US.2".to_owned())];
-    assert_eq!(change("user_id_update", json!({"user_id_update": {"previous": "US.1", "current": "US.2"}})), pair);
-    assert_eq!(change("messages", json!({"user_id_update": [{"previous": {"user_id": "US.1"}, "current": {"user_id": "US.2"}}]})), pair);
-    assert_eq!(change("user_id_update", json!({"previous_user_id": "US.1", "current_user_id": "US.2"})), pair);
-    assert_eq!(change("user_id_update", json!({"user_id_update": [{"old_user_id": "US.1", "new_user_id": "US.2"}]})), pair);
+    assert_eq!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": {"previous": "US.1", "current": "US.2"}})
+        ),
+        pair
+    );
+    assert_eq!(
+        change(
+            "messages",
+            json!({"user_id_update": [{"previous": {"user_id": "US.1"}, "current": {"user_id": "US.2"}}]})
+        ),
+        pair
+    );
+    assert_eq!(
+        change(
+            "user_id_update",
+            json!({"previous_user_id": "US.1", "current_user_id": "US.2"})
+        ),
+        pair
+    );
+    assert_eq!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": [{"old_user_id": "US.1", "new_user_id": "US.2"}]})
+        ),
+        pair
+    );
     // Incomplete or unchanged: nothing to do.
-    assert!(change("user_id_update", json!({"user_id_update": [{"previous": "US.1"}]})).is_empty());
-    assert!(change("user_id_update", json!({"user_id_update": [{"previous": "US.1", "current": "US.1"}]})).is_empty());
+    assert!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": [{"previous": "US.1"}]})
+        )
+        .is_empty()
+    );
+    assert!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": [{"previous": "US.1", "current": "US.1"}]})
+        )
+        .is_empty()
+    );
     assert!(change("messages", json!({"previous": "US.1", "current": "US.2"})).is_empty());
 }
 

@@ -674,28 +674,52 @@ async fn a_dataset_belongs_to_one_tenant_and_an_asset_id_to_one_channel(store: A
         tenant: tenant.into(),
         ..asset(id, dataset)
     };
-    store.upsert_asset(&of("acme", "500", "shared")).await.unwrap();
+    store
+        .upsert_asset(&of("acme", "500", "shared"))
+        .await
+        .unwrap();
     // The same tenant may put several assets on its dataset.
-    store.upsert_asset(&of("acme", "501", "shared")).await.unwrap();
+    store
+        .upsert_asset(&of("acme", "501", "shared"))
+        .await
+        .unwrap();
 
     let refused = store.upsert_asset(&of("beta", "600", "shared")).await;
     let Err(StoreError::Conflict(message)) = refused else {
         panic!("another tenant's dataset is refused: {refused:?}");
     };
-    assert!(message.contains("dataset shared belongs to another tenant"), "{message}");
-    assert!(!message.contains("acme"), "the owner is not named: {message}");
+    assert!(
+        message.contains("dataset shared belongs to another tenant"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("acme"),
+        "the owner is not named: {message}"
+    );
     // Nothing of the refused asset was stored, and beta can use a dataset of its own.
     assert_eq!(store.get_asset("600").await.unwrap(), None);
-    store.upsert_asset(&of("beta", "600", "beta-own")).await.unwrap();
+    store
+        .upsert_asset(&of("beta", "600", "beta-own"))
+        .await
+        .unwrap();
 
     // Moving acme's assets elsewhere does not free the dataset: its events are still there.
-    store.upsert_asset(&of("acme", "500", "acme-new")).await.unwrap();
-    store.upsert_asset(&of("acme", "501", "acme-new")).await.unwrap();
+    store
+        .upsert_asset(&of("acme", "500", "acme-new"))
+        .await
+        .unwrap();
+    store
+        .upsert_asset(&of("acme", "501", "acme-new"))
+        .await
+        .unwrap();
     assert!(matches!(
         store.upsert_asset(&of("beta", "600", "shared")).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(store.get_asset("600").await.unwrap().unwrap().dataset_id, "beta-own");
+    assert_eq!(
+        store.get_asset("600").await.unwrap().unwrap().dataset_id,
+        "beta-own"
+    );
 
     // An asset id registered on one channel is not silently replaced by another channel's.
     let before = store.get_asset("500").await.unwrap().unwrap();
@@ -705,10 +729,16 @@ async fn a_dataset_belongs_to_one_tenant_and_an_asset_id_to_one_channel(store: A
     let Err(StoreError::Conflict(message)) = refused else {
         panic!("a channel collision is refused: {refused:?}");
     };
-    assert!(message.contains("asset 500 is already registered as a whatsapp asset"), "{message}");
+    assert!(
+        message.contains("asset 500 is already registered as a whatsapp asset"),
+        "{message}"
+    );
     assert_eq!(store.get_asset("500").await.unwrap(), Some(before));
     // The refused registration claimed no dataset: beta may take `acme-ig`.
-    store.upsert_asset(&of("beta", "601", "acme-ig")).await.unwrap();
+    store
+        .upsert_asset(&of("beta", "601", "acme-ig"))
+        .await
+        .unwrap();
 
     // Two tenants registering one new dataset at the same moment: exactly one wins.
     for round in 0..5 {
@@ -1395,7 +1425,11 @@ async fn a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_reten
         }
     };
     let first = store
-        .record_sighting(&sighting(None, Some("US.old"), Some(("m1", 1_000, Some("C1")))))
+        .record_sighting(&sighting(
+            None,
+            Some("US.old"),
+            Some(("m1", 1_000, Some("C1"))),
+        ))
         .await
         .unwrap();
     assert!(
@@ -1411,7 +1445,11 @@ async fn a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_reten
     assert_eq!(by_old.id, first.contact_id);
     // A redelivered message under the old id joins the same contact; a repeat is harmless.
     let redelivered = store
-        .record_sighting(&sighting(None, Some("US.old"), Some(("m2", 6_000, Some("C2")))))
+        .record_sighting(&sighting(
+            None,
+            Some("US.old"),
+            Some(("m2", 6_000, Some("C2"))),
+        ))
         .await
         .unwrap();
     assert_eq!(redelivered.contact_id, first.contact_id);
@@ -1440,7 +1478,11 @@ async fn a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_reten
     // Messages under the new id arrived first and made their own contact: it is folded into
     // the one with the history, touches included.
     let history = store
-        .record_sighting(&sighting(Some("h9"), Some("US.9"), Some(("m9", 2_000, Some("C9")))))
+        .record_sighting(&sighting(
+            Some("h9"),
+            Some("US.9"),
+            Some(("m9", 2_000, Some("C9"))),
+        ))
         .await
         .unwrap();
     let early = store
@@ -1466,13 +1508,26 @@ async fn a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_reten
         .map(|t| t.touch.message_id)
         .collect();
     assert_eq!(ids, ["m10", "m9"]);
-    assert!(store.contact_touches(early.contact_id).await.unwrap().is_empty());
+    assert!(
+        store
+            .contact_touches(early.contact_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(find("US.9").await.unwrap().id, history.contact_id);
 
     // Retention: an id replaced before the cutoff stops resolving; the contact stays.
     let purged = store.purge_capture(5_500).await.unwrap();
     assert_eq!(purged.user_id_aliases, 1);
-    assert!(find("US.old").await.is_none(), "the old id is past retention");
+    assert!(
+        find("US.old").await.is_none(),
+        "the old id is past retention"
+    );
     assert_eq!(find("US.new").await.unwrap().id, first.contact_id);
-    assert_eq!(find("US.9").await.unwrap().id, history.contact_id, "replaced at 9 000");
+    assert_eq!(
+        find("US.9").await.unwrap().id,
+        history.contact_id,
+        "replaced at 9 000"
+    );
 }

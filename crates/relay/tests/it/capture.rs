@@ -803,8 +803,11 @@ async fn automatic_events_in_other_spellings_are_unscaled_and_refusals_kept_on_t
         )
         .await
         .unwrap();
-    app.deliver("", &fixture_at("whatsapp_automatic_events_variants.json", now() - 60))
-        .await;
+    app.deliver(
+        "",
+        &fixture_at("whatsapp_automatic_events_variants.json", now() - 60),
+    )
+    .await;
     // `purchase` is Purchase, with the id a CRM sends; Meta's 25000 is USD 25.
     let purchase = app.delivered("Purchase:wamid.VARIANTPURCHASE").await;
     assert_eq!(purchase["event_name"], "Purchase");
@@ -833,15 +836,28 @@ async fn automatic_events_in_other_spellings_are_unscaled_and_refusals_kept_on_t
         error.contains("automatic event Purchase:wamid.VARIANTBADCURRENCY refused"),
         "{error}"
     );
-    assert!(!error.contains("VARIANTPURCHASE") && !error.contains("VARIANTLEAD"), "{error}");
+    assert!(
+        !error.contains("VARIANTPURCHASE") && !error.contains("VARIANTLEAD"),
+        "{error}"
+    );
     let output = tokio::process::Command::new(crate::helpers::binary())
-        .args(["capture", "webhooks", "--state", "failed", "--database-url", &app.db.url])
+        .args([
+            "capture",
+            "webhooks",
+            "--state",
+            "failed",
+            "--database-url",
+            &app.db.url,
+        ])
         .output()
         .await
         .unwrap();
     let shown = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{shown}");
-    assert!(shown.contains("Purchase:wamid.VARIANTTOOOLD refused"), "{shown}");
+    assert!(
+        shown.contains("Purchase:wamid.VARIANTTOOOLD refused"),
+        "{shown}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.delivered_ids().len(), 2);
     app.stop().await;
@@ -856,8 +872,11 @@ async fn a_user_id_update_lets_a_conversion_by_the_new_id_find_the_click_id(back
         return;
     };
     app.deliver("", &fixture("whatsapp_cloud_bsuid.json")).await;
-    let (_, before) = app.contact("whatsapp", WABA, &format!("user_id:{OLD_ID}")).await;
-    app.deliver("", &fixture("whatsapp_user_id_update.json")).await;
+    let (_, before) = app
+        .contact("whatsapp", WABA, &format!("user_id:{OLD_ID}"))
+        .await;
+    app.deliver("", &fixture("whatsapp_user_id_update.json"))
+        .await;
 
     let (status, report) = app
         .post_events(&[purchase_by(json!({"user_id": NEW_ID}), "by-new-user-id")])
@@ -865,15 +884,16 @@ async fn a_user_id_update_lets_a_conversion_by_the_new_id_find_the_click_id(back
     assert_eq!(status, 202, "{report}");
     assert_eq!(report["accepted"], 1, "{report}");
     assert_eq!(
-        report["results"][0]["attribution"]["ctwa_clid"],
-        "ARBsuidClickId-7Hq2",
+        report["results"][0]["attribution"]["ctwa_clid"], "ARBsuidClickId-7Hq2",
         "{report}"
     );
     let sent = app.delivered("by-new-user-id").await;
     assert_eq!(sent["user_data"]["ctwa_clid"], "ARBsuidClickId-7Hq2");
     // Both ids name the one contact; the old one until retention ends.
     for id in [NEW_ID, OLD_ID] {
-        let (status, shown) = app.contact("whatsapp", WABA, &format!("user_id:{id}")).await;
+        let (status, shown) = app
+            .contact("whatsapp", WABA, &format!("user_id:{id}"))
+            .await;
         assert_eq!(status, 200, "{id}: {shown}");
         assert_eq!(
             shown["contact"]["conversation_id"], before["contact"]["conversation_id"],
@@ -882,7 +902,8 @@ async fn a_user_id_update_lets_a_conversion_by_the_new_id_find_the_click_id(back
         assert_eq!(shown["contact"]["wa_user_id"], NEW_ID);
     }
 
-    app.deliver("", &fixture("whatsapp_cloud_video_ad.json")).await;
+    app.deliver("", &fixture("whatsapp_cloud_video_ad.json"))
+        .await;
     let (_, shown) = app.contact("whatsapp", WABA, WA_PHONE).await;
     assert_eq!(shown["touches"][0]["media_type"], "video");
     assert_eq!(

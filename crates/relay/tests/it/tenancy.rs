@@ -863,7 +863,10 @@ async fn a_dataset_of_one_tenant_is_refused_to_another_and_an_asset_id_to_anothe
     app.create_tenant("acme").await;
     app.create_tenant("beta").await;
     let onboarded = app.onboard("acme", "whatsapp", ACME_WABA, TOKEN).await;
-    let dataset = onboarded["asset"]["dataset_id"].as_str().unwrap().to_owned();
+    let dataset = onboarded["asset"]["dataset_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // Admin API: beta cannot register acme's dataset, and is not told whose it is.
     let (status, body) = app
@@ -930,7 +933,10 @@ async fn a_dataset_of_one_tenant_is_refused_to_another_and_an_asset_id_to_anothe
         "{message}"
     );
     let kept = app.store.get_asset(ACME_WABA).await.unwrap().unwrap();
-    assert_eq!((kept.channel.as_str(), kept.dataset_id.as_str()), ("whatsapp", dataset.as_str()));
+    assert_eq!(
+        (kept.channel.as_str(), kept.dataset_id.as_str()),
+        ("whatsapp", dataset.as_str())
+    );
 
     // With a dataset of its own, beta's event ids are its own: acme's are no oracle.
     let (status, body) = app
@@ -944,12 +950,30 @@ async fn a_dataset_of_one_tenant_is_refused_to_another_and_an_asset_id_to_anothe
     let (_, acme_key) = app.create_key("acme", None).await;
     let (_, beta_key) = app.create_key("beta", None).await;
     let report = app
-        .send_as(&acme_key, &[purchase("secret-order", "whatsapp_business_account_id", ACME_WABA)])
+        .send_as(
+            &acme_key,
+            &[purchase(
+                "secret-order",
+                "whatsapp_business_account_id",
+                ACME_WABA,
+            )],
+        )
         .await;
     assert_eq!(report["accepted"], 1, "{report}");
     let report = app
-        .send_as(&beta_key, &[purchase("secret-order", "whatsapp_business_account_id", BETA_WABA)])
+        .send_as(
+            &beta_key,
+            &[purchase(
+                "secret-order",
+                "whatsapp_business_account_id",
+                BETA_WABA,
+            )],
+        )
         .await;
-    assert_eq!((report["accepted"].clone(), report["duplicates"].clone()), (json!(1), json!(0)), "{report}");
+    assert_eq!(
+        (report["accepted"].clone(), report["duplicates"].clone()),
+        (json!(1), json!(0)),
+        "{report}"
+    );
     app.stop().await;
 }
