@@ -1,7 +1,9 @@
 //! Meta messaging webhooks, parsed into what attribution needs: who wrote to which business
 //! asset, when, and through which ad (spec §4.4–§4.6). Pure: bytes in, facts out.
 //!
-//! Shapes understood: WhatsApp Cloud API `messages` and `automatic_events`, the older
+//! Shapes understood: WhatsApp Cloud API `messages`, `automatic_events` and `user_id_update`
+//! (business-scoped user id rotation; its shape is assumed, see the webhook fixtures'
+//! README), the older
 //! On-Premises `messages` shape (bare or in a `data[]` wrapper), Messenger `messaging`
 //! (messages, `messaging_referrals`, `messaging_postbacks`) and Instagram `messaging`.
 //! Unknown objects, fields and event kinds are skipped, never an error: Meta adds fields often.
@@ -10,7 +12,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::Channel;
+use crate::{Channel, event_name::BUSINESS_MESSAGING_EVENTS, money};
 
 /// Unix seconds beyond this are taken for milliseconds.
 const MILLIS_THRESHOLD: i64 = 100_000_000_000;
@@ -22,6 +24,18 @@ pub struct Parsed {
     pub inbound: Vec<Inbound>,
     /// Meta-detected WhatsApp conversions (`automatic_events`).
     pub automatic_events: Vec<AutomaticEvent>,
+    /// WhatsApp business-scoped user ids that changed (`user_id_update`).
+    pub user_id_updates: Vec<UserIdUpdate>,
+}
+
+/// A WhatsApp customer's business-scoped user id replaced by a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserIdUpdate {
+    pub waba_id: String,
+    pub previous: String,
+    pub current: String,
+    /// Unix milliseconds, 0 when the payload has no time.
+    pub timestamp_ms: i64,
 }
 
 /// The customer's identities as one webhook names them.
@@ -83,12 +97,14 @@ pub struct AutomaticEvent {
     pub waba_id: String,
     /// The message Meta detected it in (`id`).
     pub message_id: String,
-    /// `LeadSubmitted` or `Purchase`.
+    /// `LeadSubmitted` or `Purchase`, spelled so whatever letter case or `_` Meta used
+    /// (`purchase`, `lead_submitted`); any other name as sent.
     pub event_name: String,
     /// Unix seconds.
     pub timestamp: i64,
     pub ctwa_clid: Option<String>,
-    /// `{currency, value}` when Meta sent them, untouched.
+    /// `{currency, value}` when Meta sent them, untouched: `value` is in thousandths, as
+    /// the webhook has it ([`automatic_event_json`] converts it).
     pub custom_data: Option<Value>,
 }
 
@@ -197,6 +213,8 @@ fn whatsapp_cloud(root: &Map<String, Value>, parsed: &mut Parsed) {
                 Some("automatic_events") => automatic_events(&waba, value, parsed),
                 _ => {}
             }
+            // Wherever it comes (its own field, or inside `messages`): the shape is assumed.
+            user_id_updates(&waba, change, value, parsed);
         }
     }
 }
@@ -256,7 +274,12 @@ fn whatsapp_value(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
 
 fn whatsapp_referral(r: &Map<String, Value>) -> Referral {
     let media_type = text(r, "media_type");
-    let media_url = text(r, "image_url").or_else(|| text(r, "video_url"));
+    // A video ad's referral may carry an `image_url` (a still) too: the media is the video.
+    let media_url = if media_type.as_deref() == Some("video") {
+        text(r, "video_url").or_else(|| text(r, "image_url"))
+    } else {
+        text(r, "image_url").or_else(|| text(r, "video_url"))
+    };
     Referral {
         // Only ever `ctwa_clid`: `source_id` is the ad, not the click.
         click_id: id(r, "ctwa_clid"),
@@ -283,10 +306,71 @@ fn automatic_events(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed)
         parsed.automatic_events.push(AutomaticEvent {
             waba_id: waba.to_owned(),
             message_id,
-            event_name,
+            event_name: automatic_event_name(&event_name),
             timestamp: timestamp_ms / 1000,
             ctwa_clid: id(event, "ctwa_clid"),
             custom_data: event.get("custom_data").filter(|v| v.is_object()).cloned(),
+        });
+    }
+}
+
+/// The business-messaging spelling of an automatic event's name: `purchase`, `PURCHASE` and
+/// `lead_submitted` are `Purchase` and `LeadSubmitted`, so the `event_id` is the one a CRM
+/// sends. Any other name is kept as sent.
+pub fn automatic_event_name(raw: &str) -> String {
+    let squashed: String = raw
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | ' '))
+        .collect();
+    BUSINESS_MESSAGING_EVENTS
+        .iter()
+        .find(|name| name.eq_ignore_ascii_case(&squashed))
+        .map_or_else(|| raw.trim().to_owned(), |name| (*name).to_owned())
+}
+
+/// `user_id_update` items: `value.user_id_update` as a list (or one object), or the change's
+/// `value` itself when the field is `user_id_update`. Each names the old and the new id as
+/// `previous`/`current` (also `previous_user_id`/`current_user_id`, `old_user_id`/
+/// `new_user_id`), each a string or an object with a `user_id`. Meta's shape is not in the
+/// spec; this reads the plausible spellings and skips anything else.
+fn user_id_updates(
+    waba: &str,
+    change: &Map<String, Value>,
+    value: &Map<String, Value>,
+    parsed: &mut Parsed,
+) {
+    let items: Vec<&Map<String, Value>> = match value.get("user_id_update") {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_object).collect(),
+        Some(Value::Object(item)) => vec![item],
+        _ if change.get("field").and_then(Value::as_str) == Some("user_id_update") => vec![value],
+        _ => return,
+    };
+    let user_id = |item: &Map<String, Value>, keys: &[&str]| {
+        keys.iter().find_map(|key| match item.get(*key)? {
+            Value::Object(inner) => id(inner, "user_id").or_else(|| id(inner, "id")),
+            _ => id(item, key),
+        })
+    };
+    for item in items {
+        let previous = user_id(
+            item,
+            &["previous", "previous_user_id", "old_user_id", "old"],
+        );
+        let current = user_id(item, &["current", "current_user_id", "new_user_id", "new"]);
+        let (Some(previous), Some(current)) = (previous, current) else {
+            continue;
+        };
+        if previous == current {
+            continue;
+        }
+        parsed.user_id_updates.push(UserIdUpdate {
+            waba_id: waba.to_owned(),
+            previous,
+            current,
+            timestamp_ms: time_ms(item, "timestamp")
+                .or_else(|| time_ms(value, "timestamp"))
+                .unwrap_or(0),
         });
     }
 }
@@ -398,7 +482,26 @@ pub fn automatic_event_json(event: &AutomaticEvent) -> Option<Value> {
         "messaging_outcome_data": {"outcome_type": "automatic_events"},
     });
     if let Some(custom) = &event.custom_data {
-        out["custom_data"] = custom.clone();
+        out["custom_data"] = unscaled_custom_data(custom);
     }
     Some(out)
+}
+
+/// Powers of ten between the webhook's `custom_data.value` and the Conversions API's: Meta's
+/// `automatic_events` reference gives the amount times 1000 (`25000` for USD 25; spec §4.4).
+pub const AUTOMATIC_EVENT_VALUE_DIGITS: u32 = 3;
+
+/// `custom_data` with `value` divided by 1000, exactly (a decimal shift, never `f64`). A value
+/// that is not a number is left for validation to refuse with its own message.
+fn unscaled_custom_data(custom: &Value) -> Value {
+    let mut out = custom.clone();
+    if let Some(value) = out.get_mut("value")
+        && let Ok(mut amount) = money::parse_amount(value)
+        && amount
+            .set_scale(amount.scale() + AUTOMATIC_EVENT_VALUE_DIGITS)
+            .is_ok()
+    {
+        *value = Value::Number(money::amount_to_number(amount));
+    }
+    out
 }

@@ -116,8 +116,163 @@ fn automatic_events_become_server_events_with_a_message_derived_id() {
         "automatic_events"
     );
     assert_eq!(event["custom_data"]["currency"], "BRL");
+    // The webhook's 120500 is BRL 120.50 (thousandths, spec §4.4).
+    assert_eq!(event["custom_data"]["value"], json!(120.5));
     let valid = validate_event(&event, &ValidationOptions::default(), TS + 60).unwrap();
     assert_eq!(valid.event.event_id, event["event_id"].as_str().unwrap());
+}
+
+/// One WhatsApp change with these `automatic_events`.
+fn automatic_events_body(events: Value) -> Vec<u8> {
+    json!({"object": "whatsapp_business_account", "entry": [{"id": "102290129340398", "changes": [
+        {"field": "automatic_events", "value": {"messaging_product": "whatsapp", "automatic_events": events}}
+    ]}]})
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn automatic_event_values_are_divided_by_1000_exactly_as_metas_example() {
+    // Meta's automatic_events reference: `"value": 25000` for a USD 25 purchase.
+    let values = [
+        (json!(25000), json!(25)),
+        (json!(120505), json!(120.505)),
+        (json!(1), json!(0.001)),
+        (json!("19990"), json!(19.99)),
+        (json!(0.5), json!(0.0005)),
+        // Not a number: left for validation to refuse with its own message.
+        (json!("lots"), json!("lots")),
+    ];
+    for (sent, reposted) in values {
+        let body = automatic_events_body(json!([{"id": "wamid.X", "event_name": "Purchase",
+            "timestamp": TS, "ctwa_clid": "ARAk-1", "custom_data": {"currency": "USD", "value": sent}}]));
+        let parsed = webhook::parse(&body, None).unwrap();
+        // Parsing keeps what Meta sent; the re-posted event has the plain amount.
+        assert_eq!(
+            parsed.automatic_events[0].custom_data.as_ref().unwrap()["value"],
+            sent
+        );
+        let event = webhook::automatic_event_json(&parsed.automatic_events[0]).unwrap();
+        assert_eq!(event["custom_data"]["value"], reposted, "{sent}");
+        assert_eq!(event["custom_data"]["currency"], "USD");
+    }
+    let body = automatic_events_body(json!([{"id": "wamid.X", "event_name": "Purchase",
+        "timestamp": TS, "ctwa_clid": "ARAk-1", "custom_data": {"currency": "USD", "value": 25000}}]));
+    let event =
+        webhook::automatic_event_json(&webhook::parse(&body, None).unwrap().automatic_events[0])
+            .unwrap();
+    let valid = validate_event(&event, &ValidationOptions::default(), TS + 60).unwrap();
+    assert_eq!(
+        valid.event.custom_data.unwrap().value,
+        Some(rust_decimal::Decimal::from(25))
+    );
+}
+
+#[test]
+fn automatic_event_names_in_any_spelling_give_the_event_id_a_crm_sends() {
+    for (sent, name) in [
+        ("purchase", "Purchase"),
+        ("PURCHASE", "Purchase"),
+        ("Purchase", "Purchase"),
+        ("lead_submitted", "LeadSubmitted"),
+        ("leadsubmitted", "LeadSubmitted"),
+        ("LeadSubmitted", "LeadSubmitted"),
+        ("Lead Submitted", "LeadSubmitted"),
+        ("SomethingNew", "SomethingNew"),
+    ] {
+        let body = automatic_events_body(json!([{"id": "wamid.HBgN", "event_name": sent,
+            "timestamp": TS, "ctwa_clid": "ARAk-1"}]));
+        let parsed = webhook::parse(&body, None).unwrap();
+        let event = webhook::automatic_event_json(&parsed.automatic_events[0]).unwrap();
+        assert_eq!(event["event_name"], name, "{sent}");
+        assert_eq!(event["event_id"], format!("{name}:wamid.HBgN"), "{sent}");
+    }
+}
+
+#[test]
+fn a_video_ad_referral_keeps_the_video_as_its_media() {
+    let parsed = webhook::parse(&fixture("whatsapp_cloud_video_ad.json"), None).unwrap();
+    let r = parsed.inbound[0].referral.as_ref().unwrap();
+    assert_eq!(r.media_type.as_deref(), Some("video"));
+    assert_eq!(
+        r.media_url.as_deref(),
+        Some("https://video.xx.fbcdn.net/v/t42.1790-2/ad.mp4")
+    );
+    // An image ad still keeps its image.
+    let parsed = webhook::parse(&fixture("whatsapp_cloud_referral.json"), None).unwrap();
+    let r = parsed.inbound[0].referral.as_ref().unwrap();
+    assert!(r.media_url.as_deref().unwrap().ends_with("/ad.jpg"));
+}
+
+#[test]
+fn a_user_id_update_names_the_previous_and_the_current_user_id() {
+    let parsed = webhook::parse(&fixture("whatsapp_user_id_update.json"), None).unwrap();
+    assert!(parsed.inbound.is_empty());
+    assert_eq!(
+        parsed.user_id_updates,
+        [webhook::UserIdUpdate {
+            waba_id: "102290129340398".into(),
+            previous: "US.13491208655302741918".into(),
+            current: "US.20000000000000000042".into(),
+            timestamp_ms: TS * 1000,
+        }]
+    );
+    // The shape is assumed (see the fixtures' README), so other plausible spellings are read.
+    let change = |field: &str, value: Value| {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+            {"field": field, "value": value}]}]});
+        webhook::parse(body.to_string().as_bytes(), None)
+            .unwrap()
+            .user_id_updates
+            .into_iter()
+            .map(|u| (u.previous, u.current))
+            .collect::<Vec<_>>()
+    };
+    let pair = vec![("US.1".to_owned(), "US.2".to_owned())];
+    assert_eq!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": {"previous": "US.1", "current": "US.2"}})
+        ),
+        pair
+    );
+    assert_eq!(
+        change(
+            "messages",
+            json!({"user_id_update": [{"previous": {"user_id": "US.1"}, "current": {"user_id": "US.2"}}]})
+        ),
+        pair
+    );
+    assert_eq!(
+        change(
+            "user_id_update",
+            json!({"previous_user_id": "US.1", "current_user_id": "US.2"})
+        ),
+        pair
+    );
+    assert_eq!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": [{"old_user_id": "US.1", "new_user_id": "US.2"}]})
+        ),
+        pair
+    );
+    // Incomplete or unchanged: nothing to do.
+    assert!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": [{"previous": "US.1"}]})
+        )
+        .is_empty()
+    );
+    assert!(
+        change(
+            "user_id_update",
+            json!({"user_id_update": [{"previous": "US.1", "current": "US.1"}]})
+        )
+        .is_empty()
+    );
+    assert!(change("messages", json!({"previous": "US.1", "current": "US.2"})).is_empty());
 }
 
 #[test]
@@ -421,6 +576,9 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just("timestamp".to_owned()),
         Just("data".to_owned()),
         Just("automatic_events".to_owned()),
+        Just("user_id_update".to_owned()),
+        Just("previous".to_owned()),
+        Just("current".to_owned()),
         Just("contact".to_owned()),
         Just("user_data".to_owned()),
         Just("messaging_channel".to_owned()),
@@ -463,7 +621,8 @@ proptest! {
     fn fixtures_with_any_field_removed_never_panic(
         name in prop_oneof![
             Just("whatsapp_cloud_referral.json"), Just("whatsapp_onprem.json"),
-            Just("whatsapp_automatic_events.json"), Just("messenger.json"), Just("instagram.json")
+            Just("whatsapp_automatic_events.json"), Just("messenger.json"), Just("instagram.json"),
+            Just("whatsapp_user_id_update.json"), Just("whatsapp_automatic_events_variants.json")
         ],
         cut in 0usize..4000,
     ) {

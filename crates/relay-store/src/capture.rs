@@ -48,7 +48,9 @@ pub struct PendingWebhook {
 pub struct WebhookRecord {
     pub id: i64,
     pub received_at_ms: i64,
-    /// `pending`, `processed` or `failed` (signed but not understood; `error` says why).
+    /// `pending`, `processed` or `failed`: signed but not understood, or understood but an
+    /// automatic event in it could not be reported (refused, too old, unregistered asset);
+    /// `error` says why.
     pub state: String,
     pub error: Option<String>,
     pub processed_at_ms: Option<i64>,
@@ -191,6 +193,8 @@ pub struct CaptureOptions {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CapturePurge {
     pub contacts: u64,
+    /// Earlier WhatsApp user ids (`user_id_update`) that stopped resolving.
+    pub user_id_aliases: u64,
     pub touches: u64,
     pub webhooks: u64,
 }
@@ -202,7 +206,8 @@ pub trait CaptureStore: Send + Sync + 'static {
     async fn insert_webhook(&self, webhook: &NewWebhook) -> Result<WebhookInsert>;
     /// Webhooks not yet parsed, oldest first.
     async fn pending_webhooks(&self, limit: i64) -> Result<Vec<PendingWebhook>>;
-    /// Marks a webhook processed, or failed with the reason it could not be understood.
+    /// Marks a webhook processed, or failed with the reason (not understood, or an automatic
+    /// event in it not reported).
     async fn finish_webhook(&self, id: i64, error: Option<&str>, now_ms: i64) -> Result<()>;
     /// Newest first, optionally only in `state`.
     async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> Result<Vec<WebhookRecord>>;
@@ -231,6 +236,19 @@ pub trait CaptureStore: Send + Sync + 'static {
         asset_id: &str,
         key: &ContactKey,
     ) -> Result<Option<Contact>>;
+    /// Meta's `user_id_update`: the contact known by the WhatsApp user id `previous` is keyed by
+    /// `current` from now on, and `previous` keeps finding it (`find_contact`, sightings) until
+    /// `purge_capture` passes `now_ms`. A contact already created under `current` (messages
+    /// seen before the update) is merged into it: touches, aliases and identities it lacks.
+    /// Idempotent; `false` when no contact has `previous`. One transaction.
+    async fn rekey_wa_user_id(
+        &self,
+        channel: &str,
+        asset_id: &str,
+        previous: &str,
+        current: &str,
+        now_ms: i64,
+    ) -> Result<bool>;
     /// Every touch of a contact, newest first.
     async fn contact_touches(&self, contact_id: i64) -> Result<Vec<Touch>>;
     /// Links the CRM's customer id to the contact found by `key`. `NotFound` without such a
@@ -251,7 +269,8 @@ pub trait CaptureStore: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<()>;
 
-    /// Deletes touches, contacts not seen and finished webhooks received before `before_ms`.
+    /// Deletes touches, contacts not seen, user-id aliases replaced and finished webhooks
+    /// received before `before_ms`.
     async fn purge_capture(&self, before_ms: i64) -> Result<CapturePurge>;
 }
 
@@ -280,6 +299,24 @@ macro_rules! impl_capture_store {
                     first_seen_at_ms: row.try_get("first_seen_at_ms")?,
                     last_seen_at_ms: row.try_get("last_seen_at_ms")?,
                 })
+            }
+
+            /// The contact `sql` selects with `$1` = channel, `$2` = asset, `$3` = `value`.
+            async fn contact_where(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                sql: &str,
+                channel: &str,
+                asset_id: &str,
+                value: &str,
+            ) -> $crate::Result<Option<$crate::capture::Contact>> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .bind(channel)
+                    .bind(asset_id)
+                    .bind(value)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                row.as_ref().map(Self::contact_from_row).transpose()
             }
 
             fn touch_from_row(row: &<$db as sqlx::Database>::Row) -> $crate::Result<$crate::capture::Touch> {
@@ -469,7 +506,9 @@ macro_rules! impl_capture_store {
                 let mut tx = self.begin_write().await?;
                 let find = self.sql(&format!(
                     "SELECT {} FROM contacts WHERE channel = $1 AND asset_id = $2 \
-                     AND (phone_hash = $3 OR wa_user_id = $4 OR scoped_id = $5) ORDER BY id LIMIT 1",
+                     AND (phone_hash = $3 OR wa_user_id = $4 OR scoped_id = $5 \
+                     OR id IN (SELECT contact_id FROM contact_user_id_aliases \
+                     WHERE channel = $1 AND asset_id = $2 AND wa_user_id = $4)) ORDER BY id LIMIT 1",
                     $crate::capture::CONTACT_COLUMNS
                 ))
                 .into_owned();
@@ -599,14 +638,134 @@ macro_rules! impl_capture_store {
                     key.column()
                 ))
                 .into_owned();
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                let mut row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(channel)
                     .bind(asset_id)
                     .bind(key.value())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::shared::map_err)?;
+                if row.is_none() && matches!(key, $crate::capture::ContactKey::WaUserId(_)) {
+                    // A user id the contact had before a `user_id_update`.
+                    let sql = self.sql(&format!(
+                        "SELECT {} FROM contacts WHERE id = (SELECT contact_id FROM contact_user_id_aliases \
+                         WHERE channel = $1 AND asset_id = $2 AND wa_user_id = $3)",
+                        $crate::capture::CONTACT_COLUMNS
+                    ))
+                    .into_owned();
+                    row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(channel)
+                        .bind(asset_id)
+                        .bind(key.value())
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                }
                 row.as_ref().map(Self::contact_from_row).transpose()
+            }
+
+            async fn rekey_wa_user_id(
+                &self,
+                channel: &str,
+                asset_id: &str,
+                previous: &str,
+                current: &str,
+                now_ms: i64,
+            ) -> $crate::Result<bool> {
+                if previous == current {
+                    return Ok(false);
+                }
+                let mut tx = self.begin_write().await?;
+                let by_id = self.sql(&format!(
+                    "SELECT {} FROM contacts WHERE channel = $1 AND asset_id = $2 AND wa_user_id = $3",
+                    $crate::capture::CONTACT_COLUMNS
+                ))
+                .into_owned();
+                let by_alias = self.sql(&format!(
+                    "SELECT {} FROM contacts WHERE id = (SELECT contact_id FROM contact_user_id_aliases \
+                     WHERE channel = $1 AND asset_id = $2 AND wa_user_id = $3)",
+                    $crate::capture::CONTACT_COLUMNS
+                ))
+                .into_owned();
+                let Some(old) = (match Self::contact_where(&mut tx, &by_id, channel, asset_id, previous).await? {
+                    Some(c) => Some(c),
+                    // Already re-keyed (a redelivery), or re-keyed again since.
+                    None => Self::contact_where(&mut tx, &by_alias, channel, asset_id, previous).await?,
+                }) else {
+                    return Ok(false);
+                };
+                let newer = Self::contact_where(&mut tx, &by_id, channel, asset_id, current).await?;
+                let run = |sql: &str| sqlx::AssertSqlSafe(self.sql(sql).into_owned());
+                if let Some(newer) = newer.filter(|n| n.id != old.id) {
+                    // Messages under the new id came first and made a contact of their own:
+                    // fold it into the contact with the history.
+                    sqlx::query(run("UPDATE touches SET contact_id = $1 WHERE contact_id = $2"))
+                        .bind(old.id)
+                        .bind(newer.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    sqlx::query(run("UPDATE contact_user_id_aliases SET contact_id = $1 WHERE contact_id = $2"))
+                        .bind(old.id)
+                        .bind(newer.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    sqlx::query(run("DELETE FROM contacts WHERE id = $1"))
+                        .bind(newer.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    sqlx::query(run(
+                        "UPDATE contacts SET phone_hash = COALESCE(phone_hash, $1), scoped_id = COALESCE(scoped_id, $2), \
+                         customer_id = COALESCE(customer_id, $3), \
+                         first_seen_at_ms = CASE WHEN first_seen_at_ms > $4 THEN $4 ELSE first_seen_at_ms END, \
+                         last_seen_at_ms = CASE WHEN last_seen_at_ms < $5 THEN $5 ELSE last_seen_at_ms END \
+                         WHERE id = $6",
+                    ))
+                    .bind(&newer.phone_hash)
+                    .bind(&newer.scoped_id)
+                    .bind(&newer.customer_id)
+                    .bind(newer.first_seen_at_ms)
+                    .bind(newer.last_seen_at_ms)
+                    .bind(old.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                }
+                if let Some(replaced) = old.wa_user_id.as_deref().filter(|u| *u != current) {
+                    sqlx::query(run(
+                        "INSERT INTO contact_user_id_aliases (channel, asset_id, wa_user_id, contact_id, replaced_at_ms) \
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, asset_id, wa_user_id) \
+                         DO UPDATE SET contact_id = excluded.contact_id, replaced_at_ms = excluded.replaced_at_ms",
+                    ))
+                    .bind(channel)
+                    .bind(asset_id)
+                    .bind(replaced)
+                    .bind(old.id)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                }
+                // The current id lives in `contacts` now, never also as an alias.
+                sqlx::query(run(
+                    "DELETE FROM contact_user_id_aliases WHERE channel = $1 AND asset_id = $2 AND wa_user_id = $3",
+                ))
+                .bind(channel)
+                .bind(asset_id)
+                .bind(current)
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::shared::map_err)?;
+                sqlx::query(run("UPDATE contacts SET wa_user_id = $1 WHERE id = $2"))
+                    .bind(current)
+                    .bind(old.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok(true)
             }
 
             async fn contact_touches(&self, contact_id: i64) -> $crate::Result<Vec<$crate::capture::Touch>> {
@@ -722,9 +881,11 @@ macro_rules! impl_capture_store {
 
             async fn purge_capture(&self, before_ms: i64) -> $crate::Result<$crate::capture::CapturePurge> {
                 let mut tx = self.begin_write().await?;
-                let mut counts = [0u64; 3];
+                let mut counts = [0u64; 4];
                 for (i, sql) in [
                     "DELETE FROM touches WHERE touched_at_ms < $1",
+                    // An old user id stops resolving once retention has passed since it changed.
+                    "DELETE FROM contact_user_id_aliases WHERE replaced_at_ms < $1",
                     "DELETE FROM contacts WHERE last_seen_at_ms < $1 \
                      AND NOT EXISTS (SELECT 1 FROM touches WHERE touches.contact_id = contacts.id)",
                     "DELETE FROM webhooks WHERE received_at_ms < $1 AND state <> 'pending' \
@@ -744,8 +905,9 @@ macro_rules! impl_capture_store {
                 tx.commit().await.map_err($crate::shared::map_err)?;
                 Ok($crate::capture::CapturePurge {
                     touches: counts[0],
-                    contacts: counts[1],
-                    webhooks: counts[2],
+                    user_id_aliases: counts[1],
+                    contacts: counts[2],
+                    webhooks: counts[3],
                 })
             }
         }

@@ -300,7 +300,9 @@ pub trait Store: CaptureStore + Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 
     /// Inserts or replaces an asset by `asset_id`. Replacing resumes a paused asset.
-    /// `Conflict` if the asset belongs to another tenant.
+    /// `Conflict` if the asset belongs to another tenant, is registered on another channel, or
+    /// names a dataset another tenant owns (the first tenant to register an asset on a dataset
+    /// owns it). The messages never name the other tenant.
     async fn upsert_asset(&self, asset: &Asset) -> Result<()>;
     async fn get_asset(&self, asset_id: &str) -> Result<Option<Asset>>;
     async fn list_assets(&self) -> Result<Vec<Asset>>;
@@ -407,6 +409,127 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Store>> {
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         Ok(Arc::new(PostgresStore::connect(url).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        Err(StoreError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// Query parameter names (and libpq `key=value` words) whose values are secrets.
+const SECRET_PARAMS: [&str; 14] = [
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "sslpassword",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "appsecret_proof",
+    "api_key",
+    "apikey",
+    "key",
+    "sig",
+];
+
+/// What replaces a secret.
+const REDACTED: &str = "***";
+
+/// A URL (or connection string) safe to print: the password of `scheme://user:password@host`
+/// and the values of secret query parameters (`?password=`, `access_token=`, … and libpq's
+/// `password=…` words) are replaced by `***`. The one place the relay redacts URLs: every
+/// message, banner and error that shows a database, Graph or forward URL goes through it.
+pub fn redact_url(url: &str) -> String {
+    let is_secret = |name: &str| {
+        let name = name.trim().to_ascii_lowercase();
+        SECRET_PARAMS.contains(&name.as_str())
+            || name.ends_with("password")
+            || name.ends_with("secret")
+    };
+    let redact_pairs = |text: &str, separator: char| {
+        text.split(separator)
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if is_secret(name) => format!("{name}={REDACTED}"),
+                _ => pair.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(&separator.to_string())
+    };
+    let Some(scheme_end) = url.find("://") else {
+        // Not a URL: perhaps a libpq string (`host=db password=…`).
+        return redact_pairs(url, ' ');
+    };
+    let (before_fragment, fragment) = match url.find('#') {
+        Some(i) => url.split_at(i),
+        None => (url, ""),
+    };
+    let (before_query, query) = match before_fragment.find('?') {
+        Some(i) => (&before_fragment[..i], Some(&before_fragment[i + 1..])),
+        None => (before_fragment, None),
+    };
+    let (scheme, rest) = before_query.split_at(scheme_end + 3);
+    // The last `@` before the query ends the user info: a raw `@` in a password stays hidden.
+    let mut out = match rest.rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}{user}:{REDACTED}{}", &rest[at..]),
+            None => before_query.to_owned(),
+        },
+        None => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(&redact_pairs(query, '&'));
+    }
+    out.push_str(fragment);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_and_secret_parameters_are_redacted_and_nothing_else() {
+        for (url, shown) in [
+            (
+                "postgres://relay:s3cret@db:5432/relay",
+                "postgres://relay:***@db:5432/relay",
+            ),
+            (
+                "postgresql://relay:p@ss:w0rd@db/relay?sslmode=require",
+                "postgresql://relay:***@db/relay?sslmode=require",
+            ),
+            (
+                "postgres://relay@db/relay?password=s3cret&application_name=x",
+                "postgres://relay@db/relay?password=***&application_name=x",
+            ),
+            (
+                "postgres://db/relay?user=relay&PASSWORD=s3cret&sslpassword=k3y",
+                "postgres://db/relay?user=relay&PASSWORD=***&sslpassword=***",
+            ),
+            (
+                "https://graph.example/v26.0/1/events?access_token=EAAB&appsecret_proof=abc#x",
+                "https://graph.example/v26.0/1/events?access_token=***&appsecret_proof=***#x",
+            ),
+            (
+                "host=db user=relay password=s3cret dbname=relay",
+                "host=db user=relay password=*** dbname=relay",
+            ),
+            ("sqlite://capi-relay.db", "sqlite://capi-relay.db"),
+            ("sqlite:///tmp/a@b.db", "sqlite:///tmp/a@b.db"),
+            ("postgres://relay@db/relay", "postgres://relay@db/relay"),
+            ("mysql://root:hunter2@db/x", "mysql://root:***@db/x"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsupported_url_is_named_without_its_password() {
+        let Err(e) = connect("mysql://root:hunter2@db/x?password=hunter3").await else {
+            panic!("mysql is not supported");
+        };
+        let message = e.to_string();
+        assert!(message.contains("mysql://root:***@db/x"), "{message}");
+        assert!(!message.contains("hunter"), "{message}");
     }
 }

@@ -293,14 +293,68 @@ macro_rules! impl_store {
             }
 
             async fn upsert_asset(&self, a: &$crate::Asset) -> $crate::Result<()> {
+                use sqlx::Row;
+                // One transaction: a refused asset claims no dataset. The checks name neither
+                // the other tenant nor its assets, so a tenant learns nothing about another.
+                let mut tx = self.begin_write().await?;
+                let sql = self.sql("SELECT tenant, channel FROM assets WHERE asset_id = $1");
+                let existing = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(&a.asset_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                if let Some(row) = existing {
+                    let (tenant, channel): (String, String) = (row.try_get("tenant")?, row.try_get("channel")?);
+                    if tenant != a.tenant {
+                        return Err($crate::StoreError::Conflict(format!(
+                            "asset {} belongs to another tenant", a.asset_id
+                        )));
+                    }
+                    if channel != a.channel {
+                        return Err($crate::StoreError::Conflict(format!(
+                            "asset {} is already registered as a {channel} asset, not {}: one id names one \
+                             asset; check the channel and the id",
+                            a.asset_id, a.channel
+                        )));
+                    }
+                }
+                // The first tenant to register an asset on a dataset owns it. `ON CONFLICT DO
+                // NOTHING` under the primary key: two relays registering the same new dataset
+                // at once for two tenants cannot both win.
+                let claim = self.sql(
+                    "INSERT INTO dataset_owners (dataset_id, tenant, created_at_ms) VALUES ($1, $2, $3) \
+                     ON CONFLICT (dataset_id) DO NOTHING",
+                );
+                sqlx::query(sqlx::AssertSqlSafe(claim.into_owned()))
+                    .bind(&a.dataset_id)
+                    .bind(&a.tenant)
+                    .bind(a.updated_at_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                let sql = self.sql("SELECT tenant FROM dataset_owners WHERE dataset_id = $1");
+                let owner: String = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(&a.dataset_id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?
+                    .try_get("tenant")?;
+                if owner != a.tenant {
+                    return Err($crate::StoreError::Conflict(format!(
+                        "dataset {} belongs to another tenant: a dataset receives one tenant's events only \
+                         (its event ids would collide); use a dataset of this tenant's own",
+                        a.dataset_id
+                    )));
+                }
+                // The WHERE repeats the checks above for a writer that got in between (PostgreSQL).
                 let sql = self.sql(
                     "INSERT INTO assets (asset_id, channel, dataset_id, access_token, status, status_reason, created_at_ms, \
                      updated_at_ms, tenant, test_event_code) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-                     ON CONFLICT (asset_id) DO UPDATE SET channel = excluded.channel, dataset_id = excluded.dataset_id, \
+                     ON CONFLICT (asset_id) DO UPDATE SET dataset_id = excluded.dataset_id, \
                      access_token = excluded.access_token, status = excluded.status, status_reason = excluded.status_reason, \
                      updated_at_ms = excluded.updated_at_ms, test_event_code = excluded.test_event_code \
-                     WHERE assets.tenant = excluded.tenant",
+                     WHERE assets.tenant = excluded.tenant AND assets.channel = excluded.channel",
                 );
                 let status = match a.status {
                     $crate::AssetStatus::Active => "active",
@@ -317,14 +371,15 @@ macro_rules! impl_store {
                     .bind(a.updated_at_ms)
                     .bind(&a.tenant)
                     .bind(&a.test_event_code)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
                     return Err($crate::StoreError::Conflict(format!(
-                        "asset {} belongs to another tenant", a.asset_id
+                        "asset {} was registered meanwhile by another tenant or on another channel", a.asset_id
                     )));
                 }
+                tx.commit().await.map_err($crate::shared::map_err)?;
                 Ok(())
             }
 

@@ -89,6 +89,7 @@ contract!(
     queue_stats_and_retention_purge,
     payloads_and_times_round_trip_exactly,
     tenants_own_their_assets_and_events,
+    a_dataset_belongs_to_one_tenant_and_an_asset_id_to_one_channel,
     api_keys_are_found_by_hash_and_revoked,
     tokens_are_resealed_all_or_nothing,
     the_audit_trail_lists_newest_first,
@@ -99,6 +100,7 @@ contract!(
     contacts_are_found_by_every_identity_and_linked_to_a_customer_id,
     capture_options_default_off_and_round_trip,
     capture_retention_purges_old_touches_contacts_and_webhooks,
+    a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_retention,
 );
 
 fn asset(id: &str, dataset: &str) -> Asset {
@@ -831,6 +833,95 @@ fn tenant(name: &str) -> Tenant {
     }
 }
 
+/// Issue 12 A.3: two tenants on one dataset would see each other's event ids as `duplicate`.
+async fn a_dataset_belongs_to_one_tenant_and_an_asset_id_to_one_channel(store: Arc<dyn Store>) {
+    for name in ["acme", "beta"] {
+        assert!(store.create_tenant(&tenant(name)).await.unwrap());
+    }
+    let of = |tenant: &str, id: &str, dataset: &str| Asset {
+        tenant: tenant.into(),
+        ..asset(id, dataset)
+    };
+    store
+        .upsert_asset(&of("acme", "500", "shared"))
+        .await
+        .unwrap();
+    // The same tenant may put several assets on its dataset.
+    store
+        .upsert_asset(&of("acme", "501", "shared"))
+        .await
+        .unwrap();
+
+    let refused = store.upsert_asset(&of("beta", "600", "shared")).await;
+    let Err(StoreError::Conflict(message)) = refused else {
+        panic!("another tenant's dataset is refused: {refused:?}");
+    };
+    assert!(
+        message.contains("dataset shared belongs to another tenant"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("acme"),
+        "the owner is not named: {message}"
+    );
+    // Nothing of the refused asset was stored, and beta can use a dataset of its own.
+    assert_eq!(store.get_asset("600").await.unwrap(), None);
+    store
+        .upsert_asset(&of("beta", "600", "beta-own"))
+        .await
+        .unwrap();
+
+    // Moving acme's assets elsewhere does not free the dataset: its events are still there.
+    store
+        .upsert_asset(&of("acme", "500", "acme-new"))
+        .await
+        .unwrap();
+    store
+        .upsert_asset(&of("acme", "501", "acme-new"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.upsert_asset(&of("beta", "600", "shared")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.get_asset("600").await.unwrap().unwrap().dataset_id,
+        "beta-own"
+    );
+
+    // An asset id registered on one channel is not silently replaced by another channel's.
+    let before = store.get_asset("500").await.unwrap().unwrap();
+    let mut instagram = of("acme", "500", "acme-ig");
+    instagram.channel = "instagram".into();
+    let refused = store.upsert_asset(&instagram).await;
+    let Err(StoreError::Conflict(message)) = refused else {
+        panic!("a channel collision is refused: {refused:?}");
+    };
+    assert!(
+        message.contains("asset 500 is already registered as a whatsapp asset"),
+        "{message}"
+    );
+    assert_eq!(store.get_asset("500").await.unwrap(), Some(before));
+    // The refused registration claimed no dataset: beta may take `acme-ig`.
+    store
+        .upsert_asset(&of("beta", "601", "acme-ig"))
+        .await
+        .unwrap();
+
+    // Two tenants registering one new dataset at the same moment: exactly one wins.
+    for round in 0..5 {
+        let dataset = format!("race-{round}");
+        let (first, second) = (
+            of("acme", &format!("70{round}"), &dataset),
+            of("beta", &format!("80{round}"), &dataset),
+        );
+        let (a, b) = tokio::join!(store.upsert_asset(&first), store.upsert_asset(&second));
+        assert!(a.is_ok() != b.is_ok(), "round {round}: {a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert!(matches!(loser, Err(StoreError::Conflict(_))), "{loser:?}");
+    }
+}
+
 async fn tenants_own_their_assets_and_events(store: Arc<dyn Store>) {
     // The migration creates the default tenant, which owns everything from before tenancy.
     let default = store.get_tenant(DEFAULT_TENANT).await.unwrap().unwrap();
@@ -1486,4 +1577,125 @@ async fn capture_retention_purges_old_touches_contacts_and_webhooks(store: Arc<d
     assert_eq!(kept.len(), 1);
     assert_eq!(kept[0].touch.message_id, "m-b");
     assert_eq!(store.list_webhooks(None, 10).await.unwrap().len(), 3);
+}
+
+/// Issue 12 D.10: WhatsApp business-scoped user ids rotate (`user_id_update`).
+async fn a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_retention(
+    store: Arc<dyn Store>,
+) {
+    let find = |user: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .find_contact("whatsapp", "100", &ContactKey::WaUserId(user.into()))
+                .await
+                .unwrap()
+        }
+    };
+    let first = store
+        .record_sighting(&sighting(
+            None,
+            Some("US.old"),
+            Some(("m1", 1_000, Some("C1"))),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .rekey_wa_user_id("whatsapp", "100", "US.old", "US.new", 5_000)
+            .await
+            .unwrap()
+    );
+    let by_new = find("US.new").await.expect("the new id resolves");
+    assert_eq!(by_new.id, first.contact_id);
+    assert_eq!(by_new.wa_user_id.as_deref(), Some("US.new"));
+    let by_old = find("US.old").await.expect("the old id still resolves");
+    assert_eq!(by_old.id, first.contact_id);
+    // A redelivered message under the old id joins the same contact; a repeat is harmless.
+    let redelivered = store
+        .record_sighting(&sighting(
+            None,
+            Some("US.old"),
+            Some(("m2", 6_000, Some("C2"))),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(redelivered.contact_id, first.contact_id);
+    assert!(
+        store
+            .rekey_wa_user_id("whatsapp", "100", "US.old", "US.new", 5_000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(find("US.new").await.unwrap().id, first.contact_id);
+    // Unknown ids and other assets are untouched.
+    assert!(
+        !store
+            .rekey_wa_user_id("whatsapp", "100", "US.nobody", "US.x", 5_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .find_contact("whatsapp", "200", &ContactKey::WaUserId("US.new".into()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Messages under the new id arrived first and made their own contact: it is folded into
+    // the one with the history, touches included.
+    let history = store
+        .record_sighting(&sighting(
+            Some("h9"),
+            Some("US.9"),
+            Some(("m9", 2_000, Some("C9"))),
+        ))
+        .await
+        .unwrap();
+    let early = store
+        .record_sighting(&sighting(None, Some("US.10"), Some(("m10", 8_000, None))))
+        .await
+        .unwrap();
+    assert_ne!(history.contact_id, early.contact_id);
+    assert!(
+        store
+            .rekey_wa_user_id("whatsapp", "100", "US.9", "US.10", 9_000)
+            .await
+            .unwrap()
+    );
+    let merged = find("US.10").await.unwrap();
+    assert_eq!(merged.id, history.contact_id);
+    assert_eq!(merged.phone_hash.as_deref(), Some("h9"));
+    assert_eq!(merged.last_seen_at_ms, 8_000);
+    let ids: Vec<String> = store
+        .contact_touches(history.contact_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.touch.message_id)
+        .collect();
+    assert_eq!(ids, ["m10", "m9"]);
+    assert!(
+        store
+            .contact_touches(early.contact_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(find("US.9").await.unwrap().id, history.contact_id);
+
+    // Retention: an id replaced before the cutoff stops resolving; the contact stays.
+    let purged = store.purge_capture(5_500).await.unwrap();
+    assert_eq!(purged.user_id_aliases, 1);
+    assert!(
+        find("US.old").await.is_none(),
+        "the old id is past retention"
+    );
+    assert_eq!(find("US.new").await.unwrap().id, first.contact_id);
+    assert_eq!(
+        find("US.9").await.unwrap().id,
+        history.contact_id,
+        "replaced at 9 000"
+    );
 }

@@ -162,33 +162,5 @@ async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationT
     }
 }
 
-/// The database URL without its password, for messages.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn database_passwords_are_hidden() {
-        assert_eq!(
-            redact_url("postgres://relay:s3cret@db:5432/relay"),
-            "postgres://relay:***@db:5432/relay"
-        );
-        assert_eq!(
-            redact_url("sqlite://capi-relay.db"),
-            "sqlite://capi-relay.db"
-        );
-    }
-}
+/// The database URL without its password or secret parameters, for messages.
+pub use relay_store::redact_url;

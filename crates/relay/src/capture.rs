@@ -34,7 +34,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::now_ms, config::Config, delivery::retry, ingest::Ingestor, observability,
+    clock::now_ms,
+    config::Config,
+    delivery::retry,
+    ingest::{EventResult, Ingestor},
+    observability,
     tenancy::keys::Scope,
 };
 
@@ -233,12 +237,36 @@ impl Capture {
                     .await;
             }
         };
+        // Re-keys first: a message under the new id in the same delivery then finds the contact.
+        for update in &parsed.user_id_updates {
+            let at_ms = if update.timestamp_ms > 0 {
+                update.timestamp_ms
+            } else {
+                w.received_at_ms
+            };
+            let rekeyed = self
+                .store
+                .rekey_wa_user_id(
+                    Channel::WhatsApp.as_str(),
+                    &update.waba_id,
+                    &update.previous,
+                    &update.current,
+                    at_ms,
+                )
+                .await?;
+            if !rekeyed {
+                tracing::info!(waba = %update.waba_id, "user_id_update for a customer not captured");
+            }
+        }
         for inbound in &parsed.inbound {
             let sighting = sighting(inbound, &self.pii, w.received_at_ms);
             if self.store.record_sighting(&sighting).await?.touch_inserted {
                 observability::touches_captured(inbound.channel.as_str(), 1);
             }
         }
+        // Automatic events the relay could not report: kept on the webhook record, where
+        // `GET /v1/webhooks?state=failed` and `capture webhooks` show them.
+        let mut not_reported: Vec<String> = Vec::new();
         for auto in &parsed.automatic_events {
             if !self
                 .store
@@ -248,12 +276,17 @@ impl Capture {
             {
                 continue;
             }
+            let event_id = webhook::automatic_event_id(auto);
             let Some(event) = webhook::automatic_event_json(auto) else {
                 tracing::info!(waba = %auto.waba_id, "automatic event without a click id not reported");
                 continue;
             };
             let Some(asset) = self.store.get_asset(&auto.waba_id).await? else {
                 tracing::warn!(waba = %auto.waba_id, "automatic event for an unregistered asset");
+                not_reported.push(format!(
+                    "automatic event {event_id} not reported: asset {} is not registered",
+                    auto.waba_id
+                ));
                 continue;
             };
             // Reported on behalf of the asset's own tenant.
@@ -263,12 +296,31 @@ impl Capture {
                 key_id: "automatic_events".into(),
             };
             let report = ingestor.ingest(&[event], &scope, None).await?;
-            if report.rejected > 0 {
-                tracing::warn!(waba = %auto.waba_id, result = ?report.results, "automatic event rejected");
+            for result in &report.results {
+                if let EventResult::Rejected { errors, .. } = result {
+                    let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    tracing::warn!(waba = %auto.waba_id, event_id = %event_id, errors = %why.join("; "), "automatic event refused");
+                    not_reported.push(format!(
+                        "automatic event {event_id} refused: {}",
+                        why.join("; ")
+                    ));
+                }
             }
         }
-        self.store.finish_webhook(w.id, None, now_ms()).await?;
-        observability::webhook_processed("processed");
+        let error = (!not_reported.is_empty()).then(|| {
+            format!(
+                "processed, but not every automatic event was reported: {}",
+                not_reported.join(" | ")
+            )
+        });
+        self.store
+            .finish_webhook(w.id, error.as_deref(), now_ms())
+            .await?;
+        observability::webhook_processed(if error.is_some() {
+            "failed"
+        } else {
+            "processed"
+        });
         Ok(())
     }
 
@@ -542,7 +594,15 @@ pub async fn forward_loop(
                     let retryable = s.is_server_error() || s.as_u16() == 408 || s.as_u16() == 429;
                     (retryable, Some(format!("HTTP {s}")))
                 }
-                Err(e) => (true, Some(e.to_string())),
+                // reqwest's message names the URL: shown redacted (it may carry credentials).
+                Err(e) => (
+                    true,
+                    Some(format!(
+                        "{} ({})",
+                        e.without_url(),
+                        relay_store::redact_url(&url)
+                    )),
+                ),
             };
             let resolution = match error {
                 None => ForwardResolution::Done,

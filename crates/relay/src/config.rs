@@ -320,7 +320,10 @@ impl Config {
         if let Some(url) = &self.webhooks.forward_url
             && reqwest::Url::parse(url).is_err()
         {
-            return fail(format!("webhooks.forward_url {url:?} is not a URL"));
+            return fail(format!(
+                "webhooks.forward_url {:?} is not a URL",
+                relay_store::redact_url(url)
+            ));
         }
         self.validation_options()?;
         Ok(())

@@ -49,7 +49,8 @@ pub struct ShowArgs {
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
-    /// Only `pending`, `processed` or `failed`.
+    /// Only `pending`, `processed` or `failed` (not understood, or an automatic event in it
+    /// refused or too old: the error says which).
     #[arg(long)]
     pub state: Option<String>,
     #[arg(long, default_value_t = 20)]

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use rand::Rng;
 use relay_core::Channel;
-use relay_store::DEFAULT_TENANT;
+use relay_store::{DEFAULT_TENANT, redact_url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
@@ -66,11 +66,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     if let Some(sim_url) = &simulator {
-        print_sandbox_banner(&config, address, sim_url);
+        print!("{}", sandbox_banner(&config, address, sim_url));
     } else {
         println!(
             "capi-relay listening on http://{address} (database {})",
-            app::redact_url(&config.database_url)
+            redact_url(&config.database_url)
         );
     }
     app::run(config, listener, shutdown_signal()).await?;
@@ -86,7 +86,8 @@ async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
     let addr = simulator.clone().spawn("127.0.0.1:0".parse()?).await?;
     let sim_url = format!("http://{addr}");
     config.graph_url = sim_url.clone();
-    config.meta_app_secret = None;
+    // A configured `meta_app_secret` is kept: webhooks signed with it still verify (and the
+    // simulator ignores `appsecret_proof`). The banner says so.
     // Webhooks can be tried too: signed with a demo app secret (no Meta app involved).
     if config.webhooks.apps.is_empty() {
         config.webhooks.apps.push(crate::config::MetaApp {
@@ -146,48 +147,89 @@ async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
     Ok(sim_url)
 }
 
-fn print_sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) {
+/// The sandbox's banner: where everything is, the keys, and every webhook secret in use (the
+/// demo one by value, configured ones by name only). The database URL is shown redacted.
+fn sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) -> String {
     let key = config
         .api_key
         .as_ref()
         .map(|k| k.expose_secret().to_owned())
         .unwrap_or_default();
     let now = chrono::Utc::now().timestamp();
-    println!("==================================================================");
-    println!(" SANDBOX MODE: events go to the bundled Graph API simulator,");
-    println!(" NOT to Meta. Nothing you send here reaches Events Manager.");
-    println!("==================================================================");
-    println!(" relay API:   http://{address}");
-    println!(" simulator:   {sim_url}  (GET {sim_url}/__sim/events)");
-    println!(" database:    {}", config.database_url);
-    println!(" API key:     {key}   (the default tenant's)");
+    let mut b = String::new();
+    let mut line = |text: String| {
+        b.push_str(&text);
+        b.push('\n');
+    };
+    line("==================================================================".into());
+    line(" SANDBOX MODE: events go to the bundled Graph API simulator,".into());
+    line(" NOT to Meta. Nothing you send here reaches Events Manager.".into());
+    line("==================================================================".into());
+    line(format!(" relay API:   http://{address}"));
+    line(format!(
+        " simulator:   {sim_url}  (GET {sim_url}/__sim/events)"
+    ));
+    line(format!(
+        " database:    {}",
+        redact_url(&config.database_url)
+    ));
+    line(format!(" API key:     {key}   (the default tenant's)"));
     if let Some(admin) = &config.admin_key {
-        println!(" admin key:   {}   (/v1/admin)", admin.expose_secret());
+        line(format!(
+            " admin key:   {}   (/v1/admin)",
+            admin.expose_secret()
+        ));
     }
-    println!(
+    line(
         " demo assets: whatsapp 102290129340398, messenger 1234567890123, instagram 17841400000000000"
+            .into(),
     );
-    if config
+    let demo = config
         .webhooks
         .apps
         .iter()
-        .any(|a| a.app_secret.expose_secret() == SANDBOX_APP_SECRET)
-    {
-        println!(" webhooks:    http://{address}/webhooks/meta");
-        println!(" webhook secret: {SANDBOX_APP_SECRET}   (verify token {SANDBOX_VERIFY_TOKEN})");
-        println!(
+        .any(|a| a.app_secret.expose_secret() == SANDBOX_APP_SECRET);
+    let configured_apps = config
+        .webhooks
+        .apps
+        .iter()
+        .filter(|a| a.app_secret.expose_secret() != SANDBOX_APP_SECRET)
+        .count();
+    line(format!(" webhooks:    http://{address}/webhooks/meta"));
+    if demo {
+        line(format!(
+            " webhook secret: {SANDBOX_APP_SECRET}   (the sandbox's demo app secret; verify token {SANDBOX_VERIFY_TOKEN})"
+        ));
+        line(format!(
             "   sign a body: printf %s \"$BODY\" | openssl dgst -sha256 -hmac {SANDBOX_APP_SECRET} | sed 's/^.* /sha256=/'"
+        ));
+    }
+    if config.meta_app_secret.is_some() {
+        line(
+            " also accepted: your configured meta_app_secret (CAPI_RELAY_META_APP_SECRET), kept as it is, not printed"
+                .into(),
         );
     }
-    println!();
-    println!(" try:");
-    println!(
+    if configured_apps > 0 {
+        line(format!(
+            " also accepted: the {configured_apps} app secret(s) of webhooks.apps, not printed{}",
+            if demo {
+                ""
+            } else {
+                "; no demo secret (webhooks.apps is set)"
+            }
+        ));
+    }
+    line(String::new());
+    line(" try:".into());
+    line(format!(
         "  curl -s -X POST http://{address}/v1/events -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\"
-    );
-    println!(
+    ));
+    line(format!(
         "    -d '{{\"data\":[{{\"event_name\":\"Purchase\",\"event_time\":{now},\"messaging_channel\":\"whatsapp\",\"user_data\":{{\"whatsapp_business_account_id\":\"102290129340398\",\"ctwa_clid\":\"ARAkLkA8rmlFeiCktEJQ\"}},\"custom_data\":{{\"currency\":\"USD\",\"value\":42}}}}]}}'"
-    );
-    println!("==================================================================");
+    ));
+    line("==================================================================".into());
+    b
 }
 
 async fn shutdown_signal() {
@@ -215,9 +257,76 @@ async fn shutdown_signal() {
 pub async fn migrate(args: DbArgs) -> anyhow::Result<ExitCode> {
     let store = args.open().await?;
     store.migrate().await?;
-    println!(
-        "migrations applied to {}",
-        app::redact_url(&args.database_url)
-    );
+    println!("migrations applied to {}", redact_url(&args.database_url));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MetaApp;
+
+    fn sandbox_config() -> Config {
+        Config {
+            api_key: Some(SecretString::from("sandbox-key".to_owned())),
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_sandbox_banner_redacts_the_database_password() {
+        let config = Config {
+            database_url: "postgres://relay:hunter2@db:5432/relay?password=hunter3".into(),
+            ..sandbox_config()
+        };
+        let banner = sandbox_banner(&config, "127.0.0.1:8080".parse().unwrap(), "http://sim");
+        assert!(
+            banner.contains(" database:    postgres://relay:***@db:5432/relay?password=***"),
+            "{banner}"
+        );
+        assert!(!banner.contains("hunter"), "{banner}");
+    }
+
+    #[test]
+    fn the_sandbox_banner_names_every_webhook_secret_in_use_and_prints_only_the_demo_one() {
+        let address = "127.0.0.1:8080".parse().unwrap();
+        let demo = MetaApp {
+            app_secret: SecretString::from(SANDBOX_APP_SECRET.to_owned()),
+            verify_token: None,
+        };
+        let mut config = sandbox_config();
+        config.webhooks.apps = vec![demo.clone()];
+        let banner = sandbox_banner(&config, address, "http://sim");
+        assert!(
+            banner.contains(&format!(" webhook secret: {SANDBOX_APP_SECRET}")),
+            "{banner}"
+        );
+        assert!(!banner.contains("also accepted"), "{banner}");
+
+        // A configured app secret is not dropped silently: the banner says it is kept.
+        config.meta_app_secret = Some(SecretString::from("my-real-secret".to_owned()));
+        let banner = sandbox_banner(&config, address, "http://sim");
+        assert!(
+            banner.contains(&format!(" webhook secret: {SANDBOX_APP_SECRET}")),
+            "{banner}"
+        );
+        assert!(
+            banner.contains("your configured meta_app_secret"),
+            "{banner}"
+        );
+        assert!(!banner.contains("my-real-secret"), "{banner}");
+
+        // webhooks.apps set: no demo secret, and the banner says which secrets are used.
+        config.webhooks.apps = vec![MetaApp {
+            app_secret: SecretString::from("app-two".to_owned()),
+            verify_token: None,
+        }];
+        let banner = sandbox_banner(&config, address, "http://sim");
+        assert!(!banner.contains(SANDBOX_APP_SECRET), "{banner}");
+        assert!(
+            banner.contains("the 1 app secret(s) of webhooks.apps"),
+            "{banner}"
+        );
+        assert!(!banner.contains("app-two"), "{banner}");
+    }
 }

@@ -1,7 +1,8 @@
 //! The Graph API client: `POST /{dataset_id}/events` and the Dataset API.
 //!
-//! The access token travels only in the `Authorization` header, never in a URL, so it cannot
-//! leak through request logs or error messages (reqwest errors print the URL).
+//! The access token travels only in the `Authorization` header and `appsecret_proof` only in
+//! the JSON body, never in a URL, so neither can leak through request logs or error messages
+//! (reqwest errors print the URL).
 
 use std::time::{Duration, Instant};
 
@@ -222,8 +223,9 @@ impl GraphClient {
             .get(self.url(asset_id, "dataset"))
             .bearer_auth(token.expose_secret())
             .query(&[("fields", "id,name")]);
+        // In the body, as on every other call: a URL ends up in reqwest's errors and in logs.
         if let Some(proof) = self.appsecret_proof(token) {
-            request = request.query(&[("appsecret_proof", proof)]);
+            request = request.json(&serde_json::json!({ "appsecret_proof": proof }));
         }
         let value = self.call(request).await?;
         if let Some(list) = value.get("data").and_then(Value::as_array) {
@@ -300,7 +302,7 @@ fn transport_failure(e: &reqwest::Error) -> SendOutcome {
     } else {
         RetryKind::Network
     };
-    // reqwest's Display includes the URL, which never holds the token.
+    // reqwest's Display includes the URL, which never holds the token or the proof.
     SendOutcome::Retryable {
         kind,
         wait_hint: None,

@@ -652,9 +652,13 @@ async fn get_dataset(
     Path((version, asset_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
+    body: Bytes,
 ) -> Response {
+    // Graph reads parameters from the body too: the relay sends `appsecret_proof` there, so it
+    // never sits in a URL.
+    let body: Option<Value> = serde_json::from_slice(&body).ok();
     let result = check_version(&version)
-        .and_then(|()| authenticate(&sim, &headers, &query, None))
+        .and_then(|()| authenticate(&sim, &headers, &query, body.as_ref()))
         .and_then(|()| dataset_asset_allowed(&sim, &asset_id))
         .map(|()| {
             let data = sim.lock();

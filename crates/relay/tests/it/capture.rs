@@ -48,8 +48,11 @@ both_backends!(
     messenger_and_instagram_conversions_by_scoped_id_are_delivered,
     status_ad_touches_are_no_attribution_unless_the_asset_allows_the_hashed_phone,
     automatic_events_are_reported_once_for_opted_in_assets,
+    automatic_events_in_other_spellings_are_unscaled_and_refusals_kept_on_the_webhook,
+    a_user_id_update_lets_a_conversion_by_the_new_id_find_the_click_id,
     webhooks_stored_before_a_restart_are_processed_at_start,
     verified_webhooks_are_forwarded_upstream_with_their_signature_and_retried,
+    a_forward_error_names_the_forward_url_without_its_credentials,
     retention_purges_old_attribution_data,
 );
 
@@ -767,6 +770,8 @@ async fn automatic_events_are_reported_once_for_opted_in_assets(backend: Backend
         "automatic_events"
     );
     assert_eq!(purchase["custom_data"]["currency"], "BRL");
+    // The webhook's 120500 is thousandths: BRL 120.50 (spec §4.4).
+    assert_eq!(purchase["custom_data"]["value"], json!(120.5));
     app.delivered("LeadSubmitted:wamid.HBgNNTUxMTk4NzY1NDMyMRUCABIYFkxFQURTVUJNSVRURUQA")
         .await;
 
@@ -777,6 +782,134 @@ async fn automatic_events_are_reported_once_for_opted_in_assets(backend: Backend
     assert_eq!(report["duplicates"], 1, "{report}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(app.delivered_ids().len(), 2);
+    app.stop().await;
+}
+
+/// Issue 12 D.8: Meta's spelling and scale, and what the relay could not report.
+async fn automatic_events_in_other_spellings_are_unscaled_and_refusals_kept_on_the_webhook(
+    backend: Backend,
+) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.store
+        .set_capture_options(
+            WABA,
+            &CaptureOptions {
+                allow_unattributed: false,
+                automatic_events: true,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    app.deliver(
+        "",
+        &fixture_at("whatsapp_automatic_events_variants.json", now() - 60),
+    )
+    .await;
+    // `purchase` is Purchase, with the id a CRM sends; Meta's 25000 is USD 25.
+    let purchase = app.delivered("Purchase:wamid.VARIANTPURCHASE").await;
+    assert_eq!(purchase["event_name"], "Purchase");
+    assert_eq!(purchase["custom_data"]["value"], json!(25));
+    assert_eq!(purchase["custom_data"]["currency"], "USD");
+    let lead = app.delivered("LeadSubmitted:wamid.VARIANTLEAD").await;
+    assert_eq!(lead["event_name"], "LeadSubmitted");
+    let mut crm = crate::app::whatsapp_event(1);
+    crm["event_id"] = json!("Purchase:wamid.VARIANTPURCHASE");
+    let (_, report) = app.post_events(&[crm]).await;
+    assert_eq!(report["duplicates"], 1, "{report}");
+
+    // The too-old and the refused ones are on the webhook's record, not only in the log.
+    let (status, listed) = app
+        .request(Method::GET, "/v1/webhooks?state=failed", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200);
+    let failed = listed["webhooks"].as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{listed}");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("automatic event Purchase:wamid.VARIANTTOOOLD refused: [event_too_old]"),
+        "{error}"
+    );
+    assert!(
+        error.contains("automatic event Purchase:wamid.VARIANTBADCURRENCY refused"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("VARIANTPURCHASE") && !error.contains("VARIANTLEAD"),
+        "{error}"
+    );
+    let output = tokio::process::Command::new(crate::helpers::binary())
+        .args([
+            "capture",
+            "webhooks",
+            "--state",
+            "failed",
+            "--database-url",
+            &app.db.url,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let shown = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{shown}");
+    assert!(
+        shown.contains("Purchase:wamid.VARIANTTOOOLD refused"),
+        "{shown}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(app.delivered_ids().len(), 2);
+    app.stop().await;
+}
+
+/// Issue 12 D.10: business-scoped user ids rotate; the contact follows, and a video ad's touch
+/// keeps the video.
+async fn a_user_id_update_lets_a_conversion_by_the_new_id_find_the_click_id(backend: Backend) {
+    const OLD_ID: &str = "US.13491208655302741918";
+    const NEW_ID: &str = "US.20000000000000000042";
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    app.deliver("", &fixture("whatsapp_cloud_bsuid.json")).await;
+    let (_, before) = app
+        .contact("whatsapp", WABA, &format!("user_id:{OLD_ID}"))
+        .await;
+    app.deliver("", &fixture("whatsapp_user_id_update.json"))
+        .await;
+
+    let (status, report) = app
+        .post_events(&[purchase_by(json!({"user_id": NEW_ID}), "by-new-user-id")])
+        .await;
+    assert_eq!(status, 202, "{report}");
+    assert_eq!(report["accepted"], 1, "{report}");
+    assert_eq!(
+        report["results"][0]["attribution"]["ctwa_clid"], "ARBsuidClickId-7Hq2",
+        "{report}"
+    );
+    let sent = app.delivered("by-new-user-id").await;
+    assert_eq!(sent["user_data"]["ctwa_clid"], "ARBsuidClickId-7Hq2");
+    // Both ids name the one contact; the old one until retention ends.
+    for id in [NEW_ID, OLD_ID] {
+        let (status, shown) = app
+            .contact("whatsapp", WABA, &format!("user_id:{id}"))
+            .await;
+        assert_eq!(status, 200, "{id}: {shown}");
+        assert_eq!(
+            shown["contact"]["conversation_id"], before["contact"]["conversation_id"],
+            "{id}"
+        );
+        assert_eq!(shown["contact"]["wa_user_id"], NEW_ID);
+    }
+
+    app.deliver("", &fixture("whatsapp_cloud_video_ad.json"))
+        .await;
+    let (_, shown) = app.contact("whatsapp", WABA, WA_PHONE).await;
+    assert_eq!(shown["touches"][0]["media_type"], "video");
+    assert_eq!(
+        shown["touches"][0]["media_url"],
+        "https://video.xx.fbcdn.net/v/t42.1790-2/ad.mp4"
+    );
     app.stop().await;
 }
 
@@ -879,6 +1012,41 @@ async fn verified_webhooks_are_forwarded_upstream_with_their_signature_and_retri
         2,
         "not forwarded again"
     );
+    app.stop().await;
+}
+
+/// Issue 12 D.11: reqwest's errors print the URL, credentials and all.
+async fn a_forward_error_names_the_forward_url_without_its_credentials(backend: Backend) {
+    let Some(mut app) = spawn(backend, |c| {
+        c.webhooks.forward_url =
+            Some("http://inbox:hunter2@127.0.0.1:9/meta?token=sekrit&tenant=a".into());
+    })
+    .await
+    else {
+        return;
+    };
+    app.deliver("", &fixture("messenger.json")).await;
+    let started = std::time::Instant::now();
+    let error = loop {
+        let stored = app.store.list_webhooks(None, 1).await.unwrap();
+        if let Some(error) = stored[0].forward_error.clone() {
+            break error;
+        }
+        assert!(started.elapsed() < WAIT, "no forward attempt recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        error.contains("http://inbox:***@127.0.0.1:9/meta?token=***&tenant=a"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("hunter2") && !error.contains("sekrit"),
+        "{error}"
+    );
+    let (_, listed) = app
+        .request(Method::GET, "/v1/webhooks", ADMIN_KEY, None)
+        .await;
+    assert!(!listed.to_string().contains("hunter2"), "{listed}");
     app.stop().await;
 }
 

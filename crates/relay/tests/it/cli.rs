@@ -307,3 +307,48 @@ async fn the_sandbox_starts_in_an_empty_directory_and_delivers_to_the_simulator(
         assert!(!bytes.windows(needle.len()).any(|w| w == needle));
     }
 }
+
+/// Issue 12 D.11: the sandbox used to drop a configured `meta_app_secret` without a word.
+#[tokio::test]
+async fn the_sandbox_keeps_a_configured_app_secret_and_says_so_in_its_banner() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, banner, text) = crate::helpers::start_sandbox_with(
+        dir.path(),
+        &[("CAPI_RELAY_META_APP_SECRET", "my-own-app-secret")],
+    )
+    .await;
+    let text = text.join("\n");
+    assert_eq!(banner["webhook secret:"], "sandbox-app-secret", "{text}");
+    assert!(
+        text.contains("also accepted: your configured meta_app_secret"),
+        "{text}"
+    );
+    assert!(!text.contains("my-own-app-secret"), "{text}");
+    assert!(
+        text.contains(" database:    sqlite://capi-relay-sandbox.db"),
+        "{text}"
+    );
+
+    let client = reqwest::Client::new();
+    let body = br#"{"object":"page","entry":[]}"#;
+    for (secret, status) in [
+        ("my-own-app-secret", 200),
+        ("sandbox-app-secret", 200),
+        ("someone-else", 401),
+    ] {
+        let response = client
+            .post(format!("{}/webhooks/meta", banner["relay API:"]))
+            .header(
+                "x-hub-signature-256",
+                capi_relay::capture::sign(secret, body),
+            )
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{secret}");
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+}

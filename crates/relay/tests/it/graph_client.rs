@@ -6,7 +6,13 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Bytes, extract::State, http::HeaderMap, routing::post};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::State,
+    http::HeaderMap,
+    routing::{get, post},
+};
 use capi_relay::{
     delivery::{GraphClient, GraphConfig, PermanentKind, RetryKind, SendOutcome},
     simulator::{Faults, SimulatorConfig},
@@ -104,6 +110,93 @@ async fn the_token_travels_only_in_the_authorization_header_with_appsecret_proof
         body["appsecret_proof"],
         hex::encode(mac.finalize().into_bytes())
     );
+}
+
+/// What a dataset lookup carried: the request URI and its body.
+#[derive(Clone, Default)]
+struct Lookups(Arc<Mutex<Vec<(String, Bytes)>>>);
+
+async fn record_lookup(
+    State(l): State<Lookups>,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> axum::Json<Value> {
+    l.0.lock().unwrap().push((uri.to_string(), body));
+    axum::Json(json!({"data": []}))
+}
+
+/// Issue 12 D.11: a URL ends up in reqwest's errors (and in proxies' logs).
+#[tokio::test]
+async fn appsecret_proof_travels_in_the_body_never_in_a_url_or_an_error() {
+    let proof = {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"app-secret").unwrap();
+        mac.update(b"EAAB-secret-token");
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let lookups = Lookups::default();
+    let app = Router::new()
+        .route("/{version}/{id}/dataset", get(record_lookup))
+        .with_state(lookups.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let with_secret = |base: String| {
+        GraphClient::new(GraphConfig {
+            base_url: base,
+            app_secret: Some(SecretString::from("app-secret".to_owned())),
+            ..GraphConfig::default()
+        })
+        .unwrap()
+    };
+    let found = with_secret(format!("http://{addr}"))
+        .get_dataset("777", &token("EAAB-secret-token"))
+        .await
+        .unwrap();
+    assert_eq!(found, None);
+    let calls = lookups.0.lock().unwrap().clone();
+    let (uri, body) = &calls[0];
+    assert!(
+        !uri.contains("appsecret_proof") && !uri.contains(&proof),
+        "{uri}"
+    );
+    let body: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(body["appsecret_proof"], proof.as_str());
+
+    // A transport error names the URL: it holds neither the token nor the proof.
+    let closed = with_secret("http://127.0.0.1:9".into());
+    let error = closed
+        .get_dataset("777", &token("EAAB-secret-token"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("127.0.0.1:9"), "{error}");
+    assert!(
+        !error.contains(&proof) && !error.contains("EAAB"),
+        "{error}"
+    );
+
+    // The simulator, like Graph, takes the proof from the body.
+    let (_sim, base) = spawn_simulator(SimulatorConfig {
+        app_secret: Some("app-secret".into()),
+        ..SimulatorConfig::default()
+    })
+    .await;
+    let c = with_secret(base.clone());
+    let created = c
+        .create_or_get_dataset("102290129340398", &token("EAAB-secret-token"), None)
+        .await
+        .unwrap();
+    let read = c
+        .get_dataset("102290129340398", &token("EAAB-secret-token"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.id, created.id);
+    let refused = client(&base)
+        .get_dataset("102290129340398", &token("EAAB-secret-token"))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("appsecret_proof"), "{refused}");
 }
 
 #[tokio::test]

@@ -68,6 +68,19 @@ pub async fn start_sandbox(
     tokio::process::Child,
     std::collections::HashMap<&'static str, String>,
 ) {
+    let (child, banner, _) = start_sandbox_with(dir, &[]).await;
+    (child, banner)
+}
+
+/// `start_sandbox` with these environment variables set; also returns the banner's lines.
+pub async fn start_sandbox_with(
+    dir: &std::path::Path,
+    envs: &[(&str, &str)],
+) -> (
+    tokio::process::Child,
+    std::collections::HashMap<&'static str, String>,
+    Vec<String>,
+) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     const LABELS: [&str; 5] = [
         "relay API:",
@@ -84,12 +97,14 @@ pub async fn start_sandbox(
         .env_remove("CAPI_RELAY_MASTER_KEY")
         .env_remove("CAPI_RELAY_DATABASE_URL")
         .env_remove("CAPI_RELAY_META_APP_SECRET")
+        .envs(envs.iter().copied())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut banner = std::collections::HashMap::new();
+    let mut text = Vec::new();
     tokio::time::timeout(std::time::Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             for label in LABELS {
@@ -97,6 +112,7 @@ pub async fn start_sandbox(
                     banner.insert(label, rest.split_whitespace().next().unwrap().to_owned());
                 }
             }
+            text.push(line.clone());
             if line.trim_start().starts_with("try:") {
                 return;
             }
@@ -108,5 +124,5 @@ pub async fn start_sandbox(
     // Keep reading, so the sandbox never writes to a closed pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     assert_eq!(banner.len(), LABELS.len(), "{banner:?}");
-    (child, banner)
+    (child, banner, text)
 }

@@ -26,6 +26,7 @@ both_backends!(
     an_upgraded_relay_seals_plain_tokens_and_keeps_the_default_tenant,
     rotating_the_master_key_reseals_every_token,
     a_new_user_onboards_a_tenant_with_two_assets_from_the_command_line,
+    a_dataset_of_one_tenant_is_refused_to_another_and_an_asset_id_to_another_channel,
 );
 
 impl TestApp {
@@ -847,6 +848,132 @@ async fn a_new_user_onboards_a_tenant_with_two_assets_from_the_command_line(back
     assert_eq!(
         status, 401,
         "a key revoked from the CLI stops within a second"
+    );
+    app.stop().await;
+}
+
+/// Issue 12 A.3: beta registering acme's dataset would get `duplicate` for acme's event ids.
+async fn a_dataset_of_one_tenant_is_refused_to_another_and_an_asset_id_to_another_channel(
+    backend: Backend,
+) {
+    const BETA_WABA: &str = "400000000000001";
+    let Some(mut app) = spawn_app(backend).await else {
+        return;
+    };
+    app.create_tenant("acme").await;
+    app.create_tenant("beta").await;
+    let onboarded = app.onboard("acme", "whatsapp", ACME_WABA, TOKEN).await;
+    let dataset = onboarded["asset"]["dataset_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // Admin API: beta cannot register acme's dataset, and is not told whose it is.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/v1/admin/tenants/beta/assets",
+            Some(json!({"channel": "whatsapp", "asset_id": BETA_WABA, "access_token": TOKEN, "dataset_id": dataset})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("dataset {dataset} belongs to another tenant")),
+        "{message}"
+    );
+    assert!(!message.contains("acme"), "{message}");
+    assert!(app.store.get_asset(BETA_WABA).await.unwrap().is_none());
+
+    // The CLI refuses the same, with the same words.
+    let output = tokio::process::Command::new(binary())
+        .args([
+            "assets",
+            "add",
+            "--tenant",
+            "beta",
+            "--channel",
+            "whatsapp",
+            "--asset-id",
+            BETA_WABA,
+            "--dataset-id",
+            &dataset,
+            "--access-token-env",
+            "BETA_TOKEN",
+            "--database-url",
+            &app.db.url,
+        ])
+        .env("CAPI_RELAY_MASTER_KEY", app.master_key_text())
+        .env("BETA_TOKEN", TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("dataset {dataset} belongs to another tenant")),
+        "{stderr}"
+    );
+    assert!(app.store.get_asset(BETA_WABA).await.unwrap().is_none());
+
+    // An Instagram account with the WABA's id does not silently replace the WABA.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/v1/admin/tenants/acme/assets",
+            Some(json!({"channel": "instagram", "asset_id": ACME_WABA, "access_token": TOKEN, "dataset_id": "990000000000001"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "asset {ACME_WABA} is already registered as a whatsapp asset"
+        )),
+        "{message}"
+    );
+    let kept = app.store.get_asset(ACME_WABA).await.unwrap().unwrap();
+    assert_eq!(
+        (kept.channel.as_str(), kept.dataset_id.as_str()),
+        ("whatsapp", dataset.as_str())
+    );
+
+    // With a dataset of its own, beta's event ids are its own: acme's are no oracle.
+    let (status, body) = app
+        .admin(
+            Method::POST,
+            "/v1/admin/tenants/beta/assets",
+            Some(json!({"channel": "whatsapp", "asset_id": BETA_WABA, "access_token": TOKEN, "dataset_id": "990000000000002"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (_, acme_key) = app.create_key("acme", None).await;
+    let (_, beta_key) = app.create_key("beta", None).await;
+    let report = app
+        .send_as(
+            &acme_key,
+            &[purchase(
+                "secret-order",
+                "whatsapp_business_account_id",
+                ACME_WABA,
+            )],
+        )
+        .await;
+    assert_eq!(report["accepted"], 1, "{report}");
+    let report = app
+        .send_as(
+            &beta_key,
+            &[purchase(
+                "secret-order",
+                "whatsapp_business_account_id",
+                BETA_WABA,
+            )],
+        )
+        .await;
+    assert_eq!(
+        (report["accepted"].clone(), report["duplicates"].clone()),
+        (json!(1), json!(0)),
+        "{report}"
     );
     app.stop().await;
 }
