@@ -112,9 +112,14 @@ pub struct DeliveryConfig {
     /// deliver); any other value runs delivery in this process. How much is sent at once is
     /// `max_in_flight` and `per_dataset_in_flight`.
     pub workers: usize,
-    /// Requests to Meta in flight at once in this process, across all datasets.
+    /// Requests to Meta in flight at once in this process, across all datasets. With Meta
+    /// answering in ~300 ms, 500 busy datasets need ~150 in flight to be served every second.
     pub max_in_flight: usize,
-    /// Requests in flight at once for one dataset (Meta throttles per dataset).
+    /// Events claimed and not yet resolved in this process: bounds memory when many datasets
+    /// have deep backlogs at once.
+    pub max_events_in_flight: usize,
+    /// Requests in flight at once for one dataset (Meta throttles per dataset); more than one
+    /// only while its backlog fills whole claims.
     pub per_dataset_in_flight: usize,
     /// How long a dataset's first due event waits for others to join its request.
     #[serde(with = "humantime_serde")]
@@ -216,9 +221,10 @@ impl Default for DeliveryConfig {
         let minutes = |m: u64| Duration::from_secs(60 * m);
         DeliveryConfig {
             workers: 1,
-            max_in_flight: 64,
+            max_in_flight: 256,
+            max_events_in_flight: 32_000,
             per_dataset_in_flight: 4,
-            linger: Duration::from_millis(100),
+            linger: Duration::from_millis(200),
             claim_limit: relay_core::MAX_EVENTS_PER_REQUEST as i64,
             batch_max_events: relay_core::MAX_EVENTS_PER_REQUEST,
             batch_max_bytes: 4 * 1024 * 1024,
@@ -288,6 +294,11 @@ impl Config {
             return fail(
                 "delivery.max_in_flight, delivery.per_dataset_in_flight and delivery.claim_limit must be at least 1"
                     .into(),
+            );
+        }
+        if d.max_events_in_flight < d.claim_limit as usize {
+            return fail(
+                "delivery.max_events_in_flight must be at least delivery.claim_limit".into(),
             );
         }
         // A request starts only while its lease outlasts the request and a margin; renewals

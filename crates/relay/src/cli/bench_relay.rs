@@ -29,7 +29,7 @@ use crate::{
 
 const WABA: &str = "102290129340398";
 const DATASET: &str = "1000000000000001";
-const API_KEY: &str = "bench-api-key";
+pub(super) const API_KEY: &str = "bench-api-key";
 
 #[derive(Debug, Args)]
 pub struct RelayBenchArgs {
@@ -57,6 +57,14 @@ pub struct RelayBenchArgs {
     /// Skip SQLite (run PostgreSQL only).
     #[arg(long)]
     pub skip_sqlite: bool,
+    /// Datasets (one WhatsApp asset each); more than 1 runs the partner scenario instead.
+    #[arg(long, default_value_t = 1)]
+    pub datasets: usize,
+    /// Latency of every Graph events request (the simulator's), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub graph_latency_ms: u64,
+    #[command(flatten)]
+    pub partner: super::bench_partner::PartnerArgs,
 }
 
 pub async fn run(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
@@ -64,7 +72,7 @@ pub async fn run(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
     if !args.skip_sqlite {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("bench.db").display());
-        ok &= bench_backend("SQLite", &url, &args).await?;
+        ok &= run_backend("SQLite", &url, &args).await?;
     }
     if let Some(base) = &args.postgres_url {
         let schema = format!("bench_{:08x}", rand::random::<u32>());
@@ -76,7 +84,7 @@ pub async fn run(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
             .await?;
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        let result = bench_backend("PostgreSQL", &url, &args).await;
+        let result = run_backend("PostgreSQL", &url, &args).await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
             .execute(&pool)
             .await?;
@@ -87,6 +95,14 @@ pub async fn run(args: RelayBenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn run_backend(name: &str, url: &str, args: &RelayBenchArgs) -> anyhow::Result<bool> {
+    if args.datasets > 1 {
+        super::bench_partner::run_backend(name, url, args).await
+    } else {
+        bench_backend(name, url, args).await
+    }
 }
 
 fn event(tag: &str, i: usize, now: i64) -> Value {
@@ -106,7 +122,7 @@ fn event(tag: &str, i: usize, now: i64) -> Value {
 }
 
 /// `workers: 0` starts an ingest-only relay, so ingestion is measured on its own.
-async fn start_relay(
+pub(super) async fn start_relay(
     db_url: &str,
     graph_url: &str,
     master_key: &SecretString,
@@ -140,7 +156,7 @@ async fn start_relay(
 }
 
 /// Peak resident set size of a process, in MiB (Linux `VmHWM`).
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+pub(super) fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -208,7 +224,7 @@ async fn post_all(
     Ok((failures, accepted, latencies))
 }
 
-async fn wait_drained(store: &dyn Store, timeout: Duration) -> anyhow::Result<()> {
+pub(super) async fn wait_drained(store: &dyn Store, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     while store.queue_stats().await?.depth > 0 {
         anyhow::ensure!(
@@ -224,6 +240,10 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
     let simulator = Simulator::new(SimulatorConfig {
         datasets: vec![DATASET.into()],
         max_stored_events: 200_000,
+        faults: crate::simulator::Faults {
+            latency_ms: args.graph_latency_ms,
+            ..Default::default()
+        },
         ..SimulatorConfig::default()
     });
     let sim_addr = simulator.clone().spawn("127.0.0.1:0".parse()?).await?;

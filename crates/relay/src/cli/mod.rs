@@ -4,6 +4,7 @@
 mod assets;
 mod audit;
 mod bench;
+mod bench_partner;
 mod bench_relay;
 mod capture;
 mod dead_letters;

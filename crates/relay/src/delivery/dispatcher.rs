@@ -1,8 +1,9 @@
 //! The delivery loop of one process: finds the datasets with due events, claims one dataset's
 //! events at a time under a lease of the claim's own, and hands each claim to a sender task.
 //!
-//! - Up to `max_in_flight` claims are in flight at once, at most `per_dataset_in_flight` of one
-//!   dataset; the [`Scheduler`] picks the least recently served due dataset first.
+//! - Up to `max_in_flight` claims (and `max_events_in_flight` events) are in flight at once, at
+//!   most `per_dataset_in_flight` of one dataset; the [`Scheduler`] picks the least recently
+//!   served due dataset first.
 //! - A dataset's first due event waits `linger` for others to join its request.
 //! - A heartbeat renews the leases of the claims in flight ([`Leases`]).
 //! - Supervised: a database error backs off and goes on; a panicking sender's events are put
@@ -40,6 +41,8 @@ struct Shared {
     leases: Arc<Leases>,
     scheduler: Mutex<Scheduler>,
     permits: Arc<Semaphore>,
+    /// One permit per event claimed and not yet resolved.
+    event_budget: Arc<Semaphore>,
     /// Signalled by each sender that ends.
     sender_done: Notify,
     senders: TaskTracker,
@@ -60,6 +63,7 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
             config.per_dataset_in_flight,
         )),
         permits: Arc::new(Semaphore::new(config.max_in_flight)),
+        event_budget: Arc::new(Semaphore::new(config.max_events_in_flight)),
         leases: Arc::new(Leases::new(process_owner)),
         sender_done: Notify::new(),
         senders: TaskTracker::new(),
@@ -145,12 +149,25 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                     shared.scheduler().finished(&dataset_id);
                     continue;
                 };
+                let room = (shared.event_budget.available_permits() as i64).min(config.claim_limit);
+                let budget = match shared
+                    .event_budget
+                    .clone()
+                    .try_acquire_many_owned(room as u32)
+                {
+                    Ok(budget) if room > 0 => budget,
+                    _ => {
+                        // Enough events in flight: wait for some to be resolved.
+                        shared.scheduler().finished(&dataset_id);
+                        break;
+                    }
+                };
                 let owner = shared.leases.next_owner();
                 let until = now + lease_ms;
                 shared.leases.claimed(&owner, until);
                 let claimed = ctx
                     .store
-                    .claim_dataset(&owner, &dataset_id, now, until, config.claim_limit)
+                    .claim_dataset(&owner, &dataset_id, now, until, room)
                     .await;
                 match claimed {
                     Ok(events) if events.is_empty() => {
@@ -161,12 +178,21 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                         due.retain(|d| d.dataset_id != dataset_id);
                     }
                     Ok(events) => {
-                        if (events.len() as i64) < config.claim_limit {
+                        let full = events.len() as i64 >= room;
+                        shared.scheduler().claimed(&dataset_id, full);
+                        if !full {
                             // All of its due events are taken: not due until read again.
                             due.retain(|d| d.dataset_id != dataset_id);
                         }
+                        let mut budget = budget;
+                        drop(budget.split(room as usize - events.len()));
                         started += 1;
-                        spawn_sender(&shared, dataset_id, Claim { owner, events }, permit);
+                        spawn_sender(
+                            &shared,
+                            dataset_id,
+                            Claim { owner, events },
+                            (permit, budget),
+                        );
                     }
                     Err(e) => {
                         shared.leases.forget(&owner);
@@ -221,7 +247,7 @@ fn spawn_sender(
     shared: &Arc<Shared>,
     dataset_id: String,
     claim: Claim,
-    permit: OwnedSemaphorePermit,
+    permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
     let shared2 = shared.clone();
     shared.senders.spawn(async move {

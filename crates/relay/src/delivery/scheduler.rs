@@ -4,6 +4,8 @@
 //! Fairness: among the due datasets, the one served longest ago goes first, so a dataset with a
 //! 200,000-event backlog gets its `per_dataset` requests and every other due dataset gets its
 //! turn in the same pass; a deep backlog never queues other datasets' fresh events behind it.
+//! A dataset gets a second request in flight only when its last claim was full (a deep
+//! backlog); otherwise its new events wait for the request in flight and go out together.
 
 use std::collections::HashMap;
 
@@ -25,6 +27,8 @@ struct DatasetState {
     last_served: u64,
     /// Not picked before this time (its last claim found nothing to take).
     not_before_ms: i64,
+    /// Its last claim took all it was allowed: more events are probably waiting.
+    deep: bool,
 }
 
 impl Scheduler {
@@ -55,8 +59,10 @@ impl Scheduler {
             .iter()
             .filter_map(|d| {
                 let state = self.datasets.get(&d.dataset_id);
-                let eligible = state
-                    .is_none_or(|s| s.in_flight < self.per_dataset && s.not_before_ms <= now_ms);
+                let eligible = state.is_none_or(|s| {
+                    let room = s.in_flight == 0 || (s.deep && s.in_flight < self.per_dataset);
+                    room && s.not_before_ms <= now_ms
+                });
                 eligible.then(|| (d, state.map_or(0, |s| s.last_served)))
             })
             .collect();
@@ -75,6 +81,13 @@ impl Scheduler {
             self.total += 1;
         }
         picked
+    }
+
+    /// A picked dataset's claim took `full` = as many events as it was allowed.
+    pub fn claimed(&mut self, dataset_id: &str, full: bool) {
+        if let Some(state) = self.datasets.get_mut(dataset_id) {
+            state.deep = full;
+        }
     }
 
     /// A picked dataset's claim or send is over.
@@ -181,6 +194,7 @@ mod tests {
             for (k, pick) in ops {
                 if pick {
                     for id in s.pick(&list, 0) {
+                        s.claimed(&id, k % 2 == 0);
                         *live.entry(id).or_default() += 1;
                     }
                 } else if let Some(n) = live.get_mut(names[k]).filter(|n| **n > 0) {

@@ -1,0 +1,496 @@
+//! `capi-relay bench relay --datasets N --graph-latency-ms L`: the partner scenario. Many
+//! datasets, a Graph that answers in hundreds of milliseconds, and the tenants that get in each
+//! other's way: a deep backlog, a throttled dataset, a client flooding batches.
+//!
+//! Phases, each on the same relay (a `serve` child with its default delivery settings):
+//! 1. burst: `--burst-events` in 1,000-event requests over every dataset; how long after the
+//!    last 202 the last event reached Meta, and how many went twice;
+//! 2. steady: `--rate` events/s for `--steady-secs` over every dataset; ingest→ack p50/p99, the
+//!    queue at the end, the most requests in flight;
+//! 3. noisy neighbours: the same load while one dataset is throttled (code 80004) and another
+//!    tenant has `--backlog` events queued; the other tenants' p50/p99;
+//! 4. flood: one tenant posts 1,000-event batches on `--flood-connections` connections for
+//!    `--flood-secs`; another tenant's single-event POST latency;
+//! 5. one dataset, Meta answering at once: `--single-dataset-events` alone on an ingest-only
+//!    relay, then through the delivering relay from the first POST to the last ack.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use clap::Args;
+use relay_store::{Asset, AssetStatus, DEFAULT_TENANT, Store, Tenant};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::{
+    bench::percentile,
+    bench_relay::{API_KEY, RelayBenchArgs, peak_rss_mib, start_relay, wait_drained},
+};
+use crate::{
+    clock::now_ms,
+    simulator::{Faults, Simulator, SimulatorConfig},
+    tenancy::keys,
+    vault::MasterKey,
+};
+
+#[derive(Debug, Args)]
+pub struct PartnerArgs {
+    /// Partner scenario: events of the burst phase.
+    #[arg(long, default_value_t = 20_000)]
+    pub burst_events: usize,
+    /// Partner scenario: length of the steady and noisy phases, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub steady_secs: u64,
+    /// Partner scenario: events queued by the deep-backlog tenant.
+    #[arg(long, default_value_t = 200_000)]
+    pub backlog: usize,
+    /// Partner scenario: connections of the flooding tenant.
+    #[arg(long, default_value_t = 64)]
+    pub flood_connections: usize,
+    /// Partner scenario: length of the flood, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub flood_secs: u64,
+    /// Partner scenario: events of the one-dataset phase.
+    #[arg(long, default_value_t = 50_000)]
+    pub single_dataset_events: usize,
+}
+
+const BULK_KEY: &str = "crk_bench-bulk-key";
+const OTHER_KEY: &str = "crk_bench-other-key";
+
+fn waba(n: usize) -> String {
+    format!("{}", 500_000_000_000_000u64 + n as u64)
+}
+
+fn dataset(n: usize) -> String {
+    format!("{}", 900_000_000_000_000u64 + n as u64)
+}
+
+fn event(asset: &str, id: &str, now: i64) -> Value {
+    json!({
+        "event_name": "Purchase",
+        "event_time": now,
+        "event_id": id,
+        "messaging_channel": "whatsapp",
+        "user_data": {
+            "whatsapp_business_account_id": asset,
+            "ctwa_clid": format!("ARAkLkA8rmlFeiCktEJQ-{id}"),
+            "ph": "+55 11 98765 4321",
+        },
+        "custom_data": {"currency": "BRL", "value": "120.50"}
+    })
+}
+
+/// Assets 0..n for the default tenant; n is the bulk tenant's, n+1 the other tenant's, n+2
+/// and n+3 the one-dataset phase's.
+async fn register(
+    store: &dyn Store,
+    simulator: &Simulator,
+    vault: &MasterKey,
+    n: usize,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    for (tenant, key) in [("bulk", BULK_KEY), ("other", OTHER_KEY)] {
+        store
+            .create_tenant(&Tenant {
+                name: tenant.into(),
+                test_event_code: None,
+                created_at_ms: now,
+            })
+            .await?;
+        let mut record = keys::generate(tenant, None, None, now).record;
+        record.key_hash = keys::hash(key);
+        store.create_api_key(&record).await?;
+    }
+    for i in 0..n + 4 {
+        let tenant = match i {
+            i if i == n => "bulk",
+            i if i == n + 1 => "other",
+            _ => DEFAULT_TENANT,
+        };
+        simulator.add_dataset(&dataset(i));
+        store
+            .upsert_asset(&Asset {
+                tenant: tenant.into(),
+                channel: "whatsapp".into(),
+                asset_id: waba(i),
+                dataset_id: dataset(i),
+                sealed_token: vault.seal(&SecretString::from("bench-token"), &waba(i)),
+                test_event_code: None,
+                status: AssetStatus::Active,
+                status_reason: None,
+                created_at_ms: now,
+                updated_at_ms: now,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Posts `{"data": events}` and says whether all were accepted.
+async fn post(client: &reqwest::Client, url: &str, key: &str, events: Vec<Value>) -> bool {
+    let n = events.len();
+    let response = client
+        .post(url)
+        .bearer_auth(key)
+        .json(&json!({ "data": events }))
+        .send()
+        .await;
+    match response {
+        Ok(r) if r.status().as_u16() == 202 => r
+            .json::<Value>()
+            .await
+            .is_ok_and(|b| b["accepted"].as_u64() == Some(n as u64)),
+        _ => false,
+    }
+}
+
+/// Ids sent at a time, to match against the simulator's receive times.
+type SentAt = Arc<Mutex<Vec<(String, i64)>>>;
+
+/// Offers `rate` events/s for `secs` over datasets `0..datasets`, 20 events a request; returns
+/// when every request is answered.
+async fn offer_load(
+    client: &reqwest::Client,
+    url: &str,
+    tag: &str,
+    datasets: usize,
+    rate: u64,
+    secs: u64,
+) -> anyhow::Result<(SentAt, usize)> {
+    let per_request = 20usize;
+    let interval = Duration::from_secs_f64(per_request as f64 / rate.max(1) as f64);
+    let requests = (rate * secs) as usize / per_request;
+    let sent: SentAt = Arc::default();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let secs_now = chrono::Utc::now().timestamp();
+    let mut tasks = Vec::with_capacity(requests);
+    for r in 0..requests {
+        ticker.tick().await;
+        let ids: Vec<String> = (0..per_request)
+            .map(|k| format!("{tag}-{}", r * per_request + k))
+            .collect();
+        let events: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| event(&waba((r * per_request + k) % datasets), id, secs_now))
+            .collect();
+        let (client, url, sent) = (client.clone(), url.to_owned(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let at = now_ms();
+            let ok = post(&client, &url, API_KEY, events).await;
+            let mut sent = sent.lock().unwrap_or_else(|p| p.into_inner());
+            sent.extend(ids.into_iter().map(|id| (id, at)));
+            ok
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += usize::from(!task.await?);
+    }
+    Ok((sent, failed))
+}
+
+/// Ingest→Meta-ack latencies of `sent`, sorted, and how many reached Meta.
+fn ack_latencies(simulator: &Simulator, sent: &SentAt) -> Vec<Duration> {
+    let received: HashMap<String, i64> = simulator
+        .accepted(None)
+        .into_iter()
+        .filter_map(|a| Some((a.event["event_id"].as_str()?.to_owned(), a.received_at_ms)))
+        .collect();
+    let mut lat: Vec<Duration> = sent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(|(id, at)| {
+            received
+                .get(id)
+                .map(|r| Duration::from_millis((r - at).max(0) as u64))
+        })
+        .collect();
+    lat.sort();
+    lat
+}
+
+async fn wait_accepted(simulator: &Simulator, count: u64, timeout: Duration) -> Option<Instant> {
+    let started = Instant::now();
+    while simulator.stats_events_accepted() < count {
+        if started.elapsed() > timeout {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Some(Instant::now())
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyhow::Result<bool> {
+    let p = &args.partner;
+    let n = args.datasets;
+    let latency = args.graph_latency_ms;
+    let simulator = Simulator::new(SimulatorConfig {
+        max_stored_events: 2_000_000,
+        ..SimulatorConfig::default()
+    });
+    let sim_addr = simulator.clone().spawn("127.0.0.1:0".parse()?).await?;
+    let graph_url = format!("http://{sim_addr}");
+    let store = relay_store::connect(db_url).await?;
+    store.migrate().await?;
+    let vault = MasterKey::generate();
+    register(store.as_ref(), &simulator, &vault, n).await?;
+    let master_key = vault.encode();
+    let client = reqwest::Client::new();
+    println!("== {name}: partner scenario, {n} datasets, Graph latency {latency} ms");
+    let mut ok = true;
+
+    // 5a. One dataset, ingest alone (an ingest-only relay).
+    let secs = chrono::Utc::now().timestamp();
+    let single_bodies = |tag: &str, asset: usize| -> Vec<Vec<Value>> {
+        (0..p.single_dataset_events)
+            .collect::<Vec<_>>()
+            .chunks(1_000)
+            .map(|c| {
+                c.iter()
+                    .map(|i| event(&waba(asset), &format!("{tag}-{i}"), secs))
+                    .collect()
+            })
+            .collect()
+    };
+    let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
+    let url = format!("{base}/v1/events");
+    let started = Instant::now();
+    post_concurrently(&client, &url, API_KEY, single_bodies("alone", n + 2), 4).await?;
+    let alone = started.elapsed();
+    ingest_only.start_kill()?;
+    ingest_only.wait().await?;
+
+    let (mut relay, base) = start_relay(db_url, &graph_url, &master_key, 1).await?;
+    let pid = relay.id().unwrap_or_default();
+    let url = format!("{base}/v1/events");
+    wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
+
+    // 5b. The same through the delivering relay, Meta answering at once.
+    simulator.reset();
+    let started = Instant::now();
+    post_concurrently(&client, &url, API_KEY, single_bodies("one", n + 3), 4).await?;
+    let ingested = started.elapsed();
+    let done = wait_accepted(
+        &simulator,
+        p.single_dataset_events as u64,
+        Duration::from_secs(300),
+    )
+    .await;
+    match done {
+        Some(at) => {
+            let total = at - started;
+            println!(
+                "  one dataset, 0 ms:   first POST → last ack {} ms; ingest alone {} ms ({:.2}×; target ≤ 1.5×), ingest while delivering {} ms",
+                ms(total),
+                ms(alone),
+                total.as_secs_f64() / alone.as_secs_f64(),
+                ms(ingested)
+            );
+        }
+        None => {
+            ok = false;
+            println!("  one dataset, 0 ms:   NOT all delivered within 300 s");
+        }
+    }
+    wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
+
+    simulator.set_faults(Faults {
+        latency_ms: latency,
+        ..Faults::default()
+    });
+
+    // 1. Burst over every dataset.
+    simulator.reset();
+    let bodies: Vec<Vec<Value>> = (0..p.burst_events)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|c| {
+            c.iter()
+                .map(|i| event(&waba(i % n), &format!("burst-{i}"), secs))
+                .collect()
+        })
+        .collect();
+    let started = Instant::now();
+    let failed = post_concurrently(&client, &url, API_KEY, bodies, 4).await?;
+    let last_202 = Instant::now();
+    let done = wait_accepted(&simulator, p.burst_events as u64, Duration::from_secs(600)).await;
+    match done {
+        Some(at) => println!(
+            "  burst:                {} events over {n} datasets: last delivered {} ms after the last 202 (ingest {} ms, {failed} failed requests, {} sent twice, at most {} requests in flight; target ≤ 10 s)",
+            p.burst_events,
+            ms(at - last_202),
+            ms(last_202 - started),
+            simulator.stats_duplicate_events(),
+            simulator.stats_max_in_flight()
+        ),
+        None => {
+            ok = false;
+            println!("  burst: NOT all delivered within 600 s");
+        }
+    }
+    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
+
+    // 2. Steady load.
+    simulator.reset();
+    let (sent, failed) = offer_load(&client, &url, "steady", n, args.rate, p.steady_secs).await?;
+    let depth_at_end = store.queue_stats().await?.depth;
+    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
+    let lat = ack_latencies(&simulator, &sent);
+    let baseline_p99 = percentile(&lat, 0.99);
+    println!(
+        "  steady:               {} events/s for {} s: ingest→ack p50 {} ms, p99 {} ms (target ≤ 2,000), queue at the end {depth_at_end}, at most {} requests in flight, {failed} failed requests, {} sent twice",
+        args.rate,
+        p.steady_secs,
+        ms(percentile(&lat, 0.5)),
+        ms(baseline_p99),
+        simulator.stats_max_in_flight(),
+        simulator.stats_duplicate_events()
+    );
+
+    // 3. Noisy neighbours: a deep backlog for the bulk tenant, one throttled dataset.
+    simulator.reset();
+    simulator.set_faults(Faults {
+        latency_ms: latency,
+        throttle_datasets: vec![dataset(0)],
+        ..Faults::default()
+    });
+    let backlog: Vec<Vec<Value>> = (0..p.backlog)
+        .collect::<Vec<_>>()
+        .chunks(1_000)
+        .map(|c| {
+            c.iter()
+                .map(|i| event(&waba(n), &format!("backlog-{i}"), secs))
+                .collect()
+        })
+        .collect();
+    post_concurrently(&client, &url, BULK_KEY, backlog, 4).await?;
+    let queued = store.queue_stats().await?.depth;
+    let (sent, failed) = offer_load(&client, &url, "noisy", n, args.rate, p.steady_secs).await?;
+    let lat: Vec<Duration> = {
+        let all = ack_latencies(&simulator, &sent);
+        // Dataset 0 is throttled on purpose: its events wait, the others are measured.
+        let throttled: std::collections::HashSet<String> = sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == 0)
+            .map(|(_, (id, _))| id.clone())
+            .collect();
+        let _ = all;
+        let mut sent_others = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        sent_others.retain(|(id, _)| !throttled.contains(id));
+        ack_latencies(&simulator, &Arc::new(Mutex::new(sent_others)))
+    };
+    let noisy_p99 = percentile(&lat, 0.99);
+    println!(
+        "  noisy neighbours:     {queued} events queued for another tenant, dataset 0 throttled: the others' ingest→ack p50 {} ms, p99 {} ms ({:.2}× the steady p99; target ≤ 2×), {failed} failed requests",
+        ms(percentile(&lat, 0.5)),
+        ms(noisy_p99),
+        noisy_p99.as_secs_f64() / baseline_p99.as_secs_f64().max(0.001)
+    );
+    simulator.set_faults(Faults {
+        latency_ms: latency,
+        ..Faults::default()
+    });
+    wait_drained(store.as_ref(), Duration::from_secs(900)).await?;
+
+    // 4. Flood: 1,000-event batches on many connections vs another tenant's single events.
+    simulator.reset();
+    let stop_at = Instant::now() + Duration::from_secs(p.flood_secs);
+    let mut flooders = Vec::new();
+    for c in 0..p.flood_connections {
+        let (client, url) = (client.clone(), url.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut r = 0usize;
+            while Instant::now() < stop_at {
+                let events: Vec<Value> = (0..1_000)
+                    .map(|k| event(&waba(0), &format!("flood-{c}-{r}-{k}"), secs))
+                    .collect();
+                post(&client, &url, BULK_KEY, events).await;
+                r += 1;
+            }
+        }));
+    }
+    let mut singles = Vec::new();
+    let mut s = 0usize;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while Instant::now() < stop_at {
+        let started = Instant::now();
+        let accepted = post(
+            &client,
+            &url,
+            OTHER_KEY,
+            vec![event(&waba(n + 1), &format!("single-{s}"), secs)],
+        )
+        .await;
+        if accepted {
+            singles.push(started.elapsed());
+        }
+        s += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for f in flooders {
+        f.await?;
+    }
+    singles.sort();
+    println!(
+        "  flood:                {} connections of 1,000-event batches: another tenant's single-event POST p50 {} ms, p99 {} ms (target ≤ 500), {} of {s} accepted",
+        p.flood_connections,
+        ms(percentile(&singles, 0.5)),
+        ms(percentile(&singles, 0.99)),
+        singles.len()
+    );
+    match peak_rss_mib(pid) {
+        Some(mib) => println!(
+            "  peak RSS (delivering): {mib:.1} MiB (target ≤ 200 in the steady phase; the flood holds many 1,000-event bodies)"
+        ),
+        None => println!("  peak RSS: unavailable (no /proc)"),
+    }
+    relay.start_kill()?;
+    relay.wait().await?;
+    Ok(ok)
+}
+
+/// Posts every body with at most `concurrency` in flight; returns the failed requests.
+async fn post_concurrently(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    bodies: Vec<Vec<Value>>,
+    concurrency: usize,
+) -> anyhow::Result<usize> {
+    let limit = Arc::new(Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(bodies.len());
+    for events in bodies {
+        let permit = limit.clone().acquire_owned().await?;
+        let (client, url, key) = (client.clone(), url.to_owned(), key.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let ok = post(&client, &url, &key, events).await;
+            drop(permit);
+            ok
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += usize::from(!task.await?);
+    }
+    Ok(failed)
+}
+
+#[allow(dead_code)]
+fn _uses(key: &SecretString) -> &str {
+    key.expose_secret()
+}
