@@ -22,7 +22,7 @@ use std::{
 
 use clap::Args;
 use relay_store::{Asset, AssetStatus, DEFAULT_TENANT, Store, Tenant};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -342,21 +342,32 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     }
     wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
 
-    // 2. Steady load.
+    // 2. Steady load, with the queue sampled half-way and at the end.
     simulator.reset();
+    let sampler = {
+        let store = store.clone();
+        let half = Duration::from_secs(p.steady_secs) / 2;
+        tokio::spawn(async move {
+            tokio::time::sleep(half).await;
+            store.queue_stats().await.map(|s| s.depth).unwrap_or(-1)
+        })
+    };
     let (sent, failed) = offer_load(&client, &url, "steady", n, args.rate, p.steady_secs).await?;
     let depth_at_end = store.queue_stats().await?.depth;
+    let depth_half_way = sampler.await?;
+    let steady_rss = peak_rss_mib(pid);
     wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
     let lat = ack_latencies(&simulator, &sent);
     let baseline_p99 = percentile(&lat, 0.99);
     println!(
-        "  steady:               {} events/s for {} s: ingest→ack p50 {} ms, p99 {} ms (target ≤ 2,000), queue at the end {depth_at_end}, at most {} requests in flight, {failed} failed requests, {} sent twice",
+        "  steady:               {} events/s for {} s: ingest→ack p50 {} ms, p99 {} ms (target ≤ 2,000), queue half-way {depth_half_way} and at the end {depth_at_end}, at most {} requests in flight, {failed} failed requests, {} sent twice, peak RSS so far {:.1} MiB (target ≤ 200)",
         args.rate,
         p.steady_secs,
         ms(percentile(&lat, 0.5)),
         ms(baseline_p99),
         simulator.stats_max_in_flight(),
-        simulator.stats_duplicate_events()
+        simulator.stats_duplicate_events(),
+        steady_rss.unwrap_or(f64::NAN)
     );
 
     // 3. Noisy neighbours: a deep backlog for the bulk tenant, one throttled dataset.
@@ -379,19 +390,16 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     let queued = store.queue_stats().await?.depth;
     let (sent, failed) = offer_load(&client, &url, "noisy", n, args.rate, p.steady_secs).await?;
     let lat: Vec<Duration> = {
-        let all = ack_latencies(&simulator, &sent);
         // Dataset 0 is throttled on purpose: its events wait, the others are measured.
-        let throttled: std::collections::HashSet<String> = sent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| k % n == 0)
-            .map(|(_, (id, _))| id.clone())
-            .collect();
-        let _ = all;
+        // Event `noisy-{i}` went to dataset `i % n`.
+        let on_throttled = |id: &str| {
+            id.rsplit('-')
+                .next()
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| i % n == 0)
+        };
         let mut sent_others = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        sent_others.retain(|(id, _)| !throttled.contains(id));
+        sent_others.retain(|(id, _)| !on_throttled(id));
         ack_latencies(&simulator, &Arc::new(Mutex::new(sent_others)))
     };
     let noisy_p99 = percentile(&lat, 0.99);
@@ -488,9 +496,4 @@ async fn post_concurrently(
         failed += usize::from(!task.await?);
     }
     Ok(failed)
-}
-
-#[allow(dead_code)]
-fn _uses(key: &SecretString) -> &str {
-    key.expose_secret()
 }
