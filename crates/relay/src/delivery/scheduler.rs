@@ -139,7 +139,10 @@ mod tests {
         let list = due(&[("big", 0), ("a", 900), ("b", 950), ("c", 990)]);
         let first = s.pick(&list, 1_000);
         assert_eq!(first, ["big", "a", "b", "c"]);
-        // Next pass: big is at its limit after one more; a, b, c were served after big.
+        for id in &first {
+            s.claimed(id, true);
+        }
+        // Next pass: each deep dataset gets its second request, big first (served first).
         let second = s.pick(&list, 1_000);
         assert_eq!(second, ["big", "a", "b", "c"]);
         assert!(
@@ -147,6 +150,17 @@ mod tests {
             "every dataset at its limit"
         );
         assert_eq!(s.in_flight(), 8);
+    }
+
+    #[test]
+    fn a_shallow_dataset_waits_for_its_request_in_flight() {
+        let mut s = Scheduler::new(8, 4);
+        let list = due(&[("a", 0)]);
+        assert_eq!(s.pick(&list, 0), ["a"]);
+        s.claimed("a", false);
+        assert!(s.pick(&list, 0).is_empty(), "one request at a time");
+        s.finished("a");
+        assert_eq!(s.pick(&list, 0), ["a"]);
     }
 
     #[test]
