@@ -14,10 +14,7 @@
 
 use std::{
     pin::pin,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU32, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -36,8 +33,6 @@ use crate::observability;
 const DUE_LIST_TTL_MS: i64 = 50;
 /// How long a dataset whose claim found nothing is skipped.
 const EMPTY_CLAIM_BACKOFF_MS: i64 = 250;
-/// Claims that run at once.
-const CONCURRENT_CLAIMS: usize = 4;
 /// Longest wait after repeated database errors or restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -50,11 +45,6 @@ struct Shared {
     event_budget: Arc<Semaphore>,
     /// Signalled by each sender that ends.
     sender_done: Notify,
-    /// Claims that failed on the database since the loop last looked: it backs off.
-    claim_failures: AtomicU32,
-    /// Claims running at once: a few keep the database busy; hundreds would only queue for
-    /// its connections (and SQLite's one writer) while their leases tick.
-    claiming: Semaphore,
     senders: TaskTracker,
 }
 
@@ -76,8 +66,6 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
         event_budget: Arc::new(Semaphore::new(config.max_events_in_flight)),
         leases: Arc::new(Leases::new(process_owner)),
         sender_done: Notify::new(),
-        claim_failures: AtomicU32::new(0),
-        claiming: Semaphore::new(CONCURRENT_CLAIMS),
         senders: TaskTracker::new(),
         ctx,
     });
@@ -122,6 +110,7 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
     let ctx = &shared.ctx;
     let config = &ctx.config;
     let linger_ms = config.linger.as_millis() as i64;
+    let lease_ms = config.lease.as_millis() as i64;
     let mut due: Vec<DueDataset> = Vec::new();
     let mut fetched_at = i64::MIN;
     let mut idle = config.idle_poll_min;
@@ -153,7 +142,7 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
             let picks = if failed {
                 Vec::new()
             } else {
-                shared.scheduler().pick(&due, fetched_at, now)
+                shared.scheduler().pick(&due, now)
             };
             let mut picks = picks.into_iter();
             while let Some(dataset_id) = picks.next() {
@@ -169,8 +158,8 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                         })
                         .flatten(),
                 );
-                let Some(permits) = permits else {
-                    // Enough in flight: the rest of the picks wait for the next pass.
+                let Some((permit, budget)) = permits else {
+                    // Enough in flight: this and the rest of the picks wait for the next pass.
                     let mut scheduler = shared.scheduler();
                     scheduler.finished(&dataset_id);
                     for rest in picks.by_ref() {
@@ -178,14 +167,47 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                     }
                     break;
                 };
-                started += 1;
-                // Claims run concurrently, each in its sender's task: the loop never waits on
-                // one dataset's claim to start the next.
-                spawn_sender(&shared, dataset_id, room, permits);
+                let owner = shared.leases.next_owner();
+                let until = now + lease_ms;
+                shared.leases.claimed(&owner, until);
+                let claimed = ctx
+                    .store
+                    .claim_dataset(&owner, &dataset_id, now, until, room)
+                    .await;
+                match claimed {
+                    Ok(events) if events.is_empty() => {
+                        shared.leases.forget(&owner);
+                        let mut scheduler = shared.scheduler();
+                        scheduler.finished(&dataset_id);
+                        scheduler.back_off(&dataset_id, now + EMPTY_CLAIM_BACKOFF_MS);
+                        due.retain(|d| d.dataset_id != dataset_id);
+                    }
+                    Ok(events) => {
+                        let full = events.len() as i64 >= room;
+                        shared.scheduler().claimed(&dataset_id, full);
+                        if !full {
+                            // All of its due events are taken: not due until read again.
+                            due.retain(|d| d.dataset_id != dataset_id);
+                        }
+                        let mut budget = budget;
+                        drop(budget.split(room as usize - events.len()));
+                        started += 1;
+                        spawn_sender(
+                            &shared,
+                            dataset_id,
+                            Claim { owner, events },
+                            (permit, budget),
+                        );
+                    }
+                    Err(e) => {
+                        shared.leases.forget(&owner);
+                        shared.scheduler().finished(&dataset_id);
+                        failed = true;
+                        database_error(&e, failures);
+                        break;
+                    }
+                }
             }
-        }
-        if shared.claim_failures.swap(0, Ordering::SeqCst) > 0 {
-            failed = true;
         }
         if failed {
             failures += 1;
@@ -226,77 +248,34 @@ fn database_error(e: &relay_store::StoreError, failures: u32) {
     tracing::warn!(error = %e, failures = failures + 1, "delivery cannot reach the database; backing off");
 }
 
-/// Claims up to `room` of the dataset's events and sends them, in a task of its own.
 fn spawn_sender(
     shared: &Arc<Shared>,
     dataset_id: String,
-    room: i64,
-    (permit, mut budget): (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    claim: Claim,
+    permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
-    let shared = shared.clone();
-    let tracker = shared.senders.clone();
-    tracker.spawn(async move {
-        let ctx = &shared.ctx;
-        let owner = shared.leases.next_owner();
-        let claimed = {
-            let _turn = shared.claiming.acquire().await;
-            // The lease counts from now, after the wait for a turn.
-            let now = ctx.clock.now_ms();
-            let until = now + ctx.config.lease.as_millis() as i64;
-            shared.leases.claimed(&owner, until);
-            ctx.store
-                .claim_dataset(&owner, &dataset_id, now, until, room)
-                .await
-                .map(|events| (now, events))
-        };
-        let events = match claimed {
-            Ok((now, events)) if events.is_empty() => {
-                let mut scheduler = shared.scheduler();
-                scheduler.back_off(&dataset_id, now + EMPTY_CLAIM_BACKOFF_MS);
-                scheduler.drained(&dataset_id, now);
-                Vec::new()
-            }
-            Ok((now, events)) => {
-                let full = events.len() as i64 >= room;
-                let mut scheduler = shared.scheduler();
-                scheduler.claimed(&dataset_id, full);
-                if !full {
-                    // All of its due events are taken: not due until the list is read again.
-                    scheduler.drained(&dataset_id, now);
-                }
-                drop(budget.split(room as usize - events.len()));
-                events
+    let shared2 = shared.clone();
+    shared.senders.spawn(async move {
+        let shared = shared2;
+        let owner = claim.owner.clone();
+        let ids: Vec<i64> = claim.events.iter().map(|e| e.id).collect();
+        let (ctx, leases) = (shared.ctx.clone(), shared.leases.clone());
+        let sent = tokio::spawn(async move { sender::send_claim(&ctx, &leases, claim).await });
+        match sent.await {
+            Ok(Ok(())) | Ok(Err(SendError::LeaseLost { .. })) => {}
+            Ok(Err(SendError::Store(e))) => {
+                observability::delivery_error("database");
+                tracing::warn!(dataset_id = %dataset_id, error = %e, "a send could not be recorded; its events are sent again when their lease ends");
             }
             Err(e) => {
-                shared.claim_failures.fetch_add(1, Ordering::SeqCst);
-                database_error(&e, 0);
-                Vec::new()
-            }
-        };
-        if !events.is_empty() {
-            let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
-            let claim = Claim {
-                owner: owner.clone(),
-                events,
-            };
-            let (ctx, leases) = (shared.ctx.clone(), shared.leases.clone());
-            let sent = tokio::spawn(async move { sender::send_claim(&ctx, &leases, claim).await });
-            match sent.await {
-                Ok(Ok(())) | Ok(Err(SendError::LeaseLost { .. })) => {}
-                Ok(Err(SendError::Store(e))) => {
-                    observability::delivery_error("database");
-                    tracing::warn!(dataset_id = %dataset_id, error = %e, "a send could not be recorded; its events are sent again when their lease ends");
-                }
-                Err(e) => {
-                    observability::delivery_restart("sender_panic");
-                    tracing::error!(dataset_id = %dataset_id, error = %e, "a sender crashed; its events are retried");
-                    sender::recover_after_panic(&shared.ctx, &owner, &ids).await;
-                }
+                observability::delivery_restart("sender_panic");
+                tracing::error!(dataset_id = %dataset_id, error = %e, "a sender crashed; its events are retried");
+                sender::recover_after_panic(&shared.ctx, &owner, &ids).await;
             }
         }
         shared.leases.forget(&owner);
         shared.scheduler().finished(&dataset_id);
-        drop((permit, budget));
+        drop(permit);
         shared.sender_done.notify_one();
     });
 }

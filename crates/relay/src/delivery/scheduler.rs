@@ -21,7 +21,7 @@ pub struct Scheduler {
     sequence: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct DatasetState {
     in_flight: usize,
     last_served: u64,
@@ -29,21 +29,6 @@ struct DatasetState {
     not_before_ms: i64,
     /// Its last claim took all it was allowed: more events are probably waiting.
     deep: bool,
-    /// When a claim last took all its due events: a list of due datasets read before then
-    /// is stale for it.
-    drained_at_ms: i64,
-}
-
-impl Default for DatasetState {
-    fn default() -> Self {
-        DatasetState {
-            in_flight: 0,
-            last_served: 0,
-            not_before_ms: i64::MIN,
-            deep: false,
-            drained_at_ms: i64::MIN,
-        }
-    }
 }
 
 impl Scheduler {
@@ -66,18 +51,17 @@ impl Scheduler {
         self.total
     }
 
-    /// Picks up to `free()` of `due` (read at `listed_at_ms`; each at most once a call) and
-    /// counts them as in flight: least recently served first, then earliest due. Skips datasets
-    /// at their own limit, those backing off at `now_ms`, and those drained since the list was
-    /// read.
-    pub fn pick(&mut self, due: &[DueDataset], listed_at_ms: i64, now_ms: i64) -> Vec<String> {
+    /// Picks up to `free()` of `due` (each at most once a call) and counts them as in flight:
+    /// least recently served first, then earliest due. Skips datasets at their own limit and
+    /// those backing off at `now_ms`.
+    pub fn pick(&mut self, due: &[DueDataset], now_ms: i64) -> Vec<String> {
         let mut candidates: Vec<(&DueDataset, u64)> = due
             .iter()
             .filter_map(|d| {
                 let state = self.datasets.get(&d.dataset_id);
                 let eligible = state.is_none_or(|s| {
                     let room = s.in_flight == 0 || (s.deep && s.in_flight < self.per_dataset);
-                    room && s.not_before_ms <= now_ms && s.drained_at_ms < listed_at_ms
+                    room && s.not_before_ms <= now_ms
                 });
                 eligible.then(|| (d, state.map_or(0, |s| s.last_served)))
             })
@@ -103,13 +87,6 @@ impl Scheduler {
     pub fn claimed(&mut self, dataset_id: &str, full: bool) {
         if let Some(state) = self.datasets.get_mut(dataset_id) {
             state.deep = full;
-        }
-    }
-
-    /// A claim took every due event of the dataset at `now_ms`.
-    pub fn drained(&mut self, dataset_id: &str, now_ms: i64) {
-        if let Some(state) = self.datasets.get_mut(dataset_id) {
-            state.drained_at_ms = now_ms;
         }
     }
 
@@ -160,16 +137,16 @@ mod tests {
         let mut s = Scheduler::new(8, 2);
         // "big" has been due far longer than the others.
         let list = due(&[("big", 0), ("a", 900), ("b", 950), ("c", 990)]);
-        let first = s.pick(&list, 1_000, 1_000);
+        let first = s.pick(&list, 1_000);
         assert_eq!(first, ["big", "a", "b", "c"]);
         for id in &first {
             s.claimed(id, true);
         }
         // Next pass: each deep dataset gets its second request, big first (served first).
-        let second = s.pick(&list, 1_000, 1_000);
+        let second = s.pick(&list, 1_000);
         assert_eq!(second, ["big", "a", "b", "c"]);
         assert!(
-            s.pick(&list, 1_000, 1_000).is_empty(),
+            s.pick(&list, 1_000).is_empty(),
             "every dataset at its limit"
         );
         assert_eq!(s.in_flight(), 8);
@@ -179,11 +156,11 @@ mod tests {
     fn a_shallow_dataset_waits_for_its_request_in_flight() {
         let mut s = Scheduler::new(8, 4);
         let list = due(&[("a", 0)]);
-        assert_eq!(s.pick(&list, 0, 0), ["a"]);
+        assert_eq!(s.pick(&list, 0), ["a"]);
         s.claimed("a", false);
-        assert!(s.pick(&list, 0, 0).is_empty(), "one request at a time");
+        assert!(s.pick(&list, 0).is_empty(), "one request at a time");
         s.finished("a");
-        assert_eq!(s.pick(&list, 0, 0), ["a"]);
+        assert_eq!(s.pick(&list, 0), ["a"]);
     }
 
     #[test]
@@ -192,7 +169,7 @@ mod tests {
         let list = due(&[("a", 0), ("b", 10), ("c", 20)]);
         let mut order = Vec::new();
         for _ in 0..6 {
-            let picked = s.pick(&list, 100, 100);
+            let picked = s.pick(&list, 100);
             assert_eq!(picked.len(), 1);
             s.finished(&picked[0]);
             order.push(picked[0].clone());
@@ -205,24 +182,9 @@ mod tests {
         let mut s = Scheduler::new(4, 4);
         s.back_off("a", 500);
         let list = due(&[("a", 0), ("b", 0)]);
-        assert_eq!(s.pick(&list, 499, 499), ["b"]);
+        assert_eq!(s.pick(&list, 499), ["b"]);
         s.finished("b");
-        assert_eq!(s.pick(&list, 500, 500), ["a", "b"]);
-    }
-
-    #[test]
-    fn a_drained_dataset_waits_for_a_fresher_list() {
-        let mut s = Scheduler::new(4, 4);
-        let list = due(&[("a", 0)]);
-        assert_eq!(s.pick(&list, 100, 100), ["a"]);
-        s.claimed("a", false);
-        s.drained("a", 120);
-        s.finished("a");
-        assert!(
-            s.pick(&list, 100, 130).is_empty(),
-            "the list predates the drain"
-        );
-        assert_eq!(s.pick(&list, 150, 150), ["a"]);
+        assert_eq!(s.pick(&list, 500), ["a", "b"]);
     }
 
     #[test]
@@ -245,7 +207,7 @@ mod tests {
             let mut live: HashMap<String, usize> = HashMap::new();
             for (k, pick) in ops {
                 if pick {
-                    for id in s.pick(&list, 0, 0) {
+                    for id in s.pick(&list, 0) {
                         s.claimed(&id, k % 2 == 0);
                         *live.entry(id).or_default() += 1;
                     }
