@@ -463,7 +463,7 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     );
     match peak_rss_mib(pid) {
         Some(mib) => println!(
-            "  peak RSS (delivering): {mib:.1} MiB (target ≤ 200 in the steady phase; the flood holds many 1,000-event bodies)"
+            "  peak RSS (whole run):  {mib:.1} MiB (the flood holds 64 × 1,000-event bodies at once)"
         ),
         None => println!("  peak RSS: unavailable (no /proc)"),
     }
