@@ -150,7 +150,7 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, events: Vec<Value>
 }
 
 /// Ids sent at a time, to match against the simulator's receive times.
-type SentAt = Arc<Mutex<Vec<(String, i64)>>>;
+pub(super) type SentAt = Arc<Mutex<Vec<(String, i64)>>>;
 
 /// Offers `rate` events/s for `secs` over datasets `0..datasets`, 20 events a request; returns
 /// when every request is answered.
@@ -197,7 +197,7 @@ async fn offer_load(
 }
 
 /// Ingest→Meta-ack latencies of `sent`, sorted, and how many reached Meta.
-fn ack_latencies(simulator: &Simulator, sent: &SentAt) -> Vec<Duration> {
+pub(super) fn ack_latencies(simulator: &Simulator, sent: &SentAt) -> Vec<Duration> {
     let received: HashMap<String, i64> = simulator
         .accepted(None)
         .into_iter()

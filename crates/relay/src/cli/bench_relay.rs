@@ -368,22 +368,7 @@ async fn bench_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> anyho
         task.await?;
     }
     wait_drained(store.as_ref(), Duration::from_secs(120)).await?;
-    let received: std::collections::HashMap<String, i64> = simulator
-        .accepted(Some(DATASET))
-        .into_iter()
-        .filter_map(|a| Some((a.event["event_id"].as_str()?.to_owned(), a.received_at_ms)))
-        .collect();
-    let mut lat: Vec<Duration> = sent_at
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .filter_map(|(id, at)| {
-            received
-                .get(id)
-                .map(|r| Duration::from_millis((r - at).max(0) as u64))
-        })
-        .collect();
-    lat.sort();
+    let lat = super::bench_partner::ack_latencies(&simulator, &sent_at);
     println!(
         "  ingest→Meta ack:     p50 {} ms, p99 {} ms at {} events/s offered ({} of {} events measured)",
         percentile(&lat, 0.5).as_millis(),
