@@ -180,18 +180,9 @@ async fn add_wabas(
             );
             sim.add_dataset(&dataset);
             store
-                .upsert_asset(&Asset {
-                    tenant: tenant.into(),
-                    channel: "whatsapp".into(),
-                    asset_id: asset.clone(),
-                    dataset_id: dataset.clone(),
-                    sealed_token: vault.seal(&SecretString::from(TOKEN), &asset),
-                    test_event_code: None,
-                    status: AssetStatus::Active,
-                    status_reason: None,
-                    created_at_ms: 0,
-                    updated_at_ms: 0,
-                })
+                .upsert_asset(&asset_with_token(
+                    vault, tenant, "whatsapp", &asset, &dataset,
+                ))
                 .await
                 .unwrap();
             added.push((asset, dataset));
@@ -203,6 +194,28 @@ async fn add_wabas(
 async fn set_sealed_token(store: &Arc<dyn Store>, vault: &MasterKey, asset_id: &str, token: &str) {
     let sealed = vault.seal(&SecretString::from(token.to_owned()), asset_id);
     store.set_asset_token(asset_id, &sealed, 0).await.unwrap();
+}
+
+/// An active asset with `TOKEN` sealed for it.
+fn asset_with_token(
+    vault: &MasterKey,
+    tenant: &str,
+    channel: &str,
+    asset_id: &str,
+    dataset_id: &str,
+) -> Asset {
+    Asset {
+        tenant: tenant.into(),
+        channel: channel.into(),
+        asset_id: asset_id.into(),
+        dataset_id: dataset_id.into(),
+        sealed_token: vault.seal(&SecretString::from(TOKEN), asset_id),
+        test_event_code: None,
+        status: AssetStatus::Active,
+        status_reason: None,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    }
 }
 
 pub async fn prepare_env(backend: Backend) -> Option<TestEnv> {
@@ -221,18 +234,13 @@ pub async fn prepare_env(backend: Backend) -> Option<TestEnv> {
         ("messenger", PAGE, PAGE_DATASET),
     ] {
         store
-            .upsert_asset(&Asset {
-                tenant: DEFAULT_TENANT.into(),
-                channel: channel.into(),
-                asset_id: asset.into(),
-                dataset_id: dataset.into(),
-                sealed_token: vault.seal(&SecretString::from(TOKEN), asset),
-                test_event_code: None,
-                status: AssetStatus::Active,
-                status_reason: None,
-                created_at_ms: 0,
-                updated_at_ms: 0,
-            })
+            .upsert_asset(&asset_with_token(
+                &vault,
+                DEFAULT_TENANT,
+                channel,
+                asset,
+                dataset,
+            ))
             .await
             .unwrap();
     }
