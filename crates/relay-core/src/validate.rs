@@ -108,6 +108,51 @@ const CUSTOMER_SEGMENTS: [&str; 9] = [
 const DELIVERY_CATEGORIES: [&str; 3] = ["in_store", "curbside", "home_delivery"];
 
 /// Validates and normalises one event. `now_unix` is the current time in Unix seconds.
+/// Whether any string (value or key) under `value` holds a NUL character, which no store can
+/// keep: such an event is only validated (and refused), never looked up or stored.
+pub fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(fields) => fields.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// Reports every string (value or key) under `value` that holds a NUL character.
+fn find_nul(value: &Value, path: &mut String, check: &mut Check) {
+    const MESSAGE: &str = "contains a NUL character (\\u0000), which cannot be stored or sent";
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            check.error(IssueCode::InvalidValue, path.as_str(), MESSAGE);
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                find_nul(item, path, check);
+                path.truncate(len);
+            }
+        }
+        Value::Object(fields) => {
+            for (key, item) in fields {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key.replace('\0', "\\u0000"));
+                if key.contains('\0') {
+                    check.error(IssueCode::InvalidValue, path.as_str(), MESSAGE);
+                } else {
+                    find_nul(item, path, check);
+                }
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
 pub fn validate_event(
     input: &Value,
     opts: &ValidationOptions,
@@ -122,6 +167,10 @@ pub fn validate_event(
         );
         return Err(check.into_rejected());
     };
+
+    // PostgreSQL text cannot hold U+0000, and Meta has no use for it: refused per event, by
+    // path, before anything reaches a store (one bad event never fails a commit group).
+    find_nul(input, &mut String::new(), &mut check);
 
     for key in obj.keys() {
         if WEB_APP_ONLY_KEYS.contains(&key.as_str()) {

@@ -313,3 +313,29 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
         ]
     })
 }
+
+#[test]
+fn a_nul_character_anywhere_refuses_the_event_and_names_the_field() {
+    let mut event = json!({
+        "event_name": "Purchase",
+        "event_time": NOW - 60,
+        "event_id": "evt\u{0}1",
+        "messaging_channel": "whatsapp",
+        "user_data": {"whatsapp_business_account_id": "102290129340398", "ctwa_clid": "ARAk",
+                      "em": ["a@example.com", "b\u{0}@example.com"]},
+        "custom_data": {"currency": "USD", "value": 1, "contents": [{"id": "x\u{0}"}]}
+    });
+    let found = errors(event.clone(), ValidationOptions::default());
+    for path in ["event_id", "user_data.em[1]", "custom_data.contents[0].id"] {
+        assert!(
+            found
+                .iter()
+                .any(|(code, p)| *code == IssueCode::InvalidValue && p == path),
+            "{path} not named in {found:?}"
+        );
+    }
+    event["event_id"] = json!("evt-1");
+    event["user_data"]["em"] = json!("a@example.com");
+    event["custom_data"]["contents"] = json!([{"id": "x", "quantity": 1}]);
+    assert!(validate_event(&event, &ValidationOptions::default(), NOW).is_ok());
+}

@@ -47,6 +47,13 @@ pub async fn submit(
         ));
     }
     let test_event_code = request.get("test_event_code").and_then(Value::as_str);
+    if test_event_code.is_some_and(|code| code.contains('\0')) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            "test_event_code contains a NUL character (\\u0000), which cannot be stored or sent",
+        ));
+    }
     let report = state
         .ingestor
         .ingest(events, &scope, test_event_code)

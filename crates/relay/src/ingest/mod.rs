@@ -238,6 +238,8 @@ async fn ingest(
         // A conversion by contact becomes a normal event first (rewritten before validation).
         let mut event_options = *options;
         let planned = match &ingestor.capture {
+            // A NUL is refused by validation; it must not reach a contact lookup first.
+            Some(_) if relay_core::validate::has_nul(input) => Ok(None),
             Some(capture) => capture.plan(input).map(|r| r.map(|r| (capture, r))),
             None => Ok(None),
         };

@@ -28,7 +28,75 @@ both_backends!(
     bad_requests_get_clear_errors,
     graceful_shutdown_finishes_sends_in_flight,
     operations_endpoints_report_health_and_metrics,
+    nul_characters_are_refused_per_event_and_never_fail_other_requests,
 );
+
+async fn nul_characters_are_refused_per_event_and_never_fail_other_requests(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut nul_id = whatsapp_event(2);
+    nul_id["event_id"] = json!("wa-\u{0}2");
+    let by_contact = json!({"event_name": "Purchase", "event_time": now() - 60,
+        "messaging_channel": "whatsapp", "contact": {"phone": "+55 11 9\u{0}8765-4321"},
+        "user_data": {"whatsapp_business_account_id": WABA},
+        "custom_data": {"currency": "BRL", "value": 1}});
+    let (status, body) = app
+        .post_events(&[whatsapp_event(1), nul_id, by_contact])
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    assert_eq!(
+        body["results"][1]["errors"][0]["code"], "invalid_value",
+        "{body}"
+    );
+    assert_eq!(
+        body["results"][1]["errors"][0]["path"], "event_id",
+        "{body}"
+    );
+    assert_eq!(body["results"][2]["status"], "rejected", "{body}");
+    let (status, body) = app
+        .post_json(
+            "/v1/events",
+            &json!({"data": [whatsapp_event(3)], "test_event_code": "T\u{0}1"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_value")),
+        "{body}"
+    );
+
+    // One client sends NUL bytes in a loop while another posts good events: none of the
+    // good ones may fail.
+    let attacker = {
+        let (client, base) = (app.client.clone(), app.base.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let mut bad = whatsapp_event(10_000 + i);
+                bad["event_id"] = json!(format!("bad-\u{0}{i}"));
+                let _ = client
+                    .post(format!("{base}/v1/events"))
+                    .bearer_auth(API_KEY)
+                    .json(&json!({"data": [bad]}))
+                    .send()
+                    .await;
+            }
+        })
+    };
+    for i in 0..200 {
+        let (status, body) = app.post_events(&[whatsapp_event(100 + i)]).await;
+        assert_eq!(
+            (status, body["accepted"].as_u64()),
+            (202, Some(1)),
+            "{body}"
+        );
+    }
+    attacker.await.unwrap();
+    app.wait_for_empty_queue(WAIT).await;
+    assert!(app.delivered_ids().iter().all(|id| !id.contains('\0')));
+    assert_eq!(app.delivered_ids().len(), 201);
+}
 
 async fn accepted_events_reach_meta_with_the_exact_payload(backend: Backend) {
     let Some(mut app) = spawn_app(backend).await else {
