@@ -699,18 +699,17 @@ macro_rules! impl_capture_store {
                 if let Some(newer) = newer.filter(|n| n.id != old.id) {
                     // Messages under the new id came first and made a contact of their own:
                     // fold it into the contact with the history.
-                    sqlx::query(run("UPDATE touches SET contact_id = $1 WHERE contact_id = $2"))
-                        .bind(old.id)
-                        .bind(newer.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::shared::map_err)?;
-                    sqlx::query(run("UPDATE contact_user_id_aliases SET contact_id = $1 WHERE contact_id = $2"))
-                        .bind(old.id)
-                        .bind(newer.id)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err($crate::shared::map_err)?;
+                    for moved in [
+                        "UPDATE touches SET contact_id = $1 WHERE contact_id = $2",
+                        "UPDATE contact_user_id_aliases SET contact_id = $1 WHERE contact_id = $2",
+                    ] {
+                        sqlx::query(run(moved))
+                            .bind(old.id)
+                            .bind(newer.id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::shared::map_err)?;
+                    }
                     sqlx::query(run("DELETE FROM contacts WHERE id = $1"))
                         .bind(newer.id)
                         .execute(&mut *tx)

@@ -94,7 +94,7 @@ pub async fn send_claim(
     // A stored payload that is not JSON can never be sent: a dead letter, not a panic.
     let (unreadable, sendable): (Vec<_>, Vec<_>) = sendable
         .into_iter()
-        .partition(|e| RawValue::from_string(e.payload.clone()).is_err());
+        .partition(|e| serde_json::from_str::<&RawValue>(&e.payload).is_err());
     if !unreadable.is_empty() {
         let attempt = local_attempt(
             now,
