@@ -6,6 +6,8 @@ mod contacts;
 mod dead_letters;
 mod error;
 mod events;
+mod graph;
+mod graph_request;
 mod ops;
 mod webhooks;
 
@@ -71,6 +73,8 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .route("/v1/admin/audit", get(admin::audit))
+        // Meta's own endpoint, for code written against Graph (its SDKs included).
+        .route("/{version}/{dataset_id}/events", post(graph::submit))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let webhooks = Router::new()
         .route(
