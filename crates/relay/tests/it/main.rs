@@ -24,6 +24,7 @@ mod graph;
 mod graph_client;
 mod helpers;
 mod payload_acceptance;
+mod sdk;
 mod service;
 mod simulator;
 mod tenancy;
