@@ -4,15 +4,19 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, State, rejection::BytesRejection},
     http::StatusCode,
 };
 use relay_core::Channel;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth::AdminKey};
+use super::{
+    ApiError, AppState,
+    auth::AdminKey,
+    body::{JsonBody, QueryParams, parse_json},
+};
 use crate::tenancy::{self, AdminError, OnboardRequest};
 
 const ACTOR: &str = "admin-api";
@@ -20,9 +24,11 @@ const ACTOR: &str = "admin-api";
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
         match e {
-            AdminError::Invalid { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
-            }
+            AdminError::Invalid { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                e.to_string(),
+            ),
             AdminError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             AdminError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AdminError::Meta { .. } => {
@@ -30,21 +36,15 @@ impl From<AdminError> for ApiError {
             }
             AdminError::Vault(v) => {
                 tracing::error!(error = %v, "vault error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vault", v.to_string())
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error (sealing a token); see the relay's log",
+                )
             }
             AdminError::Store(s) => s.into(),
         }
     }
-}
-
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("the body is not the expected JSON: {e}"),
-        )
-    })
 }
 
 #[derive(Deserialize)]
@@ -57,9 +57,8 @@ pub struct NewTenant {
 pub async fn create_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
-    body: Bytes,
+    JsonBody(request): JsonBody<NewTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: NewTenant = parse(&body)?;
     let store = state.store.as_ref();
     let tenant = tenancy::create_tenant(
         store,
@@ -99,9 +98,8 @@ pub async fn update_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(name): Path<String>,
-    body: Bytes,
+    JsonBody(change): JsonBody<TenantChange>,
 ) -> Result<Json<Value>, ApiError> {
-    let change: TenantChange = parse(&body)?;
     let store = state.store.as_ref();
     tenancy::set_test_event_code(store, &name, change.test_event_code.as_deref(), ACTOR).await?;
     state.ingestor.forget_registry();
@@ -123,20 +121,19 @@ pub async fn onboard_asset(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(tenant): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody<OnboardBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: OnboardBody = parse(&body)?;
     let channel: Channel = body.channel.parse().map_err(|e: String| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            "invalid_value",
             format!("channel: {e}"),
         )
     })?;
     if body.access_token.expose_secret().trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            "invalid_value",
             "access_token: must not be empty",
         ));
     }
@@ -164,9 +161,8 @@ pub async fn set_token(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(asset_id): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody<TokenBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let body: TokenBody = parse(&body)?;
     let asset = tenancy::set_token(
         state.store.as_ref(),
         &state.admin.vault,
@@ -191,15 +187,16 @@ pub async fn create_key(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(tenant): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
     let body: NewKeyBody = if body.is_empty() {
         NewKeyBody {
             label: None,
             assets: None,
         }
     } else {
-        parse(&body)?
+        parse_json(&body)?
     };
     let new = tenancy::create_key(
         state.store.as_ref(),
@@ -234,7 +231,7 @@ pub struct AuditQuery {
 pub async fn audit(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
     let entries = state.store.list_audit(q.tenant.as_deref(), limit).await?;

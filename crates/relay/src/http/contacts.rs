@@ -4,7 +4,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
 };
 use relay_core::Channel;
@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::{
     ApiError, AppState,
     auth::{AdminKey, TenantKey},
+    body::{JsonBody, QueryParams},
 };
 use crate::tenancy::keys::Scope;
 
@@ -65,22 +66,16 @@ pub async fn link_customer_id(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
     Path((channel_raw, asset_id, customer)): Path<(String, String, String)>,
-    body: Result<Json<LinkBody>, axum::extract::rejection::JsonRejection>,
+    body: JsonBody<LinkBody>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&channel_raw)?;
     owned(&state, &scope, &asset_id).await?;
-    let Json(body) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            format!("the body must be {{\"customer_id\": \"…\"}}: {e}"),
-        )
-    })?;
+    let JsonBody(body) = body;
     let customer_id = body.customer_id.trim();
     if customer_id.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            "invalid_value",
             "customer_id must not be empty",
         ));
     }
@@ -102,7 +97,7 @@ pub struct WebhookQuery {
 pub async fn list_webhooks(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Query(q): Query<WebhookQuery>,
+    QueryParams(q): QueryParams<WebhookQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let records = state
         .store

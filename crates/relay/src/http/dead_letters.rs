@@ -1,15 +1,16 @@
 //! `GET /v1/dead-letters` and `POST /v1/dead-letters/replay`.
 
-use axum::{
-    Json,
-    extract::{Query, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use relay_store::DeadLetterFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth::TenantKey, events::record_json};
+use super::{
+    ApiError, AppState,
+    auth::TenantKey,
+    body::{JsonBody, QueryParams},
+    events::record_json,
+};
 use crate::clock::now_ms;
 use crate::tenancy::keys::Scope;
 
@@ -23,7 +24,7 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = DeadLetterFilter {
         tenant: Some(scope.tenant.clone()),
@@ -52,15 +53,8 @@ pub struct ReplayRequest {
 pub async fn replay(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<ReplayRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("expected {{\"event_ids\": [...]}}, {{\"dataset_id\": ...}}, {{\"asset_id\": ...}} or {{\"all\": true}}: {e}"),
-        )
-    })?;
     let selective =
         request.event_ids.is_some() || request.dataset_id.is_some() || request.asset_id.is_some();
     if !selective && !request.all {

@@ -67,7 +67,7 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
                 "the request body is larger than max_body_bytes; send at most 1,000 events per request",
             )
         } else {
-            ApiError::new(e.status(), "bad_body", e.body_text())
+            ApiError::new(e.status(), "unreadable_body", e.body_text())
         }
     }
 }

@@ -2,37 +2,32 @@
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Path, Query, State, rejection::BytesRejection},
+    extract::{Path, State},
     http::StatusCode,
 };
 use relay_core::MAX_EVENTS_PER_REQUEST;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{ApiError, AppState, auth::TenantKey};
+use super::{
+    ApiError, AppState,
+    auth::TenantKey,
+    body::{JsonBody, QueryParams},
+};
 use crate::ingest::IngestReport;
 
 pub async fn submit(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
-    let body = body?;
-    let request: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
     let events = request
         .get("data")
         .and_then(Value::as_array)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "missing_data",
+                "invalid_body",
                 "the body must be {\"data\": [ ...events... ]}",
             )
         })?;
@@ -73,7 +68,7 @@ pub async fn show(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
     Path(event_id): Path<String>,
-    Query(query): Query<ShowQuery>,
+    QueryParams(query): QueryParams<ShowQuery>,
 ) -> Result<Json<Value>, ApiError> {
     // Another tenant's event looks exactly like a missing one.
     let mut found = state

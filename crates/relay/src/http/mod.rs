@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod body;
 mod contacts;
 mod dead_letters;
 mod error;

@@ -53,7 +53,7 @@ pub async fn receive(
                 "the webhook body is larger than webhooks.max_body_bytes",
             )
         } else {
-            ApiError::new(e.status(), "bad_body", e.body_text())
+            ApiError::from(e)
         }
     })?;
     let signature = headers

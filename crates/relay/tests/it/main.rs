@@ -20,6 +20,7 @@ mod capture;
 mod cli;
 mod crash;
 mod delivery;
+mod errors;
 mod graph;
 mod graph_client;
 mod helpers;
