@@ -11,11 +11,13 @@ use relay_core::Channel;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     ApiError, AppState,
     auth::AdminKey,
     body::{JsonBody, QueryParams, parse_json},
+    openapi::ErrorBody,
 };
 use crate::tenancy::{self, AdminError, OnboardRequest};
 
@@ -47,13 +49,14 @@ impl From<AdminError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     name: String,
     test_event_code: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("admin_key" = [])), request_body(content = NewTenant, example = json!({"name": "acme", "test_event_code": "TEST123"})), responses((status = 201, description = "the tenant", body = Object), (status = 409, description = "conflict", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -70,6 +73,7 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(json!(tenant))))
 }
 
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("admin_key" = [])), responses((status = 200, description = "{\"data\": [tenants]}", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -78,6 +82,7 @@ pub async fn list_tenants(
     Ok(Json(json!({ "data": tenants })))
 }
 
+#[utoipa::path(get, path = "/v1/admin/tenants/{name}", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), responses((status = 200, description = "the tenant, its assets and keys", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn show_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -87,13 +92,14 @@ pub async fn show_tenant(
     Ok(Json(json!(overview)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantChange {
     /// `null` clears the code.
     test_event_code: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/v1/admin/tenants/{name}", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), request_body(content = TenantChange, example = json!({"test_event_code": null})), responses((status = 200, description = "the tenant", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn update_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -106,17 +112,19 @@ pub async fn update_tenant(
     Ok(Json(json!(tenancy::get_tenant(store, &name).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnboardBody {
     channel: String,
     asset_id: String,
+    #[schema(value_type = String)]
     access_token: SecretString,
     dataset_id: Option<String>,
     dataset_name: Option<String>,
     test_event_code: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/assets", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), request_body(content = OnboardBody, example = json!({"channel": "whatsapp", "asset_id": "102290129340398", "access_token": "EAAG…"})), responses((status = 201, description = "the asset with its dataset", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 502, description = "meta_refused", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn onboard_asset(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -151,12 +159,14 @@ pub async fn onboard_asset(
     Ok((StatusCode::CREATED, Json(json!(report))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
+    #[schema(value_type = String)]
     access_token: SecretString,
 }
 
+#[utoipa::path(put, path = "/v1/admin/assets/{asset_id}/token", tag = "admin", security(("admin_key" = [])), params(("asset_id" = String, Path)), request_body(content = TokenBody, example = json!({"access_token": "EAAG…"})), responses((status = 200, description = "the asset", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn set_token(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -176,13 +186,14 @@ pub async fn set_token(
     Ok(Json(json!(asset)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyBody {
     label: Option<String>,
     assets: Option<Vec<String>>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/keys", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), request_body(content = NewKeyBody, example = json!({"label": "crm", "assets": ["102290129340398"]})), responses((status = 201, description = "the key, shown once", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn create_key(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -212,6 +223,7 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
+#[utoipa::path(delete, path = "/v1/admin/keys/{id}", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "the revoked key", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -222,12 +234,14 @@ pub async fn revoke_key(
     Ok(Json(json!(key)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     tenant: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("admin_key" = [])), params(AuditQuery), responses((status = 200, description = "audit entries, newest first", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     _admin: AdminKey,

@@ -8,14 +8,17 @@ use axum::{
 use relay_core::MAX_EVENTS_PER_REQUEST;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::IntoParams;
 
 use super::{
     ApiError, AppState,
     auth::TenantKey,
     body::{JsonBody, QueryParams},
+    openapi::ErrorBody,
 };
 use crate::ingest::IngestReport;
 
+#[utoipa::path(post, path = "/v1/events", operation_id = "submit_events", tag = "events", security(("tenant_key" = [])), request_body(content = Object, description = "{\"data\": [1 to 1,000 events], \"test_event_code\"?}", example = json!({"data": [{"event_name": "Purchase", "event_time": 1767000000, "event_id": "wa:tenant1:order-98765", "action_source": "business_messaging", "messaging_channel": "whatsapp", "user_data": {"whatsapp_business_account_id": "102290129340398", "ctwa_clid": "ARAkLkA8rml..."}, "custom_data": {"currency": "USD", "value": 123.45, "order_id": "98765"}}]})), responses((status = 202, description = "committed; one result per event", body = IngestReport), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -59,11 +62,13 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(report)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ShowQuery {
     dataset_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/events/{event_id}", operation_id = "show_event", tag = "events", security(("tenant_key" = [])), params(("event_id" = String, Path), ShowQuery), responses((status = 200, description = "the event, its payload and attempts", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 409, description = "ambiguous", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,

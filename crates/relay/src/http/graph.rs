@@ -15,12 +15,16 @@ use relay_store::StoreError;
 use serde_json::json;
 use tracing::Instrument;
 
-use super::{AppState, graph_request};
+use super::{
+    AppState, graph_request,
+    openapi::{GraphErrorBody, GraphSuccess},
+};
 use crate::{
     ingest::{DatasetIngest, EventResult},
     tenancy::keys::Scope,
 };
 
+#[utoipa::path(post, path = "/{version}/{dataset_id}/events", operation_id = "submit_graph_events", tag = "graph", security(("tenant_key" = []), ()), params(("version" = String, Path, example = "v21.0"), ("dataset_id" = String, Path), ("access_token" = Option<String>, Query, description = "a capi-relay tenant API key, if not in the header or body")), request_body(content((Object = "application/json"), (Object = "application/x-www-form-urlencoded")), description = "Meta's parameters: data (events, or a JSON string of them), test_event_code, partner_agent, …", example = json!({"data": [{"event_name": "Purchase", "event_time": 1767000000, "action_source": "business_messaging", "messaging_channel": "whatsapp", "user_data": {"ctwa_clid": "ARAkLkA8rml..."}, "custom_data": {"currency": "USD", "value": 123.45}}]})), responses((status = 200, description = "committed", body = GraphSuccess, example = json!({"events_received": 1, "messages": [], "fbtrace_id": "AbC123dEf456GhI7"})), (status = 400, description = "Meta's error shape", body = GraphErrorBody), (status = 403, description = "the admin key", body = GraphErrorBody), (status = 413, description = "body too large", body = GraphErrorBody), (status = 500, description = "transient", body = GraphErrorBody), (status = 503, description = "transient", body = GraphErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     Path((version, dataset_id)): Path<(String, String)>,

@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod graph;
 mod graph_request;
+mod openapi;
 mod ops;
 mod webhooks;
 
@@ -24,7 +25,7 @@ use relay_store::Store;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 
-pub use self::error::ApiError;
+pub use self::{error::ApiError, openapi::ApiDoc};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -89,6 +90,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::document))
         // The span names the route, never the URI: contact lookups carry phone numbers.
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)

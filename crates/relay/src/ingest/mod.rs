@@ -60,11 +60,14 @@ pub enum EventResult {
 }
 
 /// The answer to `POST /v1/events`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestReport {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: usize,
+    /// One per event, in order: `{"status": "accepted" | "duplicate" | "rejected", "index",
+    /// "event_id"?, "dataset_id"?, "errors"?, "warnings"?, …}`.
+    #[schema(value_type = Vec<Object>)]
     pub results: Vec<EventResult>,
 }
 

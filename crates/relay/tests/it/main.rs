@@ -24,6 +24,7 @@ mod errors;
 mod graph;
 mod graph_client;
 mod helpers;
+mod openapi;
 mod payload_acceptance;
 mod sdk;
 mod service;
