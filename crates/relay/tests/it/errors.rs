@@ -42,9 +42,16 @@ async fn the_same_mistake_gets_the_same_error_on_every_json_route(backend: Backe
         return;
     };
     let huge = format!("{{\"data\": \"{}\"}}", "x".repeat(32 * 1024));
-    let mistakes: [(&str, String, u16, &str); 3] = [
+    let mistakes: [(&str, String, u16, &str); 4] = [
         ("not JSON", "{\"data\": [".into(), 400, "invalid_json"),
         ("the wrong shape", "[1, 2]".into(), 422, "invalid_body"),
+        // Serde reads a struct from an array of its fields (Schemathesis found it).
+        (
+            "an array of nulls",
+            "[null, null]".into(),
+            422,
+            "invalid_body",
+        ),
         ("too large", huge, 413, "body_too_large"),
     ];
     for (method, path, key) in json_routes() {
@@ -73,6 +80,18 @@ async fn the_same_mistake_gets_the_same_error_on_every_json_route(backend: Backe
             );
         }
     }
+    // A test_event_code of the wrong type was silently ignored (Schemathesis found it).
+    let (status, answer) = app
+        .post_json(
+            "/v1/events",
+            &serde_json::json!({"data": [{}], "test_event_code": {}}),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("invalid_body")),
+        "{answer}"
+    );
     for (path, key) in [
         ("/v1/dead-letters?limit=many", API_KEY),
         ("/v1/events/e1?dataset_id=1&dataset_id=2", API_KEY),
