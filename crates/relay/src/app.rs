@@ -131,7 +131,24 @@ pub async fn run_with_store(
         store,
         wake,
         metrics: observability::prometheus(),
+        metrics_access: Arc::new(http::ops::MetricsAccess::new(&config.metrics)),
     };
+    if let Some(address) = config.metrics.listen {
+        let metrics_listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (metrics.listen)"))?;
+        let metrics_app = http::metrics_routes().with_state(state.clone());
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let served = axum::serve(metrics_listener, metrics_app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+        tracing::info!(%address, "metrics served on their own listener");
+    }
     let app = http::router(state, config.max_body_bytes, config.webhooks.max_body_bytes);
     tracing::info!(address = %listener.local_addr()?, delivery = config.delivery.workers > 0, max_in_flight = config.delivery.max_in_flight, "capi-relay serving");
     let served = axum::serve(listener, app)

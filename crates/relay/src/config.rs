@@ -64,6 +64,32 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub webhooks: WebhooksConfig,
     pub attribution: AttributionConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// Who may scrape `/metrics`, and how often a scrape reads the database.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` on this address only (e.g. `127.0.0.1:9090`), not on `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Bearer key a scrape must send (`CAPI_RELAY_METRICS__KEY`); unset means none.
+    #[serde(skip_serializing)]
+    pub key: Option<SecretString>,
+    /// The queue gauges (depth, oldest event, dead letters) are read from the database at
+    /// most this often, however many scrapers there are.
+    #[serde(with = "humantime_serde")]
+    pub queue_stats_every: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: None,
+            key: None,
+            queue_stats_every: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Meta webhooks received on `/webhooks/meta`.
@@ -190,6 +216,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             webhooks: WebhooksConfig::default(),
             attribution: AttributionConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }

@@ -11,6 +11,9 @@
 //!    tenant has `--backlog` events queued; the other tenants' p50/p99;
 //! 4. flood: one tenant posts 1,000-event batches on `--flood-connections` connections for
 //!    `--flood-secs`; another tenant's single-event POST latency;
+//! 6. scrape: `--scrapers` clients read `/metrics` in a loop for `--flood-secs` while another
+//!    tenant's `--backlog` events wait on a throttled dataset; another tenant's single-event POST
+//!    latency, and scrapes per second;
 //! 5. one dataset, Meta answering at once: `--single-dataset-events` alone on an ingest-only
 //!    relay, then through the delivering relay from the first POST to the last ack.
 
@@ -45,6 +48,7 @@ pub enum Phase {
     Steady,
     Noisy,
     Flood,
+    Scrape,
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +71,9 @@ pub struct PartnerArgs {
     /// Partner scenario: length of the flood, in seconds.
     #[arg(long, default_value_t = 10)]
     pub flood_secs: u64,
+    /// Partner scenario: concurrent `/metrics` scrapers of the scrape phase.
+    #[arg(long, default_value_t = 32)]
+    pub scrapers: usize,
     /// Partner scenario: events of the one-dataset phase.
     #[arg(long, default_value_t = 50_000)]
     pub single_dataset_events: usize,
@@ -510,6 +517,80 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
             ms(percentile(&singles, 0.99)),
             singles.len()
         );
+    }
+
+    if p.runs(Phase::Scrape) {
+        // 6. Scrapers against a deep queue (a Meta outage's backlog), another tenant posting.
+        simulator.reset();
+        simulator.set_faults(Faults {
+            latency_ms: latency,
+            throttle_datasets: vec![dataset(n)],
+            ..Faults::default()
+        });
+        let backlog: Vec<Vec<Value>> = (0..p.backlog)
+            .collect::<Vec<_>>()
+            .chunks(1_000)
+            .map(|c| {
+                c.iter()
+                    .map(|i| event(&waba(n), &format!("scrape-backlog-{i}"), secs))
+                    .collect()
+            })
+            .collect();
+        post_concurrently(&client, &url, BULK_KEY, backlog, 4).await?;
+        let queued = store.queue_stats().await?.depth;
+        let stop_at = Instant::now() + Duration::from_secs(p.flood_secs);
+        let metrics_url = format!("{base}/metrics");
+        let mut scrapers = Vec::new();
+        for _ in 0..p.scrapers {
+            let (client, metrics_url) = (client.clone(), metrics_url.clone());
+            scrapers.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < stop_at {
+                    if let Ok(r) = client.get(&metrics_url).send().await {
+                        let ok = r.status().is_success();
+                        if r.bytes().await.is_ok() && ok {
+                            done += 1;
+                        }
+                    }
+                }
+                done
+            }));
+        }
+        let mut singles = Vec::new();
+        let mut s = 0usize;
+        while Instant::now() < stop_at {
+            let started = Instant::now();
+            let accepted = post(
+                &client,
+                &url,
+                OTHER_KEY,
+                vec![event(&waba(n + 1), &format!("scrape-single-{s}"), secs)],
+            )
+            .await;
+            if accepted {
+                singles.push(started.elapsed());
+            }
+            s += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut scrapes = 0u64;
+        for scraper in scrapers {
+            scrapes += scraper.await?;
+        }
+        singles.sort();
+        println!(
+            "  scrape:               {} scrapers of /metrics ({:.0} scrapes/s) with {queued} events queued: another tenant's single-event POST p50 {} ms, p99 {} ms, {} of {s} accepted",
+            p.scrapers,
+            scrapes as f64 / p.flood_secs as f64,
+            ms(percentile(&singles, 0.5)),
+            ms(percentile(&singles, 0.99)),
+            singles.len()
+        );
+        simulator.set_faults(Faults {
+            latency_ms: latency,
+            ..Faults::default()
+        });
+        wait_drained(store.as_ref(), Duration::from_secs(900)).await?;
     }
 
     match peak_rss_mib(pid) {

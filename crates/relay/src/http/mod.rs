@@ -10,7 +10,7 @@ mod events;
 mod graph;
 mod graph_request;
 mod openapi;
-mod ops;
+pub mod ops;
 mod webhooks;
 
 use std::sync::Arc;
@@ -41,6 +41,7 @@ pub struct AppState {
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
+    pub metrics_access: Arc<ops::MetricsAccess>,
 }
 
 /// All routes, with the body limits and request tracing.
@@ -84,16 +85,25 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
             get(webhooks::verify).post(webhooks::receive),
         )
         .layer(DefaultBodyLimit::max(max_webhook_bytes));
-    Router::new()
+    let on_api_listener = state.metrics_access.on_api_listener;
+    let mut routes = Router::new()
         .merge(api)
         .merge(webhooks)
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(openapi::document));
+    if on_api_listener {
+        routes = routes.merge(metrics_routes());
+    }
+    routes
         // The span names the route, never the URI: contact lookups carry phone numbers.
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)
+}
+
+/// `/metrics` alone, for the API's listener or one of its own (`metrics.listen`).
+pub fn metrics_routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(ops::metrics))
 }
 
 fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {

@@ -28,6 +28,7 @@ both_backends!(
     bad_requests_get_clear_errors,
     graceful_shutdown_finishes_sends_in_flight,
     operations_endpoints_report_health_and_metrics,
+    metrics_can_require_a_key_and_move_to_a_listener_of_their_own,
     nul_characters_are_refused_per_event_and_never_fail_other_requests,
 );
 
@@ -464,5 +465,38 @@ async fn operations_endpoints_report_health_and_metrics(backend: Backend) {
     }
     assert!(!metrics.contains(TOKEN));
     let _ = PAGE;
+    app.stop().await;
+}
+
+async fn metrics_can_require_a_key_and_move_to_a_listener_of_their_own(backend: Backend) {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics_addr = free.local_addr().unwrap();
+    drop(free);
+    let Some(mut app) = spawn_app_with(backend, |c| {
+        c.metrics.listen = Some(metrics_addr);
+        c.metrics.key = Some(secrecy::SecretString::from("scrape-key".to_owned()));
+    })
+    .await
+    else {
+        return;
+    };
+    let api = app.client.get(format!("{}/metrics", app.base)).send().await;
+    assert_eq!(api.unwrap().status(), 404, "not on the API's listener");
+    let url = format!("http://{metrics_addr}/metrics");
+    let scrape = |key: Option<&'static str>| {
+        let request = app.client.get(&url);
+        match key {
+            Some(k) => request.bearer_auth(k),
+            None => request,
+        }
+        .send()
+    };
+    assert_eq!(scrape(None).await.unwrap().status(), 401);
+    assert_eq!(scrape(Some("wrong-key")).await.unwrap().status(), 401);
+    let ok = scrape(Some("scrape-key")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let text = ok.text().await.unwrap();
+    assert!(text.contains("capi_relay_queue_depth"), "{text}");
+    assert!(!text.contains("scrape-key"));
     app.stop().await;
 }
