@@ -6,10 +6,12 @@
 
 pub mod channel;
 pub mod contact;
+pub mod crm;
 pub mod event;
 pub mod event_id;
 pub mod event_name;
 pub mod issue;
+pub mod kommo;
 pub mod money;
 pub mod pii;
 pub mod validate;

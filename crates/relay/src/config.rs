@@ -64,6 +64,25 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub webhooks: WebhooksConfig,
     pub attribution: AttributionConfig,
+    pub crm: CrmConfig,
+}
+
+/// CRM integrations (Kommo).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CrmConfig {
+    /// First wait before a Kommo webhook that met a Kommo outage is processed again (doubled
+    /// per attempt, up to 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+}
+
+impl Default for CrmConfig {
+    fn default() -> Self {
+        CrmConfig {
+            retry_base: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Meta webhooks received on `/webhooks/meta`.
@@ -190,6 +209,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             webhooks: WebhooksConfig::default(),
             attribution: AttributionConfig::default(),
+            crm: CrmConfig::default(),
         }
     }
 }

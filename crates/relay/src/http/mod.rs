@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod contacts;
+mod crm;
 mod dead_letters;
 mod error;
 mod events;
@@ -34,6 +35,10 @@ pub struct AppState {
     pub auth: Arc<crate::tenancy::keys::Authenticator>,
     /// Store, vault and Graph client for admin actions (onboarding calls Meta).
     pub admin: crate::tenancy::AdminContext,
+    /// CRM stage automation (rules, generic hook).
+    pub crm: Arc<crate::crm::Crm>,
+    /// The Kommo webhook processor (woken after a body is stored).
+    pub kommo: Arc<crate::crm::kommo::KommoProcessor>,
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
@@ -71,12 +76,24 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .route("/v1/admin/audit", get(admin::audit))
+        .route(
+            "/v1/crm/stage-changes",
+            post(crm::stage_changes).get(crm::list_stage_changes),
+        )
+        .route("/v1/crm/integrations", get(crm::tenant_integrations))
+        .route(
+            "/v1/admin/crm/rules",
+            post(crm::add_rule).get(crm::list_rules),
+        )
+        .route("/v1/admin/crm/rules/{id}", delete(crm::remove_rule))
+        .route("/v1/admin/crm/integrations", get(crm::admin_integrations))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let webhooks = Router::new()
         .route(
             "/webhooks/meta",
             get(webhooks::verify).post(webhooks::receive),
         )
+        .route("/webhooks/kommo/{secret}", post(crm::kommo_webhook))
         .layer(DefaultBodyLimit::max(max_webhook_bytes));
     Router::new()
         .merge(api)
