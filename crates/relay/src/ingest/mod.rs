@@ -213,7 +213,17 @@ impl Ingestor {
         scope: &Scope,
         test_event_code: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
-        ingest(self, events, scope, test_event_code).await
+        ingest(self, events, scope, test_event_code, false).await
+    }
+
+    /// Like [`Ingestor::ingest`], with every lookup and check, but stores nothing: an event
+    /// that would be stored is reported `accepted` (a duplicate is not recognised).
+    pub async fn ingest_dry_run(
+        &self,
+        events: &[Value],
+        scope: &Scope,
+    ) -> Result<IngestReport, StoreError> {
+        ingest(self, events, scope, None, true).await
     }
 }
 
@@ -222,6 +232,7 @@ async fn ingest(
     events: &[Value],
     scope: &Scope,
     test_event_code: Option<&str>,
+    dry_run: bool,
 ) -> Result<IngestReport, StoreError> {
     let options = &ingestor.options;
     let now = now_ms();
@@ -368,6 +379,8 @@ async fn ingest(
 
     let outcomes = if new_events.is_empty() {
         Vec::new()
+    } else if dry_run {
+        vec![InsertOutcome::Inserted(0); new_events.len()]
     } else {
         ingestor.insert(new_events).await?
     };

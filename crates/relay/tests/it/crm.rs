@@ -42,6 +42,7 @@ both_backends!(
     kommo_bodies_in_both_formats_produce_events_with_the_click_id_and_the_deal_value_once,
     forged_and_wrong_account_kommo_requests_are_refused_and_nothing_is_stored,
     a_kommo_outage_and_a_restart_delay_but_lose_nothing_and_a_rejected_token_marks_the_integration,
+    an_import_of_10000_csv_rows_reports_each_row_and_a_rerun_sends_nothing_twice,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -917,4 +918,277 @@ fn app_config(app: &TestApp) -> Config {
     let mut config = app.config();
     crm_config(&mut config);
     config
+}
+
+// ---------------------------------------------------------------------------------------------
+// The command line: `crm …` and `import`.
+
+async fn run_binary(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(crate::helpers::binary());
+    command
+        .args(args)
+        .env_remove("CAPI_RELAY_META_APP_SECRET")
+        .env_remove("CAPI_RELAY_DATABASE_URL");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().await.expect("the binary runs")
+}
+
+fn text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crm_commands_add_rules_and_a_kommo_account_and_show_its_status() {
+    let env = crate::app::prepare_env(Backend::Sqlite).await.unwrap();
+    let (_fake, kommo_url) = spawn_fake_kommo().await;
+    let key = env.master_key_text();
+    let envs = [
+        ("CAPI_RELAY_DATABASE_URL", env.db.url.as_str()),
+        ("CAPI_RELAY_MASTER_KEY", key.as_str()),
+        ("KOMMO_TOKEN", KOMMO_TOKEN),
+        ("BAD_TOKEN", "nope"),
+    ];
+    let out = run_binary(
+        &[
+            "crm",
+            "rules",
+            "add",
+            "--tenant",
+            "default",
+            "--source",
+            "kommo",
+            "--pipeline-id",
+            "any",
+            "--stage-id",
+            "142",
+            "--event",
+            "Purchase",
+        ],
+        &envs,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run_binary(
+        &[
+            "crm",
+            "rules",
+            "add",
+            "--tenant",
+            "default",
+            "--source",
+            "kommo",
+            "--pipeline-id",
+            "1",
+            "--stage-id",
+            "2",
+            "--event",
+            "Won",
+        ],
+        &envs,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("event: \"Won\" is not a business-messaging event name"),
+        "{}",
+        text(&out)
+    );
+    let out = run_binary(&["crm", "rules", "list", "--tenant", "default"], &envs).await;
+    assert!(
+        text(&out).contains("stage=142") && text(&out).contains("Purchase"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run_binary(
+        &[
+            "crm",
+            "kommo",
+            "add",
+            "--tenant",
+            "default",
+            "--base-url",
+            &kommo_url,
+            "--token-env",
+            "BAD_TOKEN",
+            "--asset-id",
+            WABA,
+        ],
+        &envs,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("Kommo refused the token (HTTP 401)"),
+        "{}",
+        text(&out)
+    );
+    let out = run_binary(
+        &[
+            "crm",
+            "kommo",
+            "add",
+            "--tenant",
+            "default",
+            "--base-url",
+            &kommo_url,
+            "--token-env",
+            "KOMMO_TOKEN",
+            "--asset-id",
+            WABA,
+            "--currency",
+            "BRL",
+            "--public-url",
+            "https://relay.example",
+        ],
+        &envs,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = text(&out);
+    assert!(printed.contains("account 17769199 (acme)"), "{printed}");
+    assert!(
+        printed.contains("https://relay.example/webhooks/kommo/"),
+        "{printed}"
+    );
+    assert!(!printed.contains(KOMMO_TOKEN));
+    let out = run_binary(&["crm", "status", "--tenant", "default"], &envs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("(kommo) health=ok"), "{}", text(&out));
+    assert!(text(&out).contains("last webhook never"), "{}", text(&out));
+    // The token is stored sealed.
+    let stored = env.store.list_crm_integrations(None).await.unwrap();
+    assert!(stored[0].sealed_token.starts_with("enc:v1:"));
+    assert!(!stored[0].sealed_token.contains(KOMMO_TOKEN));
+}
+
+/// 10,000 rows: 9,990 conversions by the captured phone, 5 older than 7 days, 3 phones never
+/// seen from an ad, 2 bad values.
+fn import_csv(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut csv =
+        String::from("Order,Date,Phone,Total,Currency,Event,Channel,WABA,custom_data.order_id\n");
+    let recent = chrono::DateTime::from_timestamp(now() - 60, 0)
+        .unwrap()
+        .to_rfc3339();
+    let old = now() - 8 * 24 * 3600;
+    for i in 0..10_000 {
+        let (date, phone, total) = match i {
+            0..5 => (old.to_string(), WA_PHONE.to_owned(), "10.00".to_owned()),
+            5..8 => (
+                recent.clone(),
+                format!("+55 11 90000-{i:04}"),
+                "10.00".into(),
+            ),
+            8..10 => (recent.clone(), WA_PHONE.to_owned(), "abc".into()),
+            _ => (
+                recent.clone(),
+                WA_PHONE.to_owned(),
+                format!("{}.90", i % 500),
+            ),
+        };
+        csv.push_str(&format!(
+            "{i},{date},\"{phone}\",{total},BRL,Purchase,whatsapp,{WABA},ord-{i}\n"
+        ));
+    }
+    let path = dir.join("orders.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+async fn an_import_of_10000_csv_rows_reports_each_row_and_a_rerun_sends_nothing_twice(
+    backend: Backend,
+) {
+    let Some(mut app) = spawn(backend).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = import_csv(dir.path());
+    let report = dir.path().join("report.jsonl");
+    let url = app.db.url.clone();
+    let envs = [("CAPI_RELAY_DATABASE_URL", url.as_str())];
+    let map = "event_name=Event,event_time=Date,contact.phone=Phone,custom_data.value=Total,\
+               custom_data.currency=Currency,messaging_channel=Channel,\
+               user_data.whatsapp_business_account_id=WABA";
+    let file_arg = file.to_str().unwrap();
+    let report_arg = report.to_str().unwrap();
+    let import = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "import", "--tenant", "default", file_arg, "--map", map, "--report", report_arg,
+        ];
+        args.extend_from_slice(extra);
+        args
+    };
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&report)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    let out = run_binary(&import(&["--dry-run"]), &envs).await;
+    let printed = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "rejected rows: exit code 1\n{printed}"
+    );
+    assert!(printed.contains("dry run: nothing stored"), "{printed}");
+    assert!(printed.contains("would_accept=9990"), "{printed}");
+    assert!(
+        printed.contains("too_old=5") && printed.contains("rejected=5"),
+        "{printed}"
+    );
+    assert_eq!(
+        app.store.queue_stats().await.unwrap(),
+        relay_store::QueueStats::default()
+    );
+
+    let out = run_binary(&import(&[]), &envs).await;
+    let printed = text(&out);
+    assert!(printed.contains("accepted=9990"), "{printed}");
+    for step in ["progress: 1000/10000 rows", "progress: 10000/10000 rows"] {
+        assert!(printed.contains(step), "{printed}");
+    }
+    assert!(printed.contains("rows/s"), "{printed}");
+    let report_lines = lines();
+    assert_eq!(report_lines.len(), 10_000);
+    assert_eq!(report_lines[0]["line"], 2);
+    assert_eq!(report_lines[0]["status"], "too_old");
+    assert_eq!(report_lines[5]["status"], "rejected");
+    assert_eq!(
+        report_lines[5]["errors"][0]["code"], "no_attribution",
+        "{}",
+        report_lines[5]
+    );
+    assert_eq!(
+        report_lines[8]["errors"][0]["path"], "custom_data.value",
+        "{}",
+        report_lines[8]
+    );
+    assert_eq!(report_lines[10]["status"], "accepted");
+    assert_eq!(report_lines[10]["attribution"]["ctwa_clid"], CLICK_ID);
+
+    let out = run_binary(&import(&[]), &envs).await;
+    let printed = text(&out);
+    assert!(printed.contains("duplicate=9990"), "{printed}");
+    assert!(!printed.contains("accepted="), "{printed}");
+    assert!(lines().iter().all(|l| l["status"] != "accepted"));
+
+    app.wait_for_empty_queue(Duration::from_secs(120)).await;
+    let sent = app.sim.accepted(None);
+    assert_eq!(sent.len(), 9_990);
+    let one = sent
+        .iter()
+        .find(|e| e.event["custom_data"]["order_id"] == "ord-10")
+        .unwrap();
+    assert_eq!(one.event["user_data"]["ctwa_clid"], CLICK_ID);
+    assert_eq!(one.event["custom_data"]["value"].to_string(), "10.9");
+    app.stop().await;
 }
