@@ -83,10 +83,10 @@ pub fn body_account(tree: &Value) -> BodyAccount {
     for (_, actions) in entities(tree) {
         for (_, items) in actions {
             for (_, item) in indexed(items) {
-                if let Some(id) = item.get("account_id").and_then(id_text) {
-                    if !out.account_ids.contains(&id) {
-                        out.account_ids.push(id);
-                    }
+                if let Some(id) = item.get("account_id").and_then(id_text)
+                    && !out.account_ids.contains(&id)
+                {
+                    out.account_ids.push(id);
                 }
             }
         }
@@ -270,10 +270,10 @@ pub fn contact_phones(contact: &Value) -> Vec<String> {
                 _ => Vec::new(),
             };
             for v in values {
-                if let Some(phone) = v.get("value").and_then(id_text) {
-                    if !out.contains(&phone) {
-                        out.push(phone);
-                    }
+                if let Some(phone) = v.get("value").and_then(id_text)
+                    && !out.contains(&phone)
+                {
+                    out.push(phone);
                 }
             }
         }

@@ -126,14 +126,14 @@ pub fn read(item: &Value) -> Result<GenericChange, Vec<Issue>> {
     let stage_id = id("stage_id", true);
     let asset_id = id("asset_id", true);
     let entry = id("entry_id", false);
-    if let Some(source) = obj.get("source").and_then(Value::as_str) {
-        if source != GENERIC {
-            errors.push(issue(
-                IssueCode::InvalidValue,
-                "source",
-                "this hook takes generic changes only; Kommo posts to its own webhook URL",
-            ));
-        }
+    if let Some(source) = obj.get("source").and_then(Value::as_str)
+        && source != GENERIC
+    {
+        errors.push(issue(
+            IssueCode::InvalidValue,
+            "source",
+            "this hook takes generic changes only; Kommo posts to its own webhook URL",
+        ));
     }
     let amount = match obj.get("amount") {
         None | Some(Value::Null) => None,

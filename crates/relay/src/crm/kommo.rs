@@ -134,10 +134,10 @@ impl KommoClient {
         let cache_key = (key.to_owned(), path.to_owned());
         if !key.is_empty() {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((at, value)) = cache.get(&cache_key) {
-                if at.elapsed() < self.config.cache_ttl {
-                    return Ok(value.clone());
-                }
+            if let Some((at, value)) = cache.get(&cache_key)
+                && at.elapsed() < self.config.cache_ttl
+            {
+                return Ok(value.clone());
             }
         }
         let url = format!("{}{path}", base_url.trim_end_matches('/'));
