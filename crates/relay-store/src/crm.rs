@@ -196,6 +196,10 @@ pub trait CrmStore: Send + Sync + 'static {
         tenant: &str,
         integration: &str,
     ) -> Result<StageChangeCounts>;
+
+    /// Deletes webhooks no longer pending that were received, and stage changes last seen,
+    /// before `before_ms`. Returns (webhooks, stage changes).
+    async fn purge_crm(&self, before_ms: i64) -> Result<(u64, u64)>;
 }
 
 /// Columns of `crm_rules` read into a [`CrmRule`].
@@ -635,6 +639,25 @@ macro_rules! impl_crm_store {
                     }
                 }
                 Ok(counts)
+            }
+
+            async fn purge_crm(&self, before_ms: i64) -> $crate::Result<(u64, u64)> {
+                let mut done = [0u64; 2];
+                for (i, sql) in [
+                    "DELETE FROM crm_webhooks WHERE state <> 'pending' AND received_at_ms < $1",
+                    "DELETE FROM crm_stage_changes WHERE last_seen_at_ms < $1",
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    done[i] = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql).into_owned()))
+                        .bind(before_ms)
+                        .execute(&self.pool)
+                        .await
+                        .map_err($crate::shared::map_err)?
+                        .rows_affected();
+                }
+                Ok((done[0], done[1]))
             }
         }
     };
