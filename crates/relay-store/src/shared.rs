@@ -410,7 +410,7 @@ macro_rules! impl_store {
                     .bind(token)
                     .bind(now_ms)
                     .bind(asset_id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
@@ -427,7 +427,7 @@ macro_rules! impl_store {
                     .bind(reason)
                     .bind(now_ms)
                     .bind(asset_id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -472,7 +472,7 @@ macro_rules! impl_store {
                     .bind(owner)
                     .bind(lease_until_ms)
                     .bind(dataset_id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 let mut claimed = rows
@@ -496,7 +496,7 @@ macro_rules! impl_store {
                         sep.push_bind(owner.clone());
                     }
                     b.push(")");
-                    let done = b.build().execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                    let done = b.build().execute(self.writer()).await.map_err($crate::shared::map_err)?;
                     renewed += done.rows_affected();
                 }
                 Ok(renewed)
@@ -530,7 +530,7 @@ macro_rules! impl_store {
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(owner)
                     .bind(now_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
@@ -658,7 +658,7 @@ macro_rules! impl_store {
                 let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET state = 'queued', attempts = 0, dead_reason = NULL, dead_at_ms = NULL, next_attempt_at_ms = ");
                 b.push_bind(now_ms).push(" WHERE state = 'dead'");
                 Self::push_filter(&mut b, filter);
-                let done = b.build().execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                let done = b.build().execute(self.writer()).await.map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
             }
 
@@ -683,7 +683,7 @@ macro_rules! impl_store {
                 let sql = self.sql(concat!("DELETE FROM events WHERE ", $crate::shared::finished!(), " AND accepted_at_ms < $1"));
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(before_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
@@ -720,7 +720,7 @@ macro_rules! impl_store {
                     .bind(&t.name)
                     .bind(&t.test_event_code)
                     .bind(t.created_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected() == 1)
@@ -749,7 +749,7 @@ macro_rules! impl_store {
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(code)
                     .bind(name)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
@@ -772,7 +772,7 @@ macro_rules! impl_store {
                     .bind(assets)
                     .bind(k.created_at_ms)
                     .bind(k.revoked_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -805,7 +805,7 @@ macro_rules! impl_store {
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(now_ms)
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 match row {
@@ -825,7 +825,7 @@ macro_rules! impl_store {
                     .bind(&e.tenant)
                     .bind(&e.target)
                     .bind(&e.detail)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())

@@ -23,7 +23,12 @@ use crate::{
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. SQLite takes one writer at a time; writers queued
+    /// here are woken in turn as soon as the previous one commits, where writers on several
+    /// connections would poll SQLite's lock with sleeps of up to 100 ms each.
+    writer: SqlitePool,
     checkpointer: JoinHandle<()>,
 }
 
@@ -59,11 +64,21 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(map_err)?;
         let checkpointer = tokio::spawn(checkpoint_wal(pool.clone()));
-        Ok(SqliteStore { pool, checkpointer })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            checkpointer,
+        })
     }
 
     /// SQLite takes `?N` where PostgreSQL takes `$N`.
@@ -71,10 +86,16 @@ impl SqliteStore {
         Cow::Owned(sql.replace('$', "?"))
     }
 
-    /// `BEGIN IMMEDIATE` takes the write lock up front, so concurrent writers wait on the busy
-    /// timeout instead of failing when a read transaction tries to upgrade.
+    /// Where single-statement writes go (see `writer`).
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a writer from another process (a
+    /// CLI command) waits on the busy timeout instead of failing when a read transaction tries
+    /// to upgrade.
     async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)
