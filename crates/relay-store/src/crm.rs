@@ -310,7 +310,7 @@ macro_rules! impl_crm_store {
                     .bind(&r.currency)
                     .bind(r.every_time)
                     .bind(r.created_at_ms)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 match row {
@@ -337,7 +337,7 @@ macro_rules! impl_crm_store {
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(tenant)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected() > 0)
@@ -363,7 +363,7 @@ macro_rules! impl_crm_store {
                     .bind(&i.status)
                     .bind(i.created_at_ms)
                     .bind(i.updated_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -397,7 +397,7 @@ macro_rules! impl_crm_store {
                     .bind(reason)
                     .bind(now_ms)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
@@ -414,7 +414,7 @@ macro_rules! impl_crm_store {
                     .bind(sealed)
                     .bind(now_ms)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
@@ -437,7 +437,7 @@ macro_rules! impl_crm_store {
                     .bind(e.to_owned())
                     .bind(id),
                 };
-                query.execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                query.execute(self.writer()).await.map_err($crate::shared::map_err)?;
                 Ok(())
             }
 
@@ -506,7 +506,7 @@ macro_rules! impl_crm_store {
                     .bind(note)
                     .bind(now_ms)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -520,7 +520,7 @@ macro_rules! impl_crm_store {
                     .bind(next_at_ms)
                     .bind(error)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -581,7 +581,7 @@ macro_rules! impl_crm_store {
                     .bind(&r.event_id)
                     .bind(&r.detail)
                     .bind(r.last_seen_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -652,7 +652,7 @@ macro_rules! impl_crm_store {
                 {
                     done[i] = sqlx::query(sqlx::AssertSqlSafe(self.sql(sql).into_owned()))
                         .bind(before_ms)
-                        .execute(&self.pool)
+                        .execute(self.writer())
                         .await
                         .map_err($crate::shared::map_err)?
                         .rows_affected();
