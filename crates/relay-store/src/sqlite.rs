@@ -46,9 +46,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL is durable against process crashes; only an OS crash can lose
-            // the last commits.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is fsynced before it returns, so an acknowledged event survives an
+            // OS crash or power loss too (NORMAL would survive only a process crash).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             // 16 MiB of page cache per connection instead of SQLite's 2 MiB: the outbox's
             // indexes outgrow 2 MiB within minutes, and every miss is a pread and a copy.
@@ -258,6 +258,25 @@ mod tests {
             .unwrap();
         store.migrate().await.unwrap();
         (dir, file, store)
+    }
+
+    // Issue 12, C.7: an acknowledged commit must survive an OS crash, on every connection
+    // (the writer's is the one that commits).
+    #[tokio::test]
+    async fn every_connection_commits_with_synchronous_full_in_wal_mode() {
+        let (_dir, _, store) = fresh_store().await;
+        for pool in [&store.writer, &store.pool] {
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(sync, 2, "synchronous must be FULL (2)");
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 
     // The partial indexes are only used when a query repeats their predicate exactly.
