@@ -10,6 +10,7 @@ pub mod crm;
 pub mod event;
 pub mod event_id;
 pub mod event_name;
+pub mod graph_error;
 pub mod issue;
 pub mod kommo;
 pub mod money;
