@@ -12,11 +12,12 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth::AdminKey, auth::TenantKey};
+use super::{ApiError, AppState, auth::AdminKey, auth::TenantKey, openapi::ErrorBody};
 use crate::crm::{self, generic, kommo, rules};
 
 const ACTOR: &str = "admin-api";
 
+#[utoipa::path(post, path = "/v1/crm/stage-changes", tag = "crm", security(("tenant_key" = [])), request_body(content = Object, description = "one stage change, a list, or {\"data\": [...]}", example = json!({"deal_id": "D-1001", "pipeline_id": "sales", "stage_id": "won", "amount": "120.50", "currency": "BRL", "occurred_at": "2026-11-30T12:00:00Z", "asset_id": "102290129340398", "contact": {"phone": "+55 11 98765-4321"}})), responses((status = 200, description = "one result per change: produced, duplicate, no_rule, no_attribution, no_contact, too_old, rejected, invalid", body = Object), (status = 400, description = "invalid_json", body = ErrorBody), (status = 422, description = "invalid_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn stage_changes(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -59,6 +60,7 @@ pub struct RecordsQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/crm/stage-changes", tag = "crm", security(("tenant_key" = [])), params(("integration" = Option<String>, Query, description = "generic or an integration id"), ("limit" = Option<i64>, Query)), responses((status = 200, description = "recorded stage changes, newest first", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_stage_changes(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -75,6 +77,7 @@ pub async fn list_stage_changes(
     Ok(Json(json!({ "data": records })))
 }
 
+#[utoipa::path(get, path = "/v1/crm/integrations", tag = "crm", security(("tenant_key" = [])), responses((status = 200, description = "per integration: health, last webhook, counts by outcome", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn tenant_integrations(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -98,6 +101,7 @@ fn tenant_required(q: &TenantQuery) -> Result<&str, ApiError> {
     })
 }
 
+#[utoipa::path(get, path = "/v1/admin/crm/integrations", tag = "crm", security(("admin_key" = [])), params(("tenant" = String, Query)), responses((status = 200, description = "per integration: health, last webhook, counts by outcome", body = Object), (status = 404, description = "no such tenant", body = ErrorBody), (status = 422, description = "tenant missing", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn admin_integrations(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -116,6 +120,7 @@ pub struct NewRuleBody {
     rule: Value,
 }
 
+#[utoipa::path(post, path = "/v1/admin/crm/rules", tag = "crm", security(("admin_key" = [])), request_body(content = Object, example = json!({"tenant": "default", "source": "kommo", "pipeline_id": "any", "stage_id": 142, "event": "Purchase", "value": "deal"})), responses((status = 201, description = "the stored rule", body = Object), (status = 404, description = "no such tenant", body = ErrorBody), (status = 409, description = "a rule for this stage exists", body = ErrorBody), (status = 422, description = "invalid (names the field)", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn add_rule(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -134,6 +139,7 @@ pub async fn add_rule(
     Ok((StatusCode::CREATED, Json(json!(stored))))
 }
 
+#[utoipa::path(get, path = "/v1/admin/crm/rules", tag = "crm", security(("admin_key" = [])), params(("tenant" = Option<String>, Query)), responses((status = 200, description = "rules, oldest first", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_rules(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -143,6 +149,7 @@ pub async fn list_rules(
     Ok(Json(json!({ "data": rules })))
 }
 
+#[utoipa::path(delete, path = "/v1/admin/crm/rules/{id}", tag = "crm", security(("admin_key" = [])), params(("id" = i64, Path), ("tenant" = String, Query)), responses((status = 204, description = "removed"), (status = 404, description = "no such rule", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn remove_rule(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -156,6 +163,7 @@ pub async fn remove_rule(
 
 /// Kommo's webhook: 200 once the raw body is committed (or already was), 404 for an unknown
 /// URL, 403 for another account's body; nothing is stored for either.
+#[utoipa::path(post, path = "/webhooks/kommo/{secret}", tag = "webhooks", params(("secret" = String, Path, description = "the integration's webhook secret")), request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Kommo's webhook body"), responses((status = 200, description = "durably stored", body = String, content_type = "text/plain"), (status = 403, description = "wrong_account: nothing stored", body = ErrorBody), (status = 404, description = "unknown_webhook", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn kommo_webhook(
     State(state): State<AppState>,
     Path(secret): Path<String>,
