@@ -6,11 +6,13 @@
 
 pub mod channel;
 pub mod contact;
+pub mod crm;
 pub mod event;
 pub mod event_id;
 pub mod event_name;
 pub mod graph_error;
 pub mod issue;
+pub mod kommo;
 pub mod money;
 pub mod pii;
 pub mod validate;

@@ -11,6 +11,7 @@ use sqlx::{
 use crate::{
     InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
+    crm::impl_crm_store,
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
         push_new_event,
@@ -99,3 +100,4 @@ impl PostgresStore {
 
 impl_store!(PostgresStore, Postgres);
 impl_capture_store!(PostgresStore, Postgres);
+impl_crm_store!(PostgresStore, Postgres);

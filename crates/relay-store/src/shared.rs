@@ -36,7 +36,16 @@ macro_rules! finished {
         "(state = 'delivered' OR state = 'dead')"
     };
 }
-pub(crate) use {finished, unfinished};
+/// Columns of `assets` read into an [`Asset`]. Named, never `*`: sqlx keeps the column list a
+/// statement had when it was prepared, and a SQLite connection opened before the migrations
+/// (the writer, or an idle reader) may prepare `*` against the old schema (8 columns) and
+/// then step it against the new one (10): an index out of bounds inside sqlx-sqlite.
+macro_rules! asset_columns {
+    () => {
+        "tenant, channel, asset_id, dataset_id, access_token, test_event_code, status, status_reason, created_at_ms, updated_at_ms"
+    };
+}
+pub(crate) use {asset_columns, finished, unfinished};
 
 /// A dataset's due events (`$1` = now, `$5` = the dataset): the predicate of the `events_due`
 /// partial index, then the due time. A claimed event's due time is the end of its lease, so an
@@ -384,7 +393,7 @@ macro_rules! impl_store {
             }
 
             async fn get_asset(&self, asset_id: &str) -> $crate::Result<Option<$crate::Asset>> {
-                let sql = self.sql("SELECT * FROM assets WHERE asset_id = $1");
+                let sql = self.sql(concat!("SELECT ", $crate::shared::asset_columns!(), " FROM assets WHERE asset_id = $1"));
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(asset_id)
                     .fetch_optional(&self.pool)
@@ -394,7 +403,7 @@ macro_rules! impl_store {
             }
 
             async fn list_assets(&self) -> $crate::Result<Vec<$crate::Asset>> {
-                let rows = sqlx::query("SELECT * FROM assets ORDER BY channel, asset_id")
+                let rows = sqlx::query(concat!("SELECT ", $crate::shared::asset_columns!(), " FROM assets ORDER BY channel, asset_id"))
                     .fetch_all(&self.pool)
                     .await
                     .map_err($crate::shared::map_err)?;

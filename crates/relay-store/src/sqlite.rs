@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::{
     InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
+    crm::impl_crm_store,
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
         push_new_event,
@@ -237,6 +238,7 @@ async fn checkpoint_wal(pool: SqlitePool, options: SqliteConnectOptions) {
 
 impl_store!(SqliteStore, Sqlite);
 impl_capture_store!(SqliteStore, Sqlite);
+impl_crm_store!(SqliteStore, Sqlite);
 
 #[cfg(test)]
 mod tests {

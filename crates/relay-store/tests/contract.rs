@@ -101,6 +101,9 @@ contract!(
     capture_options_default_off_and_round_trip,
     capture_retention_purges_old_touches_contacts_and_webhooks,
     a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_retention,
+    // CRM (issue #13).
+    crm_rules_are_unique_per_stage_and_removed_per_tenant,
+    crm_webhooks_wait_for_active_integrations_and_stage_changes_keep_a_produced_outcome,
 );
 
 fn asset(id: &str, dataset: &str) -> Asset {
@@ -1697,5 +1700,198 @@ async fn a_user_id_update_rekeys_the_contact_and_the_old_id_resolves_until_reten
         find("US.9").await.unwrap().id,
         history.contact_id,
         "replaced at 9 000"
+    );
+}
+
+fn crm_rule(tenant: &str, pipeline: &str, stage: &str) -> relay_store::crm::CrmRule {
+    relay_store::crm::CrmRule {
+        id: 0,
+        tenant: tenant.into(),
+        source: "kommo".into(),
+        pipeline_id: pipeline.into(),
+        stage_id: stage.into(),
+        event_name: "Purchase".into(),
+        value: "deal".into(),
+        currency: Some("BRL".into()),
+        every_time: false,
+        created_at_ms: 1,
+    }
+}
+
+async fn crm_rules_are_unique_per_stage_and_removed_per_tenant(store: Arc<dyn Store>) {
+    let first = store
+        .add_crm_rule(&crm_rule("default", "any", "142"))
+        .await
+        .unwrap();
+    assert!(first.id > 0);
+    assert_eq!(first.currency.as_deref(), Some("BRL"));
+    assert!(matches!(
+        store.add_crm_rule(&crm_rule("default", "any", "142")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .add_crm_rule(&crm_rule("default", "7", "142"))
+        .await
+        .unwrap();
+    store
+        .add_crm_rule(&crm_rule("other", "any", "142"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_crm_rules(Some("default")).await.unwrap().len(),
+        2
+    );
+    assert_eq!(store.list_crm_rules(None).await.unwrap().len(), 3);
+    // Another tenant cannot remove it.
+    assert!(!store.remove_crm_rule("other", first.id).await.unwrap());
+    assert!(store.remove_crm_rule("default", first.id).await.unwrap());
+    assert!(!store.remove_crm_rule("default", first.id).await.unwrap());
+}
+
+async fn crm_webhooks_wait_for_active_integrations_and_stage_changes_keep_a_produced_outcome(
+    store: Arc<dyn Store>,
+) {
+    use relay_store::crm::{CrmIntegration, CrmWebhookInsert, NewCrmWebhook, StageChangeRecord};
+    let integration = CrmIntegration {
+        id: "kommo-1".into(),
+        tenant: "default".into(),
+        kind: "kommo".into(),
+        base_url: "https://acme.kommo.com".into(),
+        secret_sha256: "abc".into(),
+        sealed_token: "enc:v1:x".into(),
+        asset_id: "100".into(),
+        currency: None,
+        account_id: "17769199".into(),
+        subdomain: "acme".into(),
+        status: "active".into(),
+        status_reason: None,
+        api_ok_at_ms: None,
+        api_error: None,
+        api_error_at_ms: None,
+        last_webhook_at_ms: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    store.create_crm_integration(&integration).await.unwrap();
+    assert_eq!(
+        store
+            .find_crm_integration_by_secret("abc")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "kommo-1"
+    );
+    let webhook = NewCrmWebhook {
+        integration_id: "kommo-1".into(),
+        body: "leads[status][0][id]=1".as_bytes().to_vec(),
+        body_sha256: "h1".into(),
+        received_at_ms: 1_000,
+    };
+    let CrmWebhookInsert::Inserted(id) = store.insert_crm_webhook(&webhook).await.unwrap() else {
+        panic!("first insert");
+    };
+    assert_eq!(
+        store.insert_crm_webhook(&webhook).await.unwrap(),
+        CrmWebhookInsert::Duplicate
+    );
+    let got = store.get_crm_integration("kommo-1").await.unwrap().unwrap();
+    assert_eq!(got.last_webhook_at_ms, Some(1_000));
+    assert_eq!(store.due_crm_webhooks(2_000, 10).await.unwrap().len(), 1);
+    // Not due before its time, nor while the token is refused.
+    store
+        .retry_crm_webhook(id, 5_000, "Kommo down")
+        .await
+        .unwrap();
+    assert!(store.due_crm_webhooks(2_000, 10).await.unwrap().is_empty());
+    store
+        .set_crm_integration_status("kommo-1", "token_rejected", Some("HTTP 401"), 3_000)
+        .await
+        .unwrap();
+    assert!(store.due_crm_webhooks(6_000, 10).await.unwrap().is_empty());
+    store
+        .set_crm_integration_token("kommo-1", "enc:v1:y", 4_000)
+        .await
+        .unwrap();
+    let due = store.due_crm_webhooks(6_000, 10).await.unwrap();
+    assert_eq!((due.len(), due[0].attempts), (1, 1));
+    store
+        .record_crm_api("kommo-1", Some("HTTP 503"), 6_000)
+        .await
+        .unwrap();
+    store.record_crm_api("kommo-1", None, 7_000).await.unwrap();
+    let got = store.get_crm_integration("kommo-1").await.unwrap().unwrap();
+    assert_eq!((got.status.as_str(), got.status_reason), ("active", None));
+    assert_eq!(
+        (got.api_error.as_deref(), got.api_ok_at_ms),
+        (Some("HTTP 503"), Some(7_000))
+    );
+
+    let record = |outcome: &str, at: i64| StageChangeRecord {
+        tenant: "default".into(),
+        integration: "kommo-1".into(),
+        deal_id: "1".into(),
+        pipeline_id: "9".into(),
+        stage_id: "142".into(),
+        entry_key: "100".into(),
+        occurred_at_ms: 100_000,
+        outcome: outcome.into(),
+        event_name: Some("Purchase".into()),
+        event_id: Some(format!("crm1-{outcome}")),
+        detail: None,
+        repeats: 0,
+        first_seen_at_ms: at,
+        last_seen_at_ms: at,
+    };
+    store
+        .record_stage_change(&record("no_attribution", 8_000))
+        .await
+        .unwrap();
+    store
+        .record_stage_change(&record("produced", 9_000))
+        .await
+        .unwrap();
+    store
+        .record_stage_change(&record("duplicate", 10_000))
+        .await
+        .unwrap();
+    let listed = store.list_stage_changes("default", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].outcome.as_str(), listed[0].repeats),
+        ("produced", 2)
+    );
+    assert_eq!(listed[0].event_id.as_deref(), Some("crm1-produced"));
+    assert_eq!(listed[0].first_seen_at_ms, 8_000);
+    assert!(
+        store
+            .list_stage_changes("other", None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let counts = store
+        .stage_change_counts("default", "kommo-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.seen, counts.repeats, counts.webhooks_pending),
+        (1, 2, 1)
+    );
+    assert_eq!(counts.by_outcome, vec![("produced".to_owned(), 1)]);
+
+    // Retention: a pending body is kept; processed ones and old records go.
+    assert_eq!(store.purge_crm(20_000).await.unwrap(), (0, 1));
+    store
+        .finish_crm_webhook(id, "processed", None, 11_000)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_crm(20_000).await.unwrap(), (1, 0));
+    assert!(
+        store
+            .list_crm_webhooks("kommo-1", 10)
+            .await
+            .unwrap()
+            .is_empty()
     );
 }

@@ -12,6 +12,10 @@ use crate::{
     capture::{self, Capture},
     clock::{self, now_ms},
     config::Config,
+    crm::{
+        Crm,
+        kommo::{self, KommoClient, KommoClientConfig, KommoProcessor},
+    },
     delivery::{
         GraphClient, dispatcher,
         sender::{self, DeliveryContext},
@@ -115,7 +119,24 @@ pub async fn run_with_store(
         cancel.clone(),
     ));
 
+    let crm = Arc::new(Crm {
+        store: store.clone(),
+        ingestor: ingestor.clone(),
+        wake_delivery: wake.clone(),
+    });
+    let kommo = Arc::new(KommoProcessor {
+        crm: crm.clone(),
+        client: KommoClient::new(KommoClientConfig::default())
+            .context("cannot build the Kommo HTTP client")?,
+        vault: vault.clone(),
+        wake: Notify::new(),
+        retry_base: config.crm.retry_base,
+    });
+    tasks.spawn(kommo::process_loop(kommo.clone(), cancel.clone()));
+
     let state = AppState {
+        crm,
+        kommo,
         ingestor,
         capture,
         auth: Arc::new(Authenticator::new(

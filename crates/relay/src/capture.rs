@@ -638,7 +638,8 @@ pub async fn forward_loop(
     }
 }
 
-/// Deletes contacts, touches and processed webhooks past `attribution.retention`.
+/// Deletes contacts, touches, processed webhooks (Meta's and CRMs') and CRM stage-change
+/// records past `attribution.retention`.
 pub async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationToken) {
     loop {
         let cutoff = now_ms() - config.attribution.retention.as_millis() as i64;
@@ -651,6 +652,14 @@ pub async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: Cancellat
                 "attribution data past retention purged"
             ),
             Err(e) => tracing::warn!(error = %e, "attribution purge failed"),
+        }
+        // CRM webhooks and stage-change records follow the same retention.
+        match store.purge_crm(cutoff).await {
+            Ok((0, 0)) => {}
+            Ok((webhooks, changes)) => {
+                tracing::info!(webhooks, changes, "CRM records past retention purged")
+            }
+            Err(e) => tracing::warn!(error = %e, "CRM purge failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(config.retention.purge_interval) => {}

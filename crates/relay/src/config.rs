@@ -65,6 +65,7 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub attribution: AttributionConfig,
     pub metrics: MetricsConfig,
+    pub crm: CrmConfig,
 }
 
 /// Who may scrape `/metrics`, and how often a scrape reads the database.
@@ -88,6 +89,24 @@ impl Default for MetricsConfig {
             listen: None,
             key: None,
             queue_stats_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// CRM integrations (Kommo).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct CrmConfig {
+    /// First wait before a Kommo webhook that met a Kommo outage is processed again (doubled
+    /// per attempt, up to 10 minutes).
+    #[serde(with = "humantime_serde")]
+    pub retry_base: Duration,
+}
+
+impl Default for CrmConfig {
+    fn default() -> Self {
+        CrmConfig {
+            retry_base: Duration::from_secs(5),
         }
     }
 }
@@ -217,6 +236,7 @@ impl Default for Config {
             webhooks: WebhooksConfig::default(),
             attribution: AttributionConfig::default(),
             metrics: MetricsConfig::default(),
+            crm: CrmConfig::default(),
         }
     }
 }

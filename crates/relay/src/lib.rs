@@ -3,6 +3,7 @@
 //! - [`app`]: the relay service (`serve`): HTTP API, delivery workers, retention.
 //! - [`http`]: the HTTP API; [`ingest`]: validating, routing and storing submitted events.
 //! - [`capture`]: Meta webhooks, the attribution store, conversions by contact.
+//! - [`crm`]: CRM stage rules, the generic stage-change hook, Kommo.
 //! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
 //! - [`config`]: layered configuration; [`observability`]: Prometheus metrics; [`clock`]: time.
 //! - [`tenancy`]: tenants, onboarding, API keys, audit; [`vault`]: tokens sealed at rest.
@@ -16,6 +17,7 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod crm;
 pub mod delivery;
 pub mod events_file;
 pub mod http;

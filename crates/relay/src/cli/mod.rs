@@ -7,7 +7,9 @@ mod bench;
 mod bench_partner;
 mod bench_relay;
 mod capture;
+mod crm;
 mod dead_letters;
+mod import;
 mod keys;
 mod send;
 mod serve;
@@ -62,6 +64,12 @@ pub enum Command {
     /// Webhook capture: per-asset switches, captured contacts and stored webhooks.
     #[command(subcommand)]
     Capture(capture::CaptureCommand),
+    /// CRM stage automation: stage rules, Kommo, what became of stage changes.
+    #[command(subcommand)]
+    Crm(crm::CrmCommand),
+    /// Backfill conversions from a CSV or JSON Lines file into the outbox (through the same
+    /// validation and deduplication as the API); a per-row report file.
+    Import(import::ImportArgs),
     /// Check events offline: every error and warning, with line numbers. Exit code 1 on errors.
     Validate(validate::ValidateArgs),
     /// Validate events and send them to a dataset, 1,000 per request; print Meta's answers.
@@ -234,6 +242,8 @@ pub fn main() -> ExitCode {
             Command::Audit(args) => audit::run(args).await,
             Command::DeadLetters(command) => dead_letters::run(command).await,
             Command::Capture(command) => capture::run(command).await,
+            Command::Crm(command) => crm::run(command).await,
+            Command::Import(args) => import::run(args).await,
             Command::Validate(args) => validate::run(args),
             Command::Send(args) => send::run(args).await,
             Command::SimulateGraph(args) => simulate::run(args).await,

@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod body;
 mod contacts;
+mod crm;
 mod dead_letters;
 mod error;
 mod events;
@@ -38,6 +39,10 @@ pub struct AppState {
     pub auth: Arc<crate::tenancy::keys::Authenticator>,
     /// Store, vault and Graph client for admin actions (onboarding calls Meta).
     pub admin: crate::tenancy::AdminContext,
+    /// CRM stage automation (rules, generic hook).
+    pub crm: Arc<crate::crm::Crm>,
+    /// The Kommo webhook processor (woken after a body is stored).
+    pub kommo: Arc<crate::crm::kommo::KommoProcessor>,
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
@@ -76,6 +81,17 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .route("/v1/admin/audit", get(admin::audit))
+        .route(
+            "/v1/crm/stage-changes",
+            post(crm::stage_changes).get(crm::list_stage_changes),
+        )
+        .route("/v1/crm/integrations", get(crm::tenant_integrations))
+        .route(
+            "/v1/admin/crm/rules",
+            post(crm::add_rule).get(crm::list_rules),
+        )
+        .route("/v1/admin/crm/rules/{id}", delete(crm::remove_rule))
+        .route("/v1/admin/crm/integrations", get(crm::admin_integrations))
         // Meta's own endpoint, for code written against Graph (its SDKs included).
         .route("/{version}/{dataset_id}/events", post(graph::submit))
         .layer(DefaultBodyLimit::max(max_body_bytes));
@@ -84,6 +100,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
             "/webhooks/meta",
             get(webhooks::verify).post(webhooks::receive),
         )
+        .route("/webhooks/kommo/{secret}", post(crm::kommo_webhook))
         .layer(DefaultBodyLimit::max(max_webhook_bytes));
     let on_api_listener = state.metrics_access.on_api_listener;
     let mut routes = Router::new()

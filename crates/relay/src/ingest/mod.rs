@@ -216,7 +216,17 @@ impl Ingestor {
         scope: &Scope,
         test_event_code: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
-        ingest(self, events, scope, test_event_code, None).await
+        ingest(self, events, scope, test_event_code, None, false).await
+    }
+
+    /// Like [`Ingestor::ingest`], with every lookup and check, but stores nothing: an event
+    /// that would be stored is reported `accepted` (a duplicate is not recognised).
+    pub async fn ingest_dry_run(
+        &self,
+        events: &[Value],
+        scope: &Scope,
+    ) -> Result<IngestReport, StoreError> {
+        ingest(self, events, scope, None, None, true).await
     }
 
     /// Ingests a request made to the Graph-compatible `/{version}/{dataset_id}/events` with
@@ -239,7 +249,15 @@ impl Ingestor {
         if !owned(&*self.registry(false).await?) && !owned(&*self.registry(true).await?) {
             return Ok(DatasetIngest::UnknownDataset);
         }
-        let report = ingest(self, events, scope, test_event_code, Some(dataset_id)).await?;
+        let report = ingest(
+            self,
+            events,
+            scope,
+            test_event_code,
+            Some(dataset_id),
+            false,
+        )
+        .await?;
         Ok(if report.rejected > 0 {
             DatasetIngest::Refused(report)
         } else {
@@ -331,6 +349,7 @@ async fn ingest(
     test_event_code: Option<&str>,
     // The Graph-compatible endpoint's dataset: see `Ingestor::ingest_for_dataset`.
     target: Option<&str>,
+    dry_run: bool,
 ) -> Result<IngestReport, StoreError> {
     let mut graph_options = ingestor.options;
     graph_options.sha256_passes_through = true;
@@ -523,6 +542,8 @@ async fn ingest(
     }
     let outcomes = if new_events.is_empty() {
         Vec::new()
+    } else if dry_run {
+        vec![InsertOutcome::Inserted(0); new_events.len()]
     } else {
         ingestor.insert(new_events).await?
     };

@@ -19,6 +19,7 @@ mod app;
 mod capture;
 mod cli;
 mod crash;
+mod crm;
 mod delivery;
 mod errors;
 mod graph;
