@@ -8,6 +8,7 @@
 //! is one short transaction: no transaction is ever held across a network call.
 
 pub mod capture;
+pub mod dashboard;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -17,7 +18,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use crate::{capture::CaptureStore, postgres::PostgresStore, sqlite::SqliteStore};
+pub use crate::{
+    capture::CaptureStore, dashboard::DashboardStore, postgres::PostgresStore, sqlite::SqliteStore,
+};
 
 /// Errors from the store. Pool and lock timeouts are `Unavailable` (HTTP 503 upstream).
 #[derive(Debug, thiserror::Error)]
@@ -291,9 +294,10 @@ pub struct QueueStats {
 
 /// The storage contract. Implementations must be safe to share between many tasks and, for
 /// PostgreSQL, between many relay processes.
-/// Capture (webhooks, contacts, touches) is a supertrait, so `dyn Store` has it too.
+/// Capture (webhooks, contacts, touches) and the dashboard's reads are supertraits, so
+/// `dyn Store` has them too.
 #[async_trait]
-pub trait Store: CaptureStore + Send + Sync + 'static {
+pub trait Store: CaptureStore + DashboardStore + Send + Sync + 'static {
     /// Applies this backend's migrations (idempotent).
     async fn migrate(&self) -> Result<()>;
     /// Cheap round trip for `/readyz`.

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::{
     InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
+    dashboard::{impl_dashboard_store, insert_deltas},
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
         push_new_event,
@@ -130,6 +131,7 @@ impl SqliteStore {
                 outcomes.extend(insert_exactly(&mut tx, chunk).await?);
             }
         }
+        Self::bump_stats(&mut tx, &insert_deltas(events, &outcomes)).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(outcomes)
     }
@@ -203,6 +205,7 @@ async fn checkpoint_wal(pool: SqlitePool) {
 
 impl_store!(SqliteStore, Sqlite);
 impl_capture_store!(SqliteStore, Sqlite);
+impl_dashboard_store!(SqliteStore, Sqlite);
 
 #[cfg(test)]
 mod tests {

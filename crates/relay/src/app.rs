@@ -155,6 +155,23 @@ async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationT
             Ok(n) => tracing::info!(purged = n, "finished events past retention purged"),
             Err(e) => tracing::warn!(error = %e, "retention purge failed"),
         }
+        let now = now_ms();
+        let dashboard = store
+            .purge_dashboard(
+                now - config.retention.stats.as_millis() as i64,
+                now - config.retention.refused_events.as_millis() as i64,
+                now,
+            )
+            .await;
+        match dashboard {
+            Ok(p) if p.stats_rows + p.refusals > 0 => tracing::info!(
+                stats_rows = p.stats_rows,
+                refusals = p.refusals,
+                "dashboard counts and refused events past retention purged"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dashboard retention purge failed"),
+        }
         tokio::select! {
             () = tokio::time::sleep(config.retention.purge_interval) => {}
             () = cancel.cancelled() => break,
