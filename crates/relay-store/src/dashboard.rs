@@ -145,7 +145,8 @@ pub fn insert_deltas(events: &[crate::NewEvent], outcomes: &[crate::InsertOutcom
 pub struct StatsFilter {
     /// One tenant's; `None` for every tenant (the operator).
     pub tenant: Option<String>,
-    pub dataset_id: Option<String>,
+    /// Only these datasets (`Some(vec![])` matches none).
+    pub datasets: Option<Vec<String>>,
     /// Buckets starting at or after this time…
     pub from_ms: i64,
     /// …and before this one.
@@ -288,12 +289,9 @@ pub trait DashboardStore: Send + Sync + 'static {
     /// An event by its row id, with its attempts.
     async fn get_event_row(&self, id: i64) -> Result<Option<EventRecord>>;
 
-    /// Refusals since `since_ms` grouped by error code, and dead letters grouped by reason.
-    async fn error_groups(
-        &self,
-        tenant: Option<&str>,
-        since_ms: i64,
-    ) -> Result<(Vec<ErrorGroup>, Vec<ErrorGroup>)>;
+    /// Refusals grouped by error code and dead letters grouped by reason, matching the
+    /// filter's tenant, assets and `since_ms` (other fields are ignored).
+    async fn error_groups(&self, filter: &LogFilter) -> Result<(Vec<ErrorGroup>, Vec<ErrorGroup>)>;
 
     async fn create_ui_link(&self, link: &UiLink) -> Result<()>;
     /// Marks the link used and returns it, if it exists, is unused and has not expired; a
@@ -543,8 +541,16 @@ macro_rules! impl_dashboard_store {
                 if let Some(t) = &f.tenant {
                     b.push(" AND tenant = ").push_bind(t.clone());
                 }
-                if let Some(d) = &f.dataset_id {
-                    b.push(" AND dataset_id = ").push_bind(d.clone());
+                if let Some(datasets) = &f.datasets {
+                    b.push(" AND dataset_id IN (");
+                    if datasets.is_empty() {
+                        b.push("NULL");
+                    }
+                    let mut sep = b.separated(", ");
+                    for d in datasets {
+                        sep.push_bind(d.clone());
+                    }
+                    b.push(")");
                 }
                 b.push(" GROUP BY tenant, dataset_id, channel, event_name ORDER BY tenant, dataset_id, channel, event_name");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
@@ -573,8 +579,16 @@ macro_rules! impl_dashboard_store {
                 if let Some(t) = &f.tenant {
                     b.push(" AND tenant = ").push_bind(t.clone());
                 }
-                if let Some(d) = &f.dataset_id {
-                    b.push(" AND dataset_id = ").push_bind(d.clone());
+                if let Some(datasets) = &f.datasets {
+                    b.push(" AND dataset_id IN (");
+                    if datasets.is_empty() {
+                        b.push("NULL");
+                    }
+                    let mut sep = b.separated(", ");
+                    for d in datasets {
+                        sep.push_bind(d.clone());
+                    }
+                    b.push(")");
                 }
                 b.push(" GROUP BY t ORDER BY t");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
@@ -696,29 +710,28 @@ macro_rules! impl_dashboard_store {
 
             async fn error_groups(
                 &self,
-                tenant: Option<&str>,
-                since_ms: i64,
+                f: &$crate::dashboard::LogFilter,
             ) -> $crate::Result<(Vec<$crate::dashboard::ErrorGroup>, Vec<$crate::dashboard::ErrorGroup>)> {
+                let scope = $crate::dashboard::LogFilter {
+                    tenant: f.tenant.clone(),
+                    within_assets: f.within_assets.clone(),
+                    since_ms: f.since_ms,
+                    ..Default::default()
+                };
                 let mut b = sqlx::QueryBuilder::<$db>::new(
                     "SELECT error_code AS reason, COUNT(*) AS n, MAX(received_at_ms) AS last_at, MAX(id) AS sample \
-                     FROM refused_events WHERE received_at_ms >= ",
+                     FROM refused_events WHERE 1 = 1",
                 );
-                b.push_bind(since_ms);
-                if let Some(t) = tenant {
-                    b.push(" AND tenant = ").push_bind(t);
-                }
+                Self::push_log_filter(&mut b, &scope, "received_at_ms");
                 b.push(" GROUP BY error_code ORDER BY n DESC");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
                 let refused = rows.iter().map($crate::dashboard::group_from_row).collect::<$crate::Result<Vec<_>>>()?;
                 let mut b = sqlx::QueryBuilder::<$db>::new(
                     "SELECT dead_reason AS reason, COUNT(*) AS n, MAX(dead_at_ms) AS last_at, MAX(id) AS sample \
-                     FROM events WHERE state = 'dead' AND dead_at_ms >= ",
+                     FROM events WHERE state = 'dead'",
                 );
-                b.push_bind(since_ms);
-                if let Some(t) = tenant {
-                    b.push(" AND tenant = ").push_bind(t);
-                }
-                b.push(" GROUP BY dead_reason ORDER BY n DESC LIMIT 200");
+                Self::push_log_filter(&mut b, &scope, "dead_at_ms");
+                b.push(" GROUP BY dead_reason ORDER BY n DESC LIMIT 500");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
                 let dead = rows.iter().map($crate::dashboard::group_from_row).collect::<$crate::Result<Vec<_>>>()?;
                 Ok((refused, dead))

@@ -63,6 +63,7 @@ pub async fn run_with_store(
     )
     .context("cannot load the master key")?;
     let vault = Arc::new(vault);
+    let vault_key_for_ui = vault.derive("dashboard session cookie");
     let sealed = tenancy::seal_plaintext_tokens(store.as_ref(), &vault)
         .await
         .context("cannot seal the access tokens stored in plain text")?;
@@ -128,12 +129,18 @@ pub async fn run_with_store(
             vault,
             graph: ctx.graph.clone(),
         },
+        ui: Arc::new(crate::dashboard::UiState::new(
+            &vault_key_for_ui,
+            !config.listen.ip().is_loopback(),
+        )),
         store,
         wake,
         metrics: observability::prometheus(),
     };
     let app = http::router(state, config.max_body_bytes, config.webhooks.max_body_bytes);
     tracing::info!(address = %listener.local_addr()?, delivery = config.delivery.workers > 0, max_in_flight = config.delivery.max_in_flight, "capi-relay serving");
+    // The peer address feeds the dashboard's login rate limit.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

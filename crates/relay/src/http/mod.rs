@@ -37,6 +37,8 @@ pub struct AppState {
     /// Wakes the delivery workers after an ingest.
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
+    /// The dashboard's cookie key and login limiter.
+    pub ui: Arc<crate::dashboard::UiState>,
 }
 
 /// All routes, with the body limits and request tracing.
@@ -81,6 +83,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
     Router::new()
         .merge(api)
         .merge(webhooks)
+        .merge(crate::dashboard::router())
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
