@@ -7,6 +7,7 @@ mod dead_letters;
 mod error;
 mod events;
 mod ops;
+mod stats;
 mod webhooks;
 
 use std::sync::Arc;
@@ -73,6 +74,12 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .route("/v1/admin/audit", get(admin::audit))
+        .route("/v1/stats/overview", get(stats::overview))
+        .route("/v1/stats/events", get(stats::events))
+        .route("/v1/stats/errors", get(stats::errors))
+        .route("/v1/stats/test-events", get(stats::test_events))
+        .route("/v1/stats/sources", get(stats::sources))
+        .route("/v1/stats/quality", get(stats::quality))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let webhooks = Router::new()
         .route(
