@@ -386,7 +386,12 @@ pub async fn logout(
         return r;
     }
     (
-        jar.remove(Cookie::build(COOKIE).path("/ui")),
+        jar.remove(
+            Cookie::build(COOKIE)
+                .path("/ui")
+                .http_only(true)
+                .same_site(axum_extra::extract::cookie::SameSite::Strict),
+        ),
         Redirect::to("/ui/login"),
     )
         .into_response()

@@ -19,6 +19,7 @@ mod app;
 mod capture;
 mod cli;
 mod crash;
+mod dashboard;
 mod delivery;
 mod graph_client;
 mod helpers;
