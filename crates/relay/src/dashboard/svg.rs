@@ -14,7 +14,7 @@ pub fn escape(s: &str) -> String {
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 220.0;
-const LEFT: f64 = 52.0;
+const LEFT: f64 = 62.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 34.0;
@@ -70,8 +70,7 @@ pub fn delivered_vs_failed(
     }
     let _ = write!(
         out,
-        r#"<text class="axis unit" x="4" y="{:.1}" transform="rotate(-90 10 {:.1})">{}</text>"#,
-        TOP + plot_h / 2.0 + 40.0,
+        r#"<text class="axis unit" x="0" y="0" text-anchor="middle" transform="translate(12 {:.1}) rotate(-90)">{}</text>"#,
         TOP + plot_h / 2.0,
         escape(unit)
     );
