@@ -4,6 +4,7 @@
 mod assets;
 mod audit;
 mod bench;
+mod bench_dashboard;
 mod bench_partner;
 mod bench_relay;
 mod capture;

@@ -295,7 +295,7 @@ pub async fn overview(
         current.clone()
     } else {
         store
-            .stats_totals(&filter(to - Window::Month.ms(), to))
+            .stats_last_seen(&filter(to - Window::Month.ms(), to))
             .await?
     };
     let series = store
