@@ -356,7 +356,7 @@ macro_rules! impl_capture_store {
                     .bind(&w.waba_hint)
                     .bind(w.received_at_ms)
                     .bind(w.forward.then_some("pending"))
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(match row {
@@ -396,7 +396,7 @@ macro_rules! impl_capture_store {
                     .bind(error)
                     .bind(now_ms)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -455,7 +455,7 @@ macro_rules! impl_capture_store {
                     .bind(owner)
                     .bind(lease_until_ms)
                     .bind(limit)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 let mut jobs = rows
@@ -495,7 +495,7 @@ macro_rules! impl_capture_store {
                     .bind(error)
                     .bind(id)
                     .bind(owner)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -872,7 +872,7 @@ macro_rules! impl_capture_store {
                     .bind(options.allow_unattributed)
                     .bind(options.automatic_events)
                     .bind(now_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())

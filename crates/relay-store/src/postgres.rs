@@ -40,6 +40,11 @@ impl PostgresStore {
         Cow::Borrowed(sql)
     }
 
+    /// Where single-statement writes go: PostgreSQL takes concurrent writers as they come.
+    fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
     async fn begin_write(&self) -> Result<Transaction<'_, Postgres>> {
         self.pool.begin().await.map_err(map_err)
     }

@@ -436,7 +436,7 @@ macro_rules! impl_store {
                     .bind(token)
                     .bind(now_ms)
                     .bind(asset_id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
@@ -453,7 +453,7 @@ macro_rules! impl_store {
                     .bind(reason)
                     .bind(now_ms)
                     .bind(asset_id)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -498,7 +498,7 @@ macro_rules! impl_store {
                     .bind(owner)
                     .bind(lease_until_ms)
                     .bind(dataset_id)
-                    .fetch_all(&self.pool)
+                    .fetch_all(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 let mut claimed = rows
@@ -522,7 +522,7 @@ macro_rules! impl_store {
                         sep.push_bind(owner.clone());
                     }
                     b.push(")");
-                    let done = b.build().execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                    let done = b.build().execute(self.writer()).await.map_err($crate::shared::map_err)?;
                     renewed += done.rows_affected();
                 }
                 Ok(renewed)
@@ -556,7 +556,7 @@ macro_rules! impl_store {
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(owner)
                     .bind(now_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
@@ -694,7 +694,7 @@ macro_rules! impl_store {
                 let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET state = 'queued', attempts = 0, dead_reason = NULL, dead_at_ms = NULL, next_attempt_at_ms = ");
                 b.push_bind(now_ms).push(" WHERE state = 'dead'");
                 Self::push_filter(&mut b, filter);
-                let done = b.build().execute(&self.pool).await.map_err($crate::shared::map_err)?;
+                let done = b.build().execute(self.writer()).await.map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
             }
 
@@ -719,7 +719,7 @@ macro_rules! impl_store {
                 let sql = self.sql(concat!("DELETE FROM events WHERE ", $crate::shared::finished!(), " AND accepted_at_ms < $1"));
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(before_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected())
@@ -756,7 +756,7 @@ macro_rules! impl_store {
                     .bind(&t.name)
                     .bind(&t.test_event_code)
                     .bind(t.created_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(done.rows_affected() == 1)
@@ -785,7 +785,7 @@ macro_rules! impl_store {
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(code)
                     .bind(name)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 if done.rows_affected() == 0 {
@@ -808,7 +808,7 @@ macro_rules! impl_store {
                     .bind(assets)
                     .bind(k.created_at_ms)
                     .bind(k.revoked_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -841,7 +841,7 @@ macro_rules! impl_store {
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(now_ms)
                     .bind(id)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 match row {
@@ -861,7 +861,7 @@ macro_rules! impl_store {
                     .bind(&e.tenant)
                     .bind(&e.target)
                     .bind(&e.detail)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())

@@ -23,7 +23,12 @@ use crate::{
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. SQLite takes one writer at a time; writers queued
+    /// here are woken in turn as soon as the previous one commits, where writers on several
+    /// connections would poll SQLite's lock with sleeps of up to 100 ms each.
+    writer: SqlitePool,
     checkpointer: JoinHandle<()>,
 }
 
@@ -41,9 +46,9 @@ impl SqliteStore {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL is durable against process crashes; only an OS crash can lose
-            // the last commits.
-            .synchronous(SqliteSynchronous::Normal)
+            // FULL: a commit is fsynced before it returns, so an acknowledged event survives an
+            // OS crash or power loss too (NORMAL would survive only a process crash).
+            .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             // 16 MiB of page cache per connection instead of SQLite's 2 MiB: the outbox's
             // indexes outgrow 2 MiB within minutes, and every miss is a pread and a copy.
@@ -59,11 +64,21 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(map_err)?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await
             .map_err(map_err)?;
         let checkpointer = tokio::spawn(checkpoint_wal(pool.clone()));
-        Ok(SqliteStore { pool, checkpointer })
+        Ok(SqliteStore {
+            pool,
+            writer,
+            checkpointer,
+        })
     }
 
     /// SQLite takes `?N` where PostgreSQL takes `$N`.
@@ -71,10 +86,16 @@ impl SqliteStore {
         Cow::Owned(sql.replace('$', "?"))
     }
 
-    /// `BEGIN IMMEDIATE` takes the write lock up front, so concurrent writers wait on the busy
-    /// timeout instead of failing when a read transaction tries to upgrade.
+    /// Where single-statement writes go (see `writer`).
+    fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock up front, so a writer from another process (a
+    /// CLI command) waits on the busy timeout instead of failing when a read transaction tries
+    /// to upgrade.
     async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)
@@ -238,6 +259,25 @@ mod tests {
             .unwrap();
         store.migrate().await.unwrap();
         (dir, file, store)
+    }
+
+    // Issue 12, C.7: an acknowledged commit must survive an OS crash, on every connection
+    // (the writer's is the one that commits).
+    #[tokio::test]
+    async fn every_connection_commits_with_synchronous_full_in_wal_mode() {
+        let (_dir, _, store) = fresh_store().await;
+        for pool in [&store.writer, &store.pool] {
+            let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(sync, 2, "synchronous must be FULL (2)");
+            let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(mode, "wal");
+        }
     }
 
     // The partial indexes are only used when a query repeats their predicate exactly.

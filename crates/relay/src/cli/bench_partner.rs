@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     bench::percentile,
-    bench_relay::{API_KEY, RelayBenchArgs, peak_rss_mib, start_relay, wait_drained},
+    bench_relay::{API_KEY, RelayBenchArgs, cpu_time, peak_rss_mib, start_relay, wait_drained},
 };
 use crate::{
     clock::now_ms,
@@ -37,8 +37,21 @@ use crate::{
     vault::MasterKey,
 };
 
+/// The partner scenario's phases, run in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Phase {
+    OneDataset,
+    Burst,
+    Steady,
+    Noisy,
+    Flood,
+}
+
 #[derive(Debug, Args)]
 pub struct PartnerArgs {
+    /// Partner scenario: the phases to run (comma-separated; all by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub phases: Vec<Phase>,
     /// Partner scenario: events of the burst phase.
     #[arg(long, default_value_t = 20_000)]
     pub burst_events: usize,
@@ -57,6 +70,12 @@ pub struct PartnerArgs {
     /// Partner scenario: events of the one-dataset phase.
     #[arg(long, default_value_t = 50_000)]
     pub single_dataset_events: usize,
+}
+
+impl PartnerArgs {
+    fn runs(&self, phase: Phase) -> bool {
+        self.phases.is_empty() || self.phases.contains(&phase)
+    }
 }
 
 const BULK_KEY: &str = "crk_bench-bulk-key";
@@ -251,7 +270,6 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     println!("== {name}: partner scenario, {n} datasets, Graph latency {latency} ms");
     let mut ok = true;
 
-    // 5a. One dataset, ingest alone (an ingest-only relay).
     let secs = chrono::Utc::now().timestamp();
     let single_bodies = |tag: &str, asset: usize| -> Vec<Vec<Value>> {
         (0..p.single_dataset_events)
@@ -264,203 +282,236 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
             })
             .collect()
     };
-    let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
-    let url = format!("{base}/v1/events");
-    let started = Instant::now();
-    post_concurrently(&client, &url, API_KEY, single_bodies("alone", n + 2), 4).await?;
-    let alone = started.elapsed();
-    ingest_only.start_kill()?;
-    ingest_only.wait().await?;
-
+    let mut alone = None;
+    if p.runs(Phase::OneDataset) {
+        // 5a. One dataset, ingest alone (an ingest-only relay).
+        let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
+        let url = format!("{base}/v1/events");
+        let cpu = CpuMeter::start(ingest_only.id().unwrap_or_default());
+        let started = Instant::now();
+        post_concurrently(&client, &url, API_KEY, single_bodies("alone", n + 2), 4).await?;
+        alone = Some((started.elapsed(), cpu.read()));
+        ingest_only.start_kill()?;
+        ingest_only.wait().await?;
+    }
     let (mut relay, base) = start_relay(db_url, &graph_url, &master_key, 1).await?;
     let pid = relay.id().unwrap_or_default();
     let url = format!("{base}/v1/events");
     wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
 
-    // 5b. The same through the delivering relay, Meta answering at once.
-    simulator.reset();
-    let started = Instant::now();
-    post_concurrently(&client, &url, API_KEY, single_bodies("one", n + 3), 4).await?;
-    let ingested = started.elapsed();
-    let done = wait_accepted(
-        &simulator,
-        p.single_dataset_events as u64,
-        Duration::from_secs(300),
-    )
-    .await;
-    match done {
-        Some(at) => {
-            let total = at - started;
-            println!(
-                "  one dataset, 0 ms:   first POST → last ack {} ms; ingest alone {} ms ({:.2}×; target ≤ 1.5×), ingest while delivering {} ms",
-                ms(total),
-                ms(alone),
-                total.as_secs_f64() / alone.as_secs_f64(),
-                ms(ingested)
-            );
-        }
-        None => {
-            ok = false;
-            println!("  one dataset, 0 ms:   NOT all delivered within 300 s");
-        }
-    }
-    wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
-
-    simulator.set_faults(Faults {
-        latency_ms: latency,
-        ..Faults::default()
-    });
-
-    // 1. Burst over every dataset.
-    simulator.reset();
-    let bodies: Vec<Vec<Value>> = (0..p.burst_events)
-        .collect::<Vec<_>>()
-        .chunks(1_000)
-        .map(|c| {
-            c.iter()
-                .map(|i| event(&waba(i % n), &format!("burst-{i}"), secs))
-                .collect()
-        })
-        .collect();
-    let started = Instant::now();
-    let failed = post_concurrently(&client, &url, API_KEY, bodies, 4).await?;
-    let last_202 = Instant::now();
-    let done = wait_accepted(&simulator, p.burst_events as u64, Duration::from_secs(600)).await;
-    match done {
-        Some(at) => println!(
-            "  burst:                {} events over {n} datasets: last delivered {} ms after the last 202 (ingest {} ms, {failed} failed requests, {} sent twice, at most {} requests in flight; target ≤ 10 s)",
-            p.burst_events,
-            ms(at - last_202),
-            ms(last_202 - started),
-            simulator.stats_duplicate_events(),
-            simulator.stats_max_in_flight()
-        ),
-        None => {
-            ok = false;
-            println!("  burst: NOT all delivered within 600 s");
-        }
-    }
-    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
-
-    // 2. Steady load, with the queue sampled half-way and at the end.
-    simulator.reset();
-    let sampler = {
-        let store = store.clone();
-        let half = Duration::from_secs(p.steady_secs) / 2;
-        tokio::spawn(async move {
-            tokio::time::sleep(half).await;
-            store.queue_stats().await.map(|s| s.depth).unwrap_or(-1)
-        })
-    };
-    let (sent, failed) = offer_load(&client, &url, "steady", n, args.rate, p.steady_secs).await?;
-    let depth_at_end = store.queue_stats().await?.depth;
-    let depth_half_way = sampler.await?;
-    let steady_rss = peak_rss_mib(pid);
-    wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
-    let lat = ack_latencies(&simulator, &sent);
-    let baseline_p99 = percentile(&lat, 0.99);
-    println!(
-        "  steady:               {} events/s for {} s: ingest→ack p50 {} ms, p99 {} ms (target ≤ 2,000), queue half-way {depth_half_way} and at the end {depth_at_end}, at most {} requests in flight, {failed} failed requests, {} sent twice, peak RSS so far {:.1} MiB (target ≤ 200)",
-        args.rate,
-        p.steady_secs,
-        ms(percentile(&lat, 0.5)),
-        ms(baseline_p99),
-        simulator.stats_max_in_flight(),
-        simulator.stats_duplicate_events(),
-        steady_rss.unwrap_or(f64::NAN)
-    );
-
-    // 3. Noisy neighbours: a deep backlog for the bulk tenant, one throttled dataset.
-    simulator.reset();
-    simulator.set_faults(Faults {
-        latency_ms: latency,
-        throttle_datasets: vec![dataset(0)],
-        ..Faults::default()
-    });
-    let backlog: Vec<Vec<Value>> = (0..p.backlog)
-        .collect::<Vec<_>>()
-        .chunks(1_000)
-        .map(|c| {
-            c.iter()
-                .map(|i| event(&waba(n), &format!("backlog-{i}"), secs))
-                .collect()
-        })
-        .collect();
-    post_concurrently(&client, &url, BULK_KEY, backlog, 4).await?;
-    let queued = store.queue_stats().await?.depth;
-    let (sent, failed) = offer_load(&client, &url, "noisy", n, args.rate, p.steady_secs).await?;
-    let lat: Vec<Duration> = {
-        // Dataset 0 is throttled on purpose: its events wait, the others are measured.
-        // Event `noisy-{i}` went to dataset `i % n`.
-        let on_throttled = |id: &str| {
-            id.rsplit('-')
-                .next()
-                .and_then(|i| i.parse::<usize>().ok())
-                .is_some_and(|i| i % n == 0)
-        };
-        let mut sent_others = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        sent_others.retain(|(id, _)| !on_throttled(id));
-        ack_latencies(&simulator, &Arc::new(Mutex::new(sent_others)))
-    };
-    let noisy_p99 = percentile(&lat, 0.99);
-    println!(
-        "  noisy neighbours:     {queued} events queued for another tenant, dataset 0 throttled: the others' ingest→ack p50 {} ms, p99 {} ms ({:.2}× the steady p99; target ≤ 2×), {failed} failed requests",
-        ms(percentile(&lat, 0.5)),
-        ms(noisy_p99),
-        noisy_p99.as_secs_f64() / baseline_p99.as_secs_f64().max(0.001)
-    );
-    simulator.set_faults(Faults {
-        latency_ms: latency,
-        ..Faults::default()
-    });
-    wait_drained(store.as_ref(), Duration::from_secs(900)).await?;
-
-    // 4. Flood: 1,000-event batches on many connections vs another tenant's single events.
-    simulator.reset();
-    let stop_at = Instant::now() + Duration::from_secs(p.flood_secs);
-    let mut flooders = Vec::new();
-    for c in 0..p.flood_connections {
-        let (client, url) = (client.clone(), url.clone());
-        flooders.push(tokio::spawn(async move {
-            let mut r = 0usize;
-            while Instant::now() < stop_at {
-                let events: Vec<Value> = (0..1_000)
-                    .map(|k| event(&waba(0), &format!("flood-{c}-{r}-{k}"), secs))
-                    .collect();
-                post(&client, &url, BULK_KEY, events).await;
-                r += 1;
-            }
-        }));
-    }
-    let mut singles = Vec::new();
-    let mut s = 0usize;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    while Instant::now() < stop_at {
+    if let Some((alone, alone_cpu)) = alone {
+        // 5b. The same through the delivering relay, Meta answering at once.
+        simulator.reset();
+        let cpu = CpuMeter::start(pid);
         let started = Instant::now();
-        let accepted = post(
-            &client,
-            &url,
-            OTHER_KEY,
-            vec![event(&waba(n + 1), &format!("single-{s}"), secs)],
+        post_concurrently(&client, &url, API_KEY, single_bodies("one", n + 3), 4).await?;
+        let ingested = started.elapsed();
+        let done = wait_accepted(
+            &simulator,
+            p.single_dataset_events as u64,
+            Duration::from_secs(300),
         )
         .await;
-        if accepted {
-            singles.push(started.elapsed());
+        match done {
+            Some(at) => {
+                let total = at - started;
+                println!(
+                    "  one dataset, 0 ms:   first POST → last ack {} ms; ingest alone {} ms ({:.2}×; target ≤ 1.5×), ingest while delivering {} ms",
+                    ms(total),
+                    ms(alone),
+                    total.as_secs_f64() / alone.as_secs_f64(),
+                    ms(ingested)
+                );
+                println!(
+                    "                        CPU: relay {} ms and bench (clients, simulator) {} ms alone; relay {} ms and bench {} ms delivering",
+                    alone_cpu.0,
+                    alone_cpu.1,
+                    cpu.read().0,
+                    cpu.read().1
+                );
+            }
+            None => {
+                ok = false;
+                println!("  one dataset, 0 ms:   NOT all delivered within 300 s");
+            }
         }
-        s += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
     }
-    for f in flooders {
-        f.await?;
+
+    simulator.set_faults(Faults {
+        latency_ms: latency,
+        ..Faults::default()
+    });
+
+    if p.runs(Phase::Burst) {
+        // 1. Burst over every dataset.
+        simulator.reset();
+        let bodies: Vec<Vec<Value>> = (0..p.burst_events)
+            .collect::<Vec<_>>()
+            .chunks(1_000)
+            .map(|c| {
+                c.iter()
+                    .map(|i| event(&waba(i % n), &format!("burst-{i}"), secs))
+                    .collect()
+            })
+            .collect();
+        let started = Instant::now();
+        let failed = post_concurrently(&client, &url, API_KEY, bodies, 4).await?;
+        let last_202 = Instant::now();
+        let done = wait_accepted(&simulator, p.burst_events as u64, Duration::from_secs(600)).await;
+        match done {
+            Some(at) => println!(
+                "  burst:                {} events over {n} datasets: last delivered {} ms after the last 202 (ingest {} ms, {failed} failed requests, {} sent twice, at most {} requests in flight; target ≤ 10 s)",
+                p.burst_events,
+                ms(at - last_202),
+                ms(last_202 - started),
+                simulator.stats_duplicate_events(),
+                simulator.stats_max_in_flight()
+            ),
+            None => {
+                ok = false;
+                println!("  burst: NOT all delivered within 600 s");
+            }
+        }
+        wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
     }
-    singles.sort();
-    println!(
-        "  flood:                {} connections of 1,000-event batches: another tenant's single-event POST p50 {} ms, p99 {} ms (target ≤ 500), {} of {s} accepted",
-        p.flood_connections,
-        ms(percentile(&singles, 0.5)),
-        ms(percentile(&singles, 0.99)),
-        singles.len()
-    );
+
+    let mut baseline_p99: Option<Duration> = None;
+    if p.runs(Phase::Steady) {
+        // 2. Steady load, with the queue sampled half-way and at the end.
+        simulator.reset();
+        let sampler = {
+            let store = store.clone();
+            let half = Duration::from_secs(p.steady_secs) / 2;
+            tokio::spawn(async move {
+                tokio::time::sleep(half).await;
+                store.queue_stats().await.map(|s| s.depth).unwrap_or(-1)
+            })
+        };
+        let (sent, failed) =
+            offer_load(&client, &url, "steady", n, args.rate, p.steady_secs).await?;
+        let depth_at_end = store.queue_stats().await?.depth;
+        let depth_half_way = sampler.await?;
+        let steady_rss = peak_rss_mib(pid);
+        wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
+        let lat = ack_latencies(&simulator, &sent);
+        let steady_p99 = percentile(&lat, 0.99);
+        baseline_p99 = Some(steady_p99);
+        println!(
+            "  steady:               {} events/s for {} s: ingest→ack p50 {} ms, p99 {} ms (target ≤ 2,000), queue half-way {depth_half_way} and at the end {depth_at_end}, at most {} requests in flight, {failed} failed requests, {} sent twice, peak RSS so far {:.1} MiB (target ≤ 200)",
+            args.rate,
+            p.steady_secs,
+            ms(percentile(&lat, 0.5)),
+            ms(steady_p99),
+            simulator.stats_max_in_flight(),
+            simulator.stats_duplicate_events(),
+            steady_rss.unwrap_or(f64::NAN)
+        );
+    }
+
+    if p.runs(Phase::Noisy) {
+        // 3. Noisy neighbours: a deep backlog for the bulk tenant, one throttled dataset.
+        simulator.reset();
+        simulator.set_faults(Faults {
+            latency_ms: latency,
+            throttle_datasets: vec![dataset(0)],
+            ..Faults::default()
+        });
+        let backlog: Vec<Vec<Value>> = (0..p.backlog)
+            .collect::<Vec<_>>()
+            .chunks(1_000)
+            .map(|c| {
+                c.iter()
+                    .map(|i| event(&waba(n), &format!("backlog-{i}"), secs))
+                    .collect()
+            })
+            .collect();
+        post_concurrently(&client, &url, BULK_KEY, backlog, 4).await?;
+        let queued = store.queue_stats().await?.depth;
+        let (sent, failed) =
+            offer_load(&client, &url, "noisy", n, args.rate, p.steady_secs).await?;
+        let lat: Vec<Duration> = {
+            // Dataset 0 is throttled on purpose: its events wait, the others are measured.
+            // Event `noisy-{i}` went to dataset `i % n`.
+            let on_throttled = |id: &str| {
+                id.rsplit('-')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i % n == 0)
+            };
+            let mut sent_others = sent.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            sent_others.retain(|(id, _)| !on_throttled(id));
+            ack_latencies(&simulator, &Arc::new(Mutex::new(sent_others)))
+        };
+        let noisy_p99 = percentile(&lat, 0.99);
+        let ratio = match baseline_p99 {
+            Some(steady) => format!(
+                "{:.2}× the steady p99; target ≤ 2×",
+                noisy_p99.as_secs_f64() / steady.as_secs_f64().max(0.001)
+            ),
+            None => "no steady phase to compare with".into(),
+        };
+        println!(
+            "  noisy neighbours:     {queued} events queued for another tenant, dataset 0 throttled: the others' ingest→ack p50 {} ms, p99 {} ms ({ratio}), {failed} failed requests",
+            ms(percentile(&lat, 0.5)),
+            ms(noisy_p99),
+        );
+        simulator.set_faults(Faults {
+            latency_ms: latency,
+            ..Faults::default()
+        });
+        wait_drained(store.as_ref(), Duration::from_secs(900)).await?;
+    }
+
+    if p.runs(Phase::Flood) {
+        // 4. Flood: 1,000-event batches on many connections vs another tenant's single events.
+        simulator.reset();
+        let stop_at = Instant::now() + Duration::from_secs(p.flood_secs);
+        let mut flooders = Vec::new();
+        for c in 0..p.flood_connections {
+            let (client, url) = (client.clone(), url.clone());
+            flooders.push(tokio::spawn(async move {
+                let mut r = 0usize;
+                while Instant::now() < stop_at {
+                    let events: Vec<Value> = (0..1_000)
+                        .map(|k| event(&waba(0), &format!("flood-{c}-{r}-{k}"), secs))
+                        .collect();
+                    post(&client, &url, BULK_KEY, events).await;
+                    r += 1;
+                }
+            }));
+        }
+        let mut singles = Vec::new();
+        let mut s = 0usize;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while Instant::now() < stop_at {
+            let started = Instant::now();
+            let accepted = post(
+                &client,
+                &url,
+                OTHER_KEY,
+                vec![event(&waba(n + 1), &format!("single-{s}"), secs)],
+            )
+            .await;
+            if accepted {
+                singles.push(started.elapsed());
+            }
+            s += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for f in flooders {
+            f.await?;
+        }
+        singles.sort();
+        println!(
+            "  flood:                {} connections of 1,000-event batches: another tenant's single-event POST p50 {} ms, p99 {} ms (target ≤ 500), {} of {s} accepted",
+            p.flood_connections,
+            ms(percentile(&singles, 0.5)),
+            ms(percentile(&singles, 0.99)),
+            singles.len()
+        );
+    }
+
     match peak_rss_mib(pid) {
         Some(mib) => println!(
             "  peak RSS (whole run):  {mib:.1} MiB (the flood holds 64 × 1,000-event bodies at once)"
@@ -470,6 +521,34 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     relay.start_kill()?;
     relay.wait().await?;
     Ok(ok)
+}
+
+/// CPU used since `start` by the relay child and by this process (clients and simulator), in ms.
+struct CpuMeter {
+    pid: u32,
+    relay: Option<Duration>,
+    bench: Option<Duration>,
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> Self {
+        CpuMeter {
+            pid,
+            relay: cpu_time(pid),
+            bench: cpu_time(std::process::id()),
+        }
+    }
+
+    fn read(&self) -> (String, String) {
+        let since = |before: Option<Duration>, now: Option<Duration>| match (before, now) {
+            (Some(b), Some(n)) => format!("{}", (n.saturating_sub(b)).as_millis()),
+            _ => "?".into(),
+        };
+        (
+            since(self.relay, cpu_time(self.pid)),
+            since(self.bench, cpu_time(std::process::id())),
+        )
+    }
 }
 
 /// Posts every body with at most `concurrency` in flight; returns the failed requests.

@@ -165,7 +165,7 @@ pub(super) fn peak_rss_mib(pid: u32) -> Option<f64> {
 
 /// CPU time its live threads have used so far (Linux `/proc/PID/task/*/schedstat`, whose first
 /// field is nanoseconds on a CPU).
-fn cpu_time(pid: u32) -> Option<Duration> {
+pub(super) fn cpu_time(pid: u32) -> Option<Duration> {
     let mut nanos = 0u64;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
