@@ -399,8 +399,16 @@ pub fn hash_pii_values(value: &serde_json::Value) -> serde_json::Value {
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| {
-                    let pii = PiiField::from_key(k).is_some() || OTHER_PII_KEYS.contains(&k.as_str());
-                    (k.clone(), if pii { hash_leaf(v) } else { hash_pii_values(v) })
+                    let pii =
+                        PiiField::from_key(k).is_some() || OTHER_PII_KEYS.contains(&k.as_str());
+                    (
+                        k.clone(),
+                        if pii {
+                            hash_leaf(v)
+                        } else {
+                            hash_pii_values(v)
+                        },
+                    )
                 })
                 .collect(),
         ),
@@ -424,8 +432,14 @@ mod tests {
         for secret in ["Buyer@Example.com", "91234", "5511912345678", "Ana"] {
             assert!(!kept.contains(secret), "{secret} in {kept}");
         }
-        assert!(kept.contains(&super::sha256_hex("Buyer@Example.com")), "{kept}");
-        assert!(kept.contains("\"whatsapp_business_account_id\":\"1029\""), "{kept}");
+        assert!(
+            kept.contains(&super::sha256_hex("Buyer@Example.com")),
+            "{kept}"
+        );
+        assert!(
+            kept.contains("\"whatsapp_business_account_id\":\"1029\""),
+            "{kept}"
+        );
         assert!(kept.contains("\"customer_id\":\"c-1\""), "{kept}");
         assert!(kept.contains("\"value\":10"), "{kept}");
     }

@@ -250,7 +250,9 @@ pub fn count_resolution(
         }
         crate::Resolution::Retry { .. } => {
             // Counted when the attempt failed.
-            deltas.at(tenant, dataset, channel, name, attempted_at_ms).retried += 1;
+            deltas
+                .at(tenant, dataset, channel, name, attempted_at_ms)
+                .retried += 1;
         }
         crate::Resolution::Dead { dead_at_ms, .. } => {
             deltas.at(tenant, dataset, channel, name, *dead_at_ms).dead += 1;

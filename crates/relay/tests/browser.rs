@@ -133,7 +133,9 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         eprintln!("SKIPPED browser test: {reason}");
         return;
     }
-    let app = spawn_app(Backend::Sqlite).await.expect("SQLite always runs");
+    let app = spawn_app(Backend::Sqlite)
+        .await
+        .expect("SQLite always runs");
     app.sim.set_faults(Faults {
         reject_events_containing: Some("poison".into()),
         ..Faults::default()
@@ -154,7 +156,11 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
     assert_eq!(status, 202, "{body}");
     let started = Instant::now();
     let dead_row = loop {
-        let found = app.store.find_events("wa-poison", None, None).await.unwrap();
+        let found = app
+            .store
+            .find_events("wa-poison", None, None)
+            .await
+            .unwrap();
         if let Some(e) = found.iter().find(|e| e.state == EventState::Dead) {
             break e.id;
         }
@@ -170,7 +176,11 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
 
     // Sign in with the default tenant's key.
     client.goto(&format!("{base}/ui")).await.unwrap();
-    let key = client.wait().for_element(Locator::Css("#key")).await.unwrap();
+    let key = client
+        .wait()
+        .for_element(Locator::Css("#key"))
+        .await
+        .unwrap();
     shot(&client, "01-login").await;
     key.send_keys(API_KEY).await.unwrap();
     client
@@ -180,7 +190,11 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         .click()
         .await
         .unwrap();
-    client.wait().for_element(Locator::Css(".cards")).await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css(".cards"))
+        .await
+        .unwrap();
     let overview = client.source().await.unwrap();
     assert!(overview.contains("Delivered vs failed"), "{overview}");
     assert!(!overview.contains(API_KEY), "the key is not on the page");
@@ -195,15 +209,26 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         ("/ui/quality", "Marketing API access tier", "08-quality"),
     ] {
         client.goto(&format!("{base}{path}")).await.unwrap();
-        client.wait().for_element(Locator::Css("main")).await.unwrap();
+        client
+            .wait()
+            .for_element(Locator::Css("main"))
+            .await
+            .unwrap();
         let page = client.source().await.unwrap();
-        assert!(page.contains(marker) || path == "/ui/events", "{path}: {page}");
+        assert!(
+            page.contains(marker) || path == "/ui/events",
+            "{path}: {page}"
+        );
         shot(&client, name).await;
     }
 
     // Filter the log by event_id through the form.
     client.goto(&format!("{base}/ui/events")).await.unwrap();
-    let q = client.wait().for_element(Locator::Css("#f-q")).await.unwrap();
+    let q = client
+        .wait()
+        .for_element(Locator::Css("#f-q"))
+        .await
+        .unwrap();
     q.send_keys("wa-3").await.unwrap();
     client
         .find(Locator::Css("#log-filters button[type=submit]"))
@@ -218,12 +243,22 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         if url.as_str().contains("q=wa-3") {
             break;
         }
-        assert!(started.elapsed() < WAIT, "the filter was not applied: {url}");
+        assert!(
+            started.elapsed() < WAIT,
+            "the filter was not applied: {url}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    client.wait().for_element(Locator::Css("table.log")).await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("table.log"))
+        .await
+        .unwrap();
     let filtered = client.source().await.unwrap();
-    assert!(filtered.contains("wa-3") && !filtered.contains("wa-4<"), "{filtered}");
+    assert!(
+        filtered.contains("wa-3") && !filtered.contains("wa-4<"),
+        "{filtered}"
+    );
     shot(&client, "09-events-filtered").await;
 
     // Open the event from the log.
@@ -234,9 +269,16 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         .click()
         .await
         .unwrap();
-    client.wait().for_element(Locator::Css("#event-state")).await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css("#event-state"))
+        .await
+        .unwrap();
     let detail = client.source().await.unwrap();
-    assert!(detail.contains("Attempts") && detail.contains("Sent to Meta"), "{detail}");
+    assert!(
+        detail.contains("Attempts") && detail.contains("Sent to Meta"),
+        "{detail}"
+    );
     shot(&client, "10-event").await;
 
     // Replay the dead letter once Meta accepts it, and see it delivered.
@@ -258,7 +300,11 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
     // Phone-sized screen.
     client.set_window_size(390, 844).await.unwrap();
     client.goto(&format!("{base}/ui")).await.unwrap();
-    client.wait().for_element(Locator::Css(".cards")).await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css(".cards"))
+        .await
+        .unwrap();
     shot(&client, "13-overview-phone").await;
 
     client.close().await.unwrap();

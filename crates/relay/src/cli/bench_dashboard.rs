@@ -110,7 +110,13 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<ExitCode> {
         .context("the sign-in set no cookie")?
         .to_owned();
     // The operator views the tenant, as a partner would open one advertiser.
-    let page = client.get(format!("{base}/ui")).header("cookie", &cookie).send().await?.text().await?;
+    let page = client
+        .get(format!("{base}/ui"))
+        .header("cookie", &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
     let csrf = page
         .split("name=\"csrf\" value=\"")
         .nth(1)
@@ -132,7 +138,10 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<ExitCode> {
         .context("the switch set no cookie")?
         .to_owned();
 
-    println!("window  page        median     p95        max     (GET /ui?window=…, {} renders)", args.renders);
+    println!(
+        "window  page        median     p95        max     (GET /ui?window=…, {} renders)",
+        args.renders
+    );
     for window in ["1h", "24h", "7d", "30d"] {
         let html = time(args.renders, || {
             client
@@ -143,7 +152,9 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<ExitCode> {
         .await?;
         let json = time(args.renders, || {
             client
-                .get(format!("{base}/v1/stats/overview?window={window}&tenant={TENANT}"))
+                .get(format!(
+                    "{base}/v1/stats/overview?window={window}&tenant={TENANT}"
+                ))
                 .bearer_auth(admin)
                 .send()
         })
@@ -192,8 +203,12 @@ async fn fill_events(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -> 
     let span = args.days * 86_400_000;
     let tenant: Arc<str> = TENANT.into();
     let channel: Arc<str> = "whatsapp".into();
-    let datasets: Vec<Arc<str>> = (0..args.datasets).map(|d| Arc::from(format!("90000000000{d:04}"))).collect();
-    let assets: Vec<Arc<str>> = (0..args.datasets).map(|d| Arc::from(format!("50000000000{d:04}"))).collect();
+    let datasets: Vec<Arc<str>> = (0..args.datasets)
+        .map(|d| Arc::from(format!("90000000000{d:04}")))
+        .collect();
+    let assets: Vec<Arc<str>> = (0..args.datasets)
+        .map(|d| Arc::from(format!("50000000000{d:04}")))
+        .collect();
     let names: Vec<Arc<str>> = EVENT_NAMES.iter().map(|n| Arc::from(*n)).collect();
     let mut batch = Vec::with_capacity(5_000);
     for i in 0..args.events {
@@ -230,7 +245,11 @@ async fn fill_events(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -> 
     Ok(())
 }
 
-async fn deliver_share(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -> anyhow::Result<u64> {
+async fn deliver_share(
+    store: &dyn Store,
+    args: &DashboardBenchArgs,
+    now: i64,
+) -> anyhow::Result<u64> {
     let target = (args.events as f64 * args.delivered_share.clamp(0.0, 1.0)) as u64;
     let mut delivered = 0u64;
     let owner = "bench-dashboard";
@@ -240,7 +259,13 @@ async fn deliver_share(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -
         let mut done = 0u64;
         while done < share {
             let claimed = store
-                .claim_dataset(owner, &dataset, now, now + 600_000, (share - done).min(1_000) as i64)
+                .claim_dataset(
+                    owner,
+                    &dataset,
+                    now,
+                    now + 600_000,
+                    (share - done).min(1_000) as i64,
+                )
                 .await?;
             if claimed.is_empty() {
                 continue 'datasets;
@@ -255,7 +280,14 @@ async fn deliver_share(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -
                 latency_ms: 300,
             };
             done += store
-                .resolve(owner, &ids, &attempt, &Resolution::Delivered { delivered_at_ms: now })
+                .resolve(
+                    owner,
+                    &ids,
+                    &attempt,
+                    &Resolution::Delivered {
+                        delivered_at_ms: now,
+                    },
+                )
                 .await?;
         }
         delivered += done;

@@ -179,8 +179,12 @@ fn sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str, ui_login:
     line(" NOT to Meta. Nothing you send here reaches Events Manager.".into());
     line("==================================================================".into());
     line(format!(" relay API:   http://{address}"));
-    line(format!(" dashboard:   http://{address}/ui   (sign in with the API or admin key below)"));
-    line(format!(" login link:  {ui_login}   (one-time, default tenant, 24 h)"));
+    line(format!(
+        " dashboard:   http://{address}/ui   (sign in with the API or admin key below)"
+    ));
+    line(format!(
+        " login link:  {ui_login}   (one-time, default tenant, 24 h)"
+    ));
     line(format!(
         " simulator:   {sim_url}  (GET {sim_url}/__sim/events)"
     ));
@@ -294,7 +298,12 @@ mod tests {
             database_url: "postgres://relay:hunter2@db:5432/relay?password=hunter3".into(),
             ..sandbox_config()
         };
-        let banner = sandbox_banner(&config, "127.0.0.1:8080".parse().unwrap(), "http://sim", "http://x/ui/link/uil_t");
+        let banner = sandbox_banner(
+            &config,
+            "127.0.0.1:8080".parse().unwrap(),
+            "http://sim",
+            "http://x/ui/link/uil_t",
+        );
         assert!(
             banner.contains(" database:    postgres://relay:***@db:5432/relay?password=***"),
             "{banner}"

@@ -20,7 +20,11 @@ pub struct UiLinkArgs {
     #[arg(long, default_value = "1h", value_parser = humantime_serde::re::humantime::parse_duration)]
     pub expires: Duration,
     /// The relay's address as the browser reaches it.
-    #[arg(long, env = "CAPI_RELAY_PUBLIC_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "CAPI_RELAY_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub base_url: String,
     #[command(flatten)]
     pub db: DbArgs,

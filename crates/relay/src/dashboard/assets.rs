@@ -12,7 +12,8 @@ use axum::{
 pub const HTMX_FILE: &str = "htmx-2.0.11.min.js";
 const HTMX: &[u8] = include_bytes!("../../assets/vendor/htmx-2.0.11.min.js");
 /// Subresource integrity of [`HTMX`] (sha384), checked by the browser.
-pub const HTMX_SRI: &str = "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg";
+pub const HTMX_SRI: &str =
+    "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg";
 /// Our stylesheet; its name carries a version bumped on change.
 pub const CSS_FILE: &str = "app-1.css";
 const CSS: &[u8] = include_bytes!("../../assets/app.css");

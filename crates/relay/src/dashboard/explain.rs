@@ -120,16 +120,56 @@ pub fn dead(kind: &str) -> (&'static str, &'static str) {
 
 /// Meta's Graph API error codes as they appear in attempts, in words.
 pub const META_CODES: [(&str, &str, &str); 10] = [
-    ("1", "Unknown error", "Transient on Meta's side; the relay retries."),
-    ("2", "Service temporarily unavailable", "Transient; the relay retries."),
-    ("4", "Application request limit reached", "The app is over its rate limit; the relay waits and retries."),
-    ("10", "Permission denied", "The token lacks a permission on the dataset; the asset is paused until a token with access is set."),
-    ("17", "User request limit reached", "Rate limit for the token's user; the relay waits and retries."),
-    ("100", "Invalid parameter", "The payload has a field Meta does not accept; the message names it."),
-    ("190", "Access token invalid or expired", "Generate a new system-user token and set it with `assets set-token`; the asset resumes."),
-    ("200", "Permission error", "The token's user has no access to the dataset; grant it in Business Manager."),
-    ("613", "Calls to this API have exceeded the rate limit", "The relay pauses the dataset and retries."),
-    ("80004", "Too many calls to this ad account", "Meta's business-use-case limit; the relay waits and retries."),
+    (
+        "1",
+        "Unknown error",
+        "Transient on Meta's side; the relay retries.",
+    ),
+    (
+        "2",
+        "Service temporarily unavailable",
+        "Transient; the relay retries.",
+    ),
+    (
+        "4",
+        "Application request limit reached",
+        "The app is over its rate limit; the relay waits and retries.",
+    ),
+    (
+        "10",
+        "Permission denied",
+        "The token lacks a permission on the dataset; the asset is paused until a token with access is set.",
+    ),
+    (
+        "17",
+        "User request limit reached",
+        "Rate limit for the token's user; the relay waits and retries.",
+    ),
+    (
+        "100",
+        "Invalid parameter",
+        "The payload has a field Meta does not accept; the message names it.",
+    ),
+    (
+        "190",
+        "Access token invalid or expired",
+        "Generate a new system-user token and set it with `assets set-token`; the asset resumes.",
+    ),
+    (
+        "200",
+        "Permission error",
+        "The token's user has no access to the dataset; grant it in Business Manager.",
+    ),
+    (
+        "613",
+        "Calls to this API have exceeded the rate limit",
+        "The relay pauses the dataset and retries.",
+    ),
+    (
+        "80004",
+        "Too many calls to this ad account",
+        "Meta's business-use-case limit; the relay waits and retries.",
+    ),
 ];
 
 #[cfg(test)]

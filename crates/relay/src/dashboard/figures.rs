@@ -243,11 +243,7 @@ fn breakdown<F: Fn(&StatsRow) -> (Option<String>, String) + Copy>(
     now_ms: i64,
     key: F,
 ) -> Vec<Breakdown> {
-    let (cur, prev, last) = (
-        group(current, key),
-        group(previous, key),
-        group(month, key),
-    );
+    let (cur, prev, last) = (group(current, key), group(previous, key), group(month, key));
     let mut keys: Vec<&(Option<String>, String)> = cur.keys().chain(prev.keys()).collect();
     keys.sort();
     keys.dedup();
@@ -290,7 +286,9 @@ pub async fn overview(
         to_ms,
     };
     let current = store.stats_totals(&filter(from, to)).await?;
-    let previous = store.stats_totals(&filter(from - window.ms(), from)).await?;
+    let previous = store
+        .stats_totals(&filter(from - window.ms(), from))
+        .await?;
     let month = if window == Window::Month {
         current.clone()
     } else {
@@ -402,6 +400,9 @@ pub struct LogPage {
     pub entries: Vec<LogEntry>,
     pub next: Option<String>,
 }
+
+/// A position in the log: time, kind (1 = accepted event, 0 = refusal), row id.
+pub type Cursor = (i64, u8, i64);
 
 /// Parses a cursor made by [`LogEntry::cursor`].
 pub fn parse_cursor(s: &str) -> Option<(i64, u8, i64)> {

@@ -92,7 +92,13 @@ fn random_token() -> String {
 }
 
 impl Session {
-    pub fn new(operator: bool, tenant: Option<String>, key_hash: Option<String>, read_only: bool, actor: String) -> Self {
+    pub fn new(
+        operator: bool,
+        tenant: Option<String>,
+        key_hash: Option<String>,
+        read_only: bool,
+        actor: String,
+    ) -> Self {
         Session {
             operator,
             tenant,
@@ -160,7 +166,9 @@ impl FromRequestParts<AppState> for Viewer {
         if let Some(hash) = &session.key_hash {
             // A revoked key ends its sessions at once.
             match state.store.find_api_key(hash).await {
-                Ok(Some(k)) if k.revoked_at_ms.is_none() && Some(&k.tenant) == session.tenant.as_ref() => {
+                Ok(Some(k))
+                    if k.revoked_at_ms.is_none() && Some(&k.tenant) == session.tenant.as_ref() =>
+                {
                     assets = k.assets;
                 }
                 Ok(_) => return Err(SignIn.into_response()),
@@ -178,26 +186,31 @@ impl FromRequestParts<AppState> for Viewer {
 /// Refuses a state-changing request that did not come from one of our own pages: the form's
 /// token must match the session's, and the browser's `Origin`/`Sec-Fetch-Site` must say
 /// same-origin when present.
-pub fn check_csrf(viewer: &Viewer, token: &str, headers: &HeaderMap) -> Result<(), Response> {
+pub fn check_csrf(viewer: &Viewer, token: &str, headers: &HeaderMap) -> Result<(), Box<Response>> {
     same_origin(headers)?;
     let expected = viewer.session.csrf.as_bytes();
     if bool::from(token.as_bytes().ct_eq(expected)) {
         Ok(())
     } else {
-        Err(forbidden("the form's security token does not match your session; reload the page and try again"))
+        Err(forbidden(
+            "the form's security token does not match your session; reload the page and try again",
+        ))
     }
 }
 
 /// `Origin` (when sent) must name this host, and `Sec-Fetch-Site` (when sent) must not be
 /// cross-site: the sign-in forms have no session token yet.
-pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
+pub fn same_origin(headers: &HeaderMap) -> Result<(), Box<Response>> {
     if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && !matches!(site, "same-origin" | "none")
     {
         return Err(forbidden("cross-site requests are refused"));
     }
     if let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) {
-        let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let host = headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
         if origin == "null" || origin_host != host {
             return Err(forbidden("cross-origin requests are refused"));
@@ -206,8 +219,14 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-fn forbidden(message: &str) -> Response {
-    (StatusCode::FORBIDDEN, super::views::message_page("Refused", message)).into_response()
+fn forbidden(message: &str) -> Box<Response> {
+    Box::new(
+        (
+            StatusCode::FORBIDDEN,
+            axum::response::Html(super::views::message_page("Refused", message)),
+        )
+            .into_response(),
+    )
 }
 
 /// The client's address for the login limit (the socket's; a proxy in front makes every
@@ -257,16 +276,28 @@ impl LoginLimiter {
 }
 
 /// The session a presented key signs in to, if it is the admin key or a valid tenant key.
-pub async fn session_for_key(state: &AppState, presented: &str) -> Result<Option<Session>, StoreError> {
+pub async fn session_for_key(
+    state: &AppState,
+    presented: &str,
+) -> Result<Option<Session>, StoreError> {
     let presented = presented.trim();
     if state.auth.is_admin(presented) {
-        return Ok(Some(Session::new(true, None, None, false, "ui:operator".into())));
+        return Ok(Some(Session::new(
+            true,
+            None,
+            None,
+            false,
+            "ui:operator".into(),
+        )));
     }
     let Some(scope) = state.auth.tenant_scope(presented).await? else {
         return Ok(None);
     };
     // Stored keys are checked again on every request; the configured key lives in the config.
-    let key_hash = scope.key_id.starts_with("key_").then(|| keys::hash(presented));
+    let key_hash = scope
+        .key_id
+        .starts_with("key_")
+        .then(|| keys::hash(presented));
     Ok(Some(Session::new(
         false,
         Some(scope.tenant),
@@ -308,7 +339,8 @@ pub async fn create_link(
             tenant: Some(tenant.to_owned()),
             target: None,
             detail: Some(
-                serde_json::json!({"read_only": read_only, "expires_in_s": ttl.as_secs()}).to_string(),
+                serde_json::json!({"read_only": read_only, "expires_in_s": ttl.as_secs()})
+                    .to_string(),
             ),
         })
         .await?;
@@ -316,7 +348,10 @@ pub async fn create_link(
 }
 
 /// The session a login link signs in to, using it up; `None` if unknown, used or expired.
-pub async fn session_for_link(store: &dyn Store, token: &str) -> Result<Option<Session>, StoreError> {
+pub async fn session_for_link(
+    store: &dyn Store,
+    token: &str,
+) -> Result<Option<Session>, StoreError> {
     let token = token.trim();
     if !token.starts_with(LINK_PREFIX) {
         return Ok(None);

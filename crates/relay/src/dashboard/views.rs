@@ -29,7 +29,7 @@ pub fn fmt_int(n: i64) -> String {
     let digits = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -74,7 +74,14 @@ fn fmt_opt_time(ms: Option<i64>, now: i64, none: &str) -> String {
 /// The change from the previous window: `(text, css class)`.
 fn delta(current: i64, previous: i64, higher_is_good: Option<bool>) -> (String, &'static str) {
     if current == previous {
-        return (if current == 0 { "—".into() } else { "±0 %".into() }, "flat");
+        return (
+            if current == 0 {
+                "—".into()
+            } else {
+                "±0 %".into()
+            },
+            "flat",
+        );
     }
     if previous == 0 {
         return ("new".into(), "flat");
@@ -348,7 +355,7 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     if let Err(r) = session::same_origin(&headers) {
-        return r;
+        return *r;
     }
     let ip = session::client_ip(&extensions);
     if let Err(wait) = state.ui.limiter.check(ip) {
@@ -383,7 +390,7 @@ pub async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = session::check_csrf(&viewer, &form.csrf, &headers) {
-        return r;
+        return *r;
     }
     (
         jar.remove(
@@ -426,7 +433,7 @@ pub async fn link_login(
     Form(form): Form<LinkForm>,
 ) -> Response {
     if let Err(r) = session::same_origin(&headers) {
-        return r;
+        return *r;
     }
     let ip = session::client_ip(&extensions);
     if let Err(wait) = state.ui.limiter.check(ip) {
@@ -461,12 +468,15 @@ pub async fn switch_tenant(
     Form(form): Form<SwitchForm>,
 ) -> Response {
     if let Err(r) = session::check_csrf(&viewer, &form.csrf, &headers) {
-        return r;
+        return *r;
     }
     if !viewer.session.operator {
         return (
             StatusCode::FORBIDDEN,
-            Html(message_page("Refused", "only the operator can switch tenants")),
+            Html(message_page(
+                "Refused",
+                "only the operator can switch tenants",
+            )),
         )
             .into_response();
     }
@@ -529,7 +539,12 @@ pub struct TableRow {
     pub active: bool,
 }
 
-fn table(rows: &[Breakdown], now: i64, empty_key: &str, link: Option<&dyn Fn(&str) -> String>) -> Vec<TableRow> {
+fn table(
+    rows: &[Breakdown],
+    now: i64,
+    empty_key: &str,
+    link: Option<&dyn Fn(&str) -> String>,
+) -> Vec<TableRow> {
     rows.iter()
         .map(|r| {
             let (change, change_class) = delta(r.current.received, r.previous.received, None);
@@ -573,12 +588,48 @@ fn cards(cur: &Figures, prev: &Figures) -> Vec<Card> {
         }
     };
     vec![
-        card("Received", cur.received, prev.received, None, "events submitted"),
-        card("Accepted", c.accepted, p.accepted, Some(true), "stored for delivery"),
-        card("Duplicates", c.duplicates, p.duplicates, Some(false), "same event_id again; not sent twice"),
-        card("Rejected", c.rejected, p.rejected, Some(false), "refused at ingest; never sent"),
-        card("Delivered", c.delivered, p.delivered, Some(true), "acknowledged by Meta"),
-        card("Retrying", c.retried, p.retried, Some(false), "failed attempts, scheduled again"),
+        card(
+            "Received",
+            cur.received,
+            prev.received,
+            None,
+            "events submitted",
+        ),
+        card(
+            "Accepted",
+            c.accepted,
+            p.accepted,
+            Some(true),
+            "stored for delivery",
+        ),
+        card(
+            "Duplicates",
+            c.duplicates,
+            p.duplicates,
+            Some(false),
+            "same event_id again; not sent twice",
+        ),
+        card(
+            "Rejected",
+            c.rejected,
+            p.rejected,
+            Some(false),
+            "refused at ingest; never sent",
+        ),
+        card(
+            "Delivered",
+            c.delivered,
+            p.delivered,
+            Some(true),
+            "acknowledged by Meta",
+        ),
+        card(
+            "Retrying",
+            c.retried,
+            p.retried,
+            Some(false),
+            "failed attempts, scheduled again",
+        ),
         card("Dead", c.dead, p.dead, Some(false), "given up; replayable"),
     ]
 }
@@ -619,7 +670,15 @@ pub async fn overview(
     let now = now_ms();
     let window = window_of(q.window.as_deref(), Window::Day);
     let dataset = q.dataset.filter(|d| !d.is_empty());
-    let o = match figures::overview(state.store.as_ref(), &viewer.who, window, dataset.as_deref(), now).await {
+    let o = match figures::overview(
+        state.store.as_ref(),
+        &viewer.who,
+        window,
+        dataset.as_deref(),
+        now,
+    )
+    .await
+    {
         Ok(o) => o,
         Err(e) => return store_error(e),
     };
@@ -628,7 +687,15 @@ pub async fn overview(
         Some(d) => format!("/ui?window={}&dataset={}", w.as_str(), urlencode(d)),
         None => format!("/ui?window={}", w.as_str()),
     };
-    let page = match frame(&state, &viewer, "Overview", "/ui", Some((window, hrefs(href)))).await {
+    let page = match frame(
+        &state,
+        &viewer,
+        "Overview",
+        "/ui",
+        Some((window, hrefs(href))),
+    )
+    .await
+    {
         Ok(f) => f,
         Err(e) => return store_error(e),
     };
@@ -642,13 +709,28 @@ pub async fn overview(
         chart_unit: chart_unit(window),
         p50: o.p50.map_or_else(|| "no deliveries".into(), |p| p.label),
         p95: o.p95.map_or_else(|| "no deliveries".into(), |p| p.label),
-        last_received: fmt_opt_time(o.freshness.last_received_ms, now, "nothing received in 30 days"),
-        last_delivered: fmt_opt_time(o.freshness.last_delivered_ms, now, "nothing delivered in 30 days"),
+        last_received: fmt_opt_time(
+            o.freshness.last_received_ms,
+            now,
+            "nothing received in 30 days",
+        ),
+        last_delivered: fmt_opt_time(
+            o.freshness.last_delivered_ms,
+            now,
+            "nothing delivered in 30 days",
+        ),
         tenants: table(&o.by_tenant, now, "(none)", None),
-        datasets: table(&o.by_dataset, now, "(not routed: refused before a dataset was known)", Some(&dataset_link)),
+        datasets: table(
+            &o.by_dataset,
+            now,
+            "(not routed: refused before a dataset was known)",
+            Some(&dataset_link),
+        ),
         event_names: table(&o.by_event_name, now, "(no event name)", Some(&name_link)),
         channels: table(&o.by_channel, now, "(no channel)", Some(&channel_link)),
-        empty: o.current.received == 0 && o.previous.received == 0 && o.freshness.last_received_ms.is_none(),
+        empty: o.current.received == 0
+            && o.previous.received == 0
+            && o.freshness.last_received_ms.is_none(),
         dataset,
         page,
     })
@@ -695,7 +777,12 @@ pub struct LogQuery {
 pub struct BadFilter(pub String);
 
 impl LogQuery {
-    pub fn filter(&self, who: &Who, now: i64, limit: i64) -> Result<(LogFilter, Option<(i64, u8, i64)>), BadFilter> {
+    pub fn filter(
+        &self,
+        who: &Who,
+        now: i64,
+        limit: i64,
+    ) -> Result<(LogFilter, Option<figures::Cursor>), BadFilter> {
         let opt = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
         let state = opt(&self.state);
         if let Some(s) = &state
@@ -708,22 +795,32 @@ impl LogQuery {
         }
         let http_status = match opt(&self.status) {
             None => None,
-            Some(s) => Some(s.parse::<i32>().ok().filter(|n| (100..600).contains(n)).ok_or_else(|| {
-                BadFilter(format!("status: {s:?} is not an HTTP status code (100–599)"))
-            })?),
+            Some(s) => Some(
+                s.parse::<i32>()
+                    .ok()
+                    .filter(|n| (100..600).contains(n))
+                    .ok_or_else(|| {
+                        BadFilter(format!(
+                            "status: {s:?} is not an HTTP status code (100–599)"
+                        ))
+                    })?,
+            ),
         };
         let since_ms = match opt(&self.window) {
             None => None,
             Some(w) => Some(
                 now - Window::parse(&w)
-                    .ok_or_else(|| BadFilter(format!("window: {w:?} is not one of 1h, 24h, 7d, 30d")))?
+                    .ok_or_else(|| {
+                        BadFilter(format!("window: {w:?} is not one of 1h, 24h, 7d, 30d"))
+                    })?
                     .ms(),
             ),
         };
         let cursor = match opt(&self.before) {
             None => None,
             Some(c) => Some(
-                figures::parse_cursor(&c).ok_or_else(|| BadFilter(format!("before: {c:?} is not a page cursor")))?,
+                figures::parse_cursor(&c)
+                    .ok_or_else(|| BadFilter(format!("before: {c:?} is not a page cursor")))?,
             ),
         };
         Ok((
@@ -804,7 +901,9 @@ fn log_rows(entries: &[LogEntry], now: i64) -> Vec<LogRow> {
                         r.attempts.len(),
                         if r.attempts.len() == 1 { "" } else { "s" },
                         a.outcome,
-                        a.http_status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+                        a.http_status
+                            .map(|s| format!(" (HTTP {s})"))
+                            .unwrap_or_default()
                     ),
                     (_, None) => "not sent yet".into(),
                 };
@@ -879,20 +978,30 @@ pub async fn events(
     };
     let (rows, next, error, status) = match q.filter(&viewer.who, now, LOG_PAGE) {
         Err(BadFilter(m)) => (Vec::new(), None, Some(m), StatusCode::UNPROCESSABLE_ENTITY),
-        Ok((filter, cursor)) => match figures::log_page(state.store.as_ref(), filter, cursor).await {
+        Ok((filter, cursor)) => match figures::log_page(state.store.as_ref(), filter, cursor).await
+        {
             Ok(p) => (
                 log_rows(&p.entries, now),
-                p.next.map(|c| format!("/ui/events?{}", q.query_string(Some(&c)))),
+                p.next
+                    .map(|c| format!("/ui/events?{}", q.query_string(Some(&c)))),
                 None,
                 StatusCode::OK,
             ),
             Err(e) => return store_error(e),
         },
     };
-    let states = ["", "queued", "sending", "retrying", "delivered", "dead", "refused"]
-        .into_iter()
-        .map(|s| (s, s == q.state))
-        .collect();
+    let states = [
+        "",
+        "queued",
+        "sending",
+        "retrying",
+        "delivered",
+        "dead",
+        "refused",
+    ]
+    .into_iter()
+    .map(|s| (s, s == q.state))
+    .collect();
     let windows = ["", "1h", "24h", "7d", "30d"]
         .into_iter()
         .map(|w| (w, w == q.window))
@@ -972,11 +1081,7 @@ fn attribution_fields(payload: &Value) -> Vec<Field> {
     fields
 }
 
-pub async fn event(
-    State(state): State<AppState>,
-    viewer: Viewer,
-    Path(id): Path<i64>,
-) -> Response {
+pub async fn event(State(state): State<AppState>, viewer: Viewer, Path(id): Path<i64>) -> Response {
     let now = now_ms();
     let record = match state.store.get_event_row(id).await {
         Ok(Some(r)) if visible(&viewer.who, &r.tenant, Some(&r.asset_id)) => r,
@@ -984,7 +1089,15 @@ pub async fn event(
         Ok(_) => return not_found("no such event"),
         Err(e) => return store_error(e),
     };
-    let page = match frame(&state, &viewer, &format!("Event {}", record.event_id), "/ui/events", None).await {
+    let page = match frame(
+        &state,
+        &viewer,
+        &format!("Event {}", record.event_id),
+        "/ui/events",
+        None,
+    )
+    .await
+    {
         Ok(f) => f,
         Err(e) => return store_error(e),
     };
@@ -1010,7 +1123,10 @@ pub async fn event(
             latency: format!("{} ms", fmt_int(a.latency_ms)),
         })
         .collect();
-    let unfinished = matches!(record.state, EventState::Queued | EventState::Retrying | EventState::Sending);
+    let unfinished = matches!(
+        record.state,
+        EventState::Queued | EventState::Retrying | EventState::Sending
+    );
     render(&EventPage {
         id: record.id,
         can_replay: record.state == EventState::Dead,
@@ -1092,7 +1208,8 @@ pub async fn refused(
         Err(e) => return store_error(e),
     };
     let errors: Value = serde_json::from_str(&record.errors).unwrap_or(Value::Null);
-    let body: Value = serde_json::from_str(&record.body).unwrap_or(Value::String(record.body.clone()));
+    let body: Value =
+        serde_json::from_str(&record.body).unwrap_or(Value::String(record.body.clone()));
     let (explanation, fix) = super::explain::issue(&record.error_code);
     render(&RefusedPage {
         page,
@@ -1115,12 +1232,15 @@ pub async fn replay(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = session::check_csrf(&viewer, &form.csrf, &headers) {
-        return r;
+        return *r;
     }
     if !viewer.may_write() {
         return (
             StatusCode::FORBIDDEN,
-            Html(message_page("Read-only", "this sign-in is read-only: it cannot replay events")),
+            Html(message_page(
+                "Read-only",
+                "this sign-in is read-only: it cannot replay events",
+            )),
         )
             .into_response();
     }
@@ -1148,7 +1268,8 @@ pub async fn replay(
             tenant: Some(record.tenant.clone()),
             target: Some(record.event_id.clone()),
             detail: Some(
-                serde_json::json!({"dataset_id": record.dataset_id, "row_id": record.id}).to_string(),
+                serde_json::json!({"dataset_id": record.dataset_id, "row_id": record.id})
+                    .to_string(),
             ),
         };
         if let Err(e) = state.store.append_audit(&entry).await {
@@ -1190,7 +1311,15 @@ pub async fn errors(
         Err(e) => return store_error(e),
     };
     let href = |w: Window| format!("/ui/errors?window={}", w.as_str());
-    let page = match frame(&state, &viewer, "Errors", "/ui/errors", Some((window, hrefs(href)))).await {
+    let page = match frame(
+        &state,
+        &viewer,
+        "Errors",
+        "/ui/errors",
+        Some((window, hrefs(href))),
+    )
+    .await
+    {
         Ok(f) => f,
         Err(e) => return store_error(e),
     };
@@ -1307,7 +1436,11 @@ pub async fn sources(State(state): State<AppState>, viewer: Viewer) -> Response 
                 reason: a.status_reason.unwrap_or_default(),
                 fix: a.fix_command.unwrap_or_default(),
                 test_event_code: a.test_event_code.unwrap_or_default(),
-                updated: if a.updated_at_ms > 0 { fmt_ago(a.updated_at_ms, now) } else { "—".into() },
+                updated: if a.updated_at_ms > 0 {
+                    fmt_ago(a.updated_at_ms, now)
+                } else {
+                    "—".into()
+                },
             })
             .collect(),
         webhooks: s.webhooks.map(|w| {
@@ -1373,7 +1506,15 @@ pub async fn quality(
         Err(e) => return store_error(e),
     };
     let href = |w: Window| format!("/ui/quality?window={}", w.as_str());
-    let page = match frame(&state, &viewer, "Quality", "/ui/quality", Some((window, hrefs(href)))).await {
+    let page = match frame(
+        &state,
+        &viewer,
+        "Quality",
+        "/ui/quality",
+        Some((window, hrefs(href))),
+    )
+    .await
+    {
         Ok(f) => f,
         Err(e) => return store_error(e),
     };
@@ -1387,7 +1528,9 @@ pub async fn quality(
                 channel: c.channel.clone(),
                 accepted: fmt_int(c.accepted),
                 with_click_id: fmt_int(c.with_click_id),
-                share: c.share_pct.map_or_else(|| "—".into(), |p| format!("{p:.1} %")),
+                share: c
+                    .share_pct
+                    .map_or_else(|| "—".into(), |p| format!("{p:.1} %")),
                 note: if c.channel == "whatsapp" {
                     "ctwa_clid from the ad click"
                 } else {

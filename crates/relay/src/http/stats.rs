@@ -114,7 +114,14 @@ pub async fn overview(
 ) -> Result<Json<Value>, ApiError> {
     let who = viewer.who(q.tenant.as_deref())?;
     let w = window(q.window.as_deref(), Window::Day)?;
-    let o = figures::overview(state.store.as_ref(), &who, w, q.dataset.as_deref(), now_ms()).await?;
+    let o = figures::overview(
+        state.store.as_ref(),
+        &who,
+        w,
+        q.dataset.as_deref(),
+        now_ms(),
+    )
+    .await?;
     Ok(Json(json!(o)))
 }
 
@@ -125,7 +132,9 @@ pub async fn errors(
 ) -> Result<Json<Value>, ApiError> {
     let who = viewer.who(q.tenant.as_deref())?;
     let w = window(q.window.as_deref(), Window::Week)?;
-    Ok(Json(json!(figures::errors(state.store.as_ref(), &who, w, now_ms()).await?)))
+    Ok(Json(json!(
+        figures::errors(state.store.as_ref(), &who, w, now_ms()).await?
+    )))
 }
 
 pub async fn quality(
@@ -135,7 +144,9 @@ pub async fn quality(
 ) -> Result<Json<Value>, ApiError> {
     let who = viewer.who(q.tenant.as_deref())?;
     let w = window(q.window.as_deref(), Window::Week)?;
-    Ok(Json(json!(figures::quality(state.store.as_ref(), &who, w, now_ms()).await?)))
+    Ok(Json(json!(
+        figures::quality(state.store.as_ref(), &who, w, now_ms()).await?
+    )))
 }
 
 pub async fn sources(
@@ -144,7 +155,9 @@ pub async fn sources(
     Query(q): Query<StatsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let who = viewer.who(q.tenant.as_deref())?;
-    Ok(Json(json!(figures::sources(state.store.as_ref(), &who).await?)))
+    Ok(Json(json!(
+        figures::sources(state.store.as_ref(), &who).await?
+    )))
 }
 
 #[derive(Deserialize)]
@@ -183,17 +196,25 @@ pub async fn events(
     let limit = match q.limit.as_deref() {
         None | Some("") => LOG_PAGE,
         Some(l) => l.parse::<i64>().map_err(|_| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter", format!("limit: {l:?} is not a number"))
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_filter",
+                format!("limit: {l:?} is not a number"),
+            )
         })?,
     }
     .clamp(1, 500);
     let (filter, cursor) = q
         .log
         .filter(&who, now_ms(), limit)
-        .map_err(|BadFilter(m)| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter", m))?;
+        .map_err(|BadFilter(m)| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_filter", m)
+        })?;
     let page = figures::log_page(state.store.as_ref(), filter, cursor).await?;
     let data: Vec<Value> = page.entries.into_iter().map(entry_json).collect();
-    Ok(Json(json!({"count": data.len(), "data": data, "next": page.next})))
+    Ok(Json(
+        json!({"count": data.len(), "data": data, "next": page.next}),
+    ))
 }
 
 /// Events sent with a `test_event_code`, newest first, and the codes in force.

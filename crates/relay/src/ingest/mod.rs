@@ -14,9 +14,7 @@ use std::{
 };
 
 use relay_core::{Issue, ValidationOptions, contact::Attribution, validate_event};
-use relay_store::{
-    Asset, InsertOutcome, NewEvent, Store, StoreError, dashboard::NewRefusal,
-};
+use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError, dashboard::NewRefusal};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -455,9 +453,13 @@ async fn record_refusals(
         })
         .map(|(index, errors, warnings)| {
             let input = &events[index];
-            let asset_id = ["whatsapp_business_account_id", "page_id", "instagram_business_account_id"]
-                .iter()
-                .find_map(|k| text(input, &["user_data", k]));
+            let asset_id = [
+                "whatsapp_business_account_id",
+                "page_id",
+                "instagram_business_account_id",
+            ]
+            .iter()
+            .find_map(|k| text(input, &["user_data", k]));
             let mut body = relay_core::pii::hash_pii_values(input).to_string();
             if body.len() > MAX_REFUSAL_BODY {
                 let mut cut = MAX_REFUSAL_BODY;

@@ -120,7 +120,10 @@ impl Browser {
     async fn csrf(&mut self, path: &str) -> String {
         let (status, body) = self.get(path).await;
         assert_eq!(status, 200, "{body}");
-        let start = body.find("name=\"csrf\" value=\"").expect("a form with a csrf token") + 19;
+        let start = body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a csrf token")
+            + 19;
         body[start..start + body[start..].find('"').unwrap()].to_owned()
     }
 }
@@ -144,7 +147,12 @@ impl TestApp {
 
     async fn send_with(&self, key: &str, events: &[Value]) -> Value {
         let (status, body) = self
-            .request(Method::POST, "/v1/events", key, Some(&json!({"data": events})))
+            .request(
+                Method::POST,
+                "/v1/events",
+                key,
+                Some(&json!({"data": events})),
+            )
             .await;
         assert_eq!(status, 202, "{body}");
         body
@@ -157,7 +165,10 @@ impl TestApp {
             if let Some(e) = found.iter().find(|e| e.state == state) {
                 return e.id;
             }
-            assert!(started.elapsed() < WAIT, "{event_id} never became {state:?}: {found:?}");
+            assert!(
+                started.elapsed() < WAIT,
+                "{event_id} never became {state:?}: {found:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -215,7 +226,11 @@ async fn scene(app: &TestApp) -> Scene {
         )
         .await;
     assert_eq!(
-        (report["accepted"].as_u64(), report["duplicates"].as_u64(), report["rejected"].as_u64()),
+        (
+            report["accepted"].as_u64(),
+            report["duplicates"].as_u64(),
+            report["rejected"].as_u64()
+        ),
         (Some(3), Some(1), Some(1)),
         "{report}"
     );
@@ -223,7 +238,9 @@ async fn scene(app: &TestApp) -> Scene {
         .await;
     app.wait_for_state("acme-1", EventState::Delivered).await;
     app.wait_for_state("acme-2", EventState::Delivered).await;
-    let globex_row = app.wait_for_state(GLOBEX_EVENT, EventState::Delivered).await;
+    let globex_row = app
+        .wait_for_state(GLOBEX_EVENT, EventState::Delivered)
+        .await;
     let dead_row = app.wait_for_state("acme-poison", EventState::Dead).await;
     Scene {
         acme_key,
@@ -255,7 +272,10 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
         let (status, page) = acme.get("/ui/events?state=refused").await;
         assert_eq!(status, 200, "{page}");
         assert!(page.contains("acme-refused-1"), "{page}");
-        assert!(page.contains("event_time"), "the refusal names the field: {page}");
+        assert!(
+            page.contains("event_time"),
+            "the refusal names the field: {page}"
+        );
         assert!(!page.contains("acme-2"), "only refused events: {page}");
         let start = page.find("/ui/refused/").unwrap() + 12;
         page[start..start + page[start..].find('"').unwrap()].to_owned()
@@ -303,9 +323,15 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
 
     // The log: search by event_id, and the filters.
     let (_, page) = acme.get("/ui/events?q=acme-2").await;
-    assert!(page.contains("acme-2") && !page.contains("acme-poison"), "{page}");
+    assert!(
+        page.contains("acme-2") && !page.contains("acme-poison"),
+        "{page}"
+    );
     let (_, page) = acme.get("/ui/events?state=dead").await;
-    assert!(page.contains("acme-poison") && !page.contains("acme-2<"), "{page}");
+    assert!(
+        page.contains("acme-poison") && !page.contains("acme-2<"),
+        "{page}"
+    );
     let (status, page) = acme.get("/ui/events?status=abc").await;
     assert_eq!(status, 422, "{page}");
     assert!(page.contains("is not an HTTP status code"), "{page}");
@@ -315,12 +341,21 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
     assert!(page.contains("missing_field"), "{page}");
     // The event page: attempts with Meta's answer and fbtrace_id, attribution, the payload.
     let (_, page) = acme.get(&format!("/ui/events/{}", s.dead_row)).await;
-    assert!(page.contains("id=\"replay\""), "a dead letter can be replayed: {page}");
-    assert!(page.contains("ctwa_clid") && page.contains("ARAk-acme-poison"), "{page}");
+    assert!(
+        page.contains("id=\"replay\""),
+        "a dead letter can be replayed: {page}"
+    );
+    assert!(
+        page.contains("ctwa_clid") && page.contains("ARAk-acme-poison"),
+        "{page}"
+    );
     assert!(page.contains("fbtrace_id"), "{page}");
     // The errors page groups the refusal and the dead letter with explanations.
     let (_, page) = acme.get("/ui/errors").await;
-    assert!(page.contains("missing_field") && page.contains("invalid_payload"), "{page}");
+    assert!(
+        page.contains("missing_field") && page.contains("invalid_payload"),
+        "{page}"
+    );
     // The overview draws a chart in SVG.
     let (_, page) = acme.get("/ui").await;
     assert!(page.contains("<svg class=\"chart\""), "{page}");
@@ -331,7 +366,12 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
 
     // The JSON twins: the same counts, the same isolation.
     let (status, o) = app
-        .request(Method::GET, "/v1/stats/overview?window=1h", &s.acme_key, None)
+        .request(
+            Method::GET,
+            "/v1/stats/overview?window=1h",
+            &s.acme_key,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{o}");
     let c = &o["current"];
@@ -345,7 +385,15 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
             c["dead"].as_i64(),
             c["with_click_id"].as_i64()
         ),
-        (Some(5), Some(3), Some(1), Some(1), Some(2), Some(1), Some(3)),
+        (
+            Some(5),
+            Some(3),
+            Some(1),
+            Some(1),
+            Some(2),
+            Some(1),
+            Some(3)
+        ),
         "{o}"
     );
     assert!(o["p95"]["label"].as_str().is_some(), "{o}");
@@ -368,20 +416,37 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
     assert_eq!(log["count"], 2, "{log}");
     let next = log["next"].as_str().expect("a next page");
     let (_, rest) = app
-        .request(Method::GET, &format!("/v1/stats/events?before={next}"), &s.acme_key, None)
+        .request(
+            Method::GET,
+            &format!("/v1/stats/events?before={next}"),
+            &s.acme_key,
+            None,
+        )
         .await;
     // Four events and one refusal in all, each listed once across the pages.
     assert_eq!(rest["count"], 2, "{rest}");
     let (status, body) = app
-        .request(Method::GET, "/v1/stats/overview?tenant=globex", &s.acme_key, None)
+        .request(
+            Method::GET,
+            "/v1/stats/overview?tenant=globex",
+            &s.acme_key,
+            None,
+        )
         .await;
     assert_eq!(status, 403, "{body}");
     let (status, body) = app
-        .request(Method::GET, "/v1/stats/overview?tenant=globex&window=1h", ADMIN_KEY, None)
+        .request(
+            Method::GET,
+            "/v1/stats/overview?tenant=globex&window=1h",
+            ADMIN_KEY,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["current"]["delivered"], 1, "{body}");
-    let (status, _) = app.request(Method::GET, "/v1/stats/overview", "nope", None).await;
+    let (status, _) = app
+        .request(Method::GET, "/v1/stats/overview", "nope", None)
+        .await;
     assert_eq!(status, 401);
 
     // Without a session every page sends the browser to the login page.
@@ -389,7 +454,11 @@ async fn a_tenant_sees_its_own_events_on_every_page_and_nothing_of_another(backe
     for path in &pages {
         let request = anonymous.client.get(format!("{}{path}", app.base));
         let (status, _, location) = anonymous.send(request).await;
-        assert_eq!((status, location.as_deref()), (303, Some("/ui/login")), "{path}");
+        assert_eq!(
+            (status, location.as_deref()),
+            (303, Some("/ui/login")),
+            "{path}"
+        );
     }
     let (status, page) = anonymous.get("/ui/login").await;
     assert_eq!(status, 200);
@@ -434,7 +503,8 @@ async fn a_dead_letter_is_replayed_from_its_page_with_the_csrf_token_and_audited
     app.sim.set_faults(Faults::default());
     let (status, _, location) = acme.post(&replay, &[("csrf", &token)]).await;
     assert_eq!((status, location.as_deref()), (303, Some(page.as_str())));
-    app.wait_for_state("acme-poison", EventState::Delivered).await;
+    app.wait_for_state("acme-poison", EventState::Delivered)
+        .await;
     let (_, shown) = acme.get(&page).await;
     assert!(shown.contains(">delivered<"), "{shown}");
     let audit = app.store.list_audit(Some("acme"), 20).await.unwrap();
@@ -471,9 +541,7 @@ async fn sign_in_is_rate_limited_and_cross_site_forms_are_refused(backend: Backe
     assert_eq!(status, 429, "{page}");
     assert!(page.contains("Too many failed sign-ins"), "{page}");
     assert!(b.cookie.is_none());
-    let (status, _, _) = b
-        .post("/ui/link", &[("token", "uil_guess")])
-        .await;
+    let (status, _, _) = b.post("/ui/link", &[("token", "uil_guess")]).await;
     assert_eq!(status, 429, "links share the limit");
 }
 
@@ -508,7 +576,10 @@ async fn a_login_link_signs_in_once_and_a_read_only_session_cannot_replay(backen
     assert!(!page.contains("id=\"replay\""), "{page}");
     let csrf = b.csrf("/ui").await;
     let (status, _, _) = b
-        .post(&format!("/ui/events/{}/replay", s.dead_row), &[("csrf", &csrf)])
+        .post(
+            &format!("/ui/events/{}/replay", s.dead_row),
+            &[("csrf", &csrf)],
+        )
         .await;
     assert_eq!(status, 403);
     // A second browser with the same link gets nothing.
@@ -523,9 +594,15 @@ async fn a_login_link_signs_in_once_and_a_read_only_session_cannot_replay(backen
     let (status, _, _) = other.post("/ui/link", &[("token", &expired)]).await;
     assert_eq!(status, 410);
     assert!(
-        session::create_link(app.store.as_ref(), "nobody", false, Duration::from_secs(60), "t")
-            .await
-            .is_err()
+        session::create_link(
+            app.store.as_ref(),
+            "nobody",
+            false,
+            Duration::from_secs(60),
+            "t"
+        )
+        .await
+        .is_err()
     );
     let audit = app.store.list_audit(Some("acme"), 20).await.unwrap();
     assert!(audit.iter().any(|e| e.action == "ui.link"), "{audit:?}");
@@ -551,9 +628,15 @@ async fn the_operator_sees_every_tenant_and_switches_between_them(backend: Backe
     let (status, page) = op.get("/ui").await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("operator · all tenants"), "{page}");
-    assert!(page.contains("Per tenant") && page.contains(">acme<") && page.contains(">globex<"), "{page}");
+    assert!(
+        page.contains("Per tenant") && page.contains(">acme<") && page.contains(">globex<"),
+        "{page}"
+    );
     let (_, page) = op.get("/ui/events").await;
-    assert!(page.contains(GLOBEX_EVENT) && page.contains("acme-2"), "{page}");
+    assert!(
+        page.contains(GLOBEX_EVENT) && page.contains("acme-2"),
+        "{page}"
+    );
     let (_, page) = op.get("/ui/sources").await;
     assert!(page.contains("Webhook capture"), "{page}");
     assert_no_secret(&page, "sources", &[ADMIN_KEY, TOKEN, "sealed:"]);
@@ -567,7 +650,10 @@ async fn the_operator_sees_every_tenant_and_switches_between_them(backend: Backe
     assert_eq!(status, 303);
     let (_, page) = op.get("/ui/events").await;
     assert!(page.contains("operator · viewing globex"), "{page}");
-    assert!(page.contains(GLOBEX_EVENT) && !page.contains("acme-2"), "{page}");
+    assert!(
+        page.contains(GLOBEX_EVENT) && !page.contains("acme-2"),
+        "{page}"
+    );
     let (status, _, _) = op
         .post("/ui/switch", &[("csrf", &csrf), ("tenant", "nobody")])
         .await;
@@ -582,7 +668,10 @@ async fn the_operator_sees_every_tenant_and_switches_between_them(backend: Backe
     assert_eq!(status, 403);
     let (_, page) = tenant.get("/ui/events").await;
     assert!(!page.contains(GLOBEX_EVENT), "{page}");
-    assert!(page.contains(DEFAULT_TENANT) || page.contains("No events match"), "{page}");
+    assert!(
+        page.contains(DEFAULT_TENANT) || page.contains("No events match"),
+        "{page}"
+    );
 }
 
 async fn revoking_a_key_ends_its_dashboard_sessions(backend: Backend) {
@@ -596,7 +685,12 @@ async fn revoking_a_key_ends_its_dashboard_sessions(backend: Backend) {
     let (status, _) = b.get("/ui").await;
     assert_eq!(status, 200);
     let (status, body) = app
-        .request(Method::DELETE, &format!("/v1/admin/keys/{id}"), ADMIN_KEY, None)
+        .request(
+            Method::DELETE,
+            &format!("/v1/admin/keys/{id}"),
+            ADMIN_KEY,
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     let (status, _) = b.get("/ui").await;
