@@ -9,6 +9,7 @@ pub mod contact;
 pub mod event;
 pub mod event_id;
 pub mod event_name;
+pub mod graph_error;
 pub mod issue;
 pub mod money;
 pub mod pii;

@@ -41,6 +41,9 @@ pub struct ValidationOptions {
     /// Accept WhatsApp events without `ctwa_clid` when they carry a hashed phone (`ph`): set
     /// per event for assets that allow unattributed conversions by contact.
     pub whatsapp_without_click_id: bool,
+    /// Take a PII value that is already a SHA-256 hex digest as hashed, without `pre_hashed`:
+    /// Meta's own endpoint (and so every Business SDK) sends PII hashed that way.
+    pub sha256_passes_through: bool,
 }
 
 /// An event that passed: what to send, and what was changed or dropped on the way.
@@ -197,13 +200,7 @@ pub fn validate_event(
         default_phone_region: opts.default_phone_region,
         current_year,
     };
-    let (channel, user_data) = check_user_data(
-        obj,
-        &pre_hashed,
-        &pii_ctx,
-        opts.whatsapp_without_click_id,
-        &mut check,
-    );
+    let (channel, user_data) = check_user_data(obj, &pre_hashed, &pii_ctx, opts, &mut check);
     let custom_data = obj
         .get("custom_data")
         .and_then(|v| check_custom_data(v, &mut check));
@@ -554,7 +551,7 @@ fn check_user_data(
     obj: &Map<String, Value>,
     pre_hashed: &PreHashed,
     pii_ctx: &PiiContext,
-    whatsapp_without_click_id: bool,
+    opts: &ValidationOptions,
     check: &mut Check,
 ) -> (Option<Channel>, Option<UserData>) {
     let ud = match obj.get("user_data") {
@@ -613,7 +610,7 @@ fn check_user_data(
 
     let channel = resolve_channel(obj, &data, check);
     if let Some(channel) = channel {
-        let phone_only = whatsapp_without_click_id
+        let phone_only = opts.whatsapp_without_click_id
             && channel == Channel::WhatsApp
             && ud.get("ph").is_some_and(|v| !v.is_null());
         require_identity(channel, &mut data, phone_only, check);
@@ -621,7 +618,14 @@ fn check_user_data(
 
     for (key, value) in ud {
         if let Some(field) = PiiField::from_key(key) {
-            let digests = hash_pii_values(field, value, pre_hashed.contains(field), pii_ctx, check);
+            let hashed = if pre_hashed.contains(field) {
+                Prehash::Marked
+            } else if opts.sha256_passes_through {
+                Prehash::Sha256PassesThrough
+            } else {
+                Prehash::No
+            };
+            let digests = hash_pii_values(field, value, hashed, pii_ctx, check);
             *data.pii_mut(field) = Hashed::from_digests(digests);
         } else if UNHASHED_USER_DATA_KEYS.contains(&key.as_str()) {
             if let Some(v) = id_value(ud, key, format_args!("user_data.{key}"), check) {
@@ -745,11 +749,22 @@ fn require_identity(channel: Channel, data: &mut UserData, phone_only: bool, che
     }
 }
 
+/// Whether a field's values may already be hashed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prehash {
+    /// Plain text: normalised and hashed.
+    No,
+    /// Marked `pre_hashed`: every value must be a digest.
+    Marked,
+    /// A value that is a SHA-256 digest is taken as one; any other value is plain text.
+    Sha256PassesThrough,
+}
+
 /// Normalises and hashes every value of one PII field; bad values become warnings.
 fn hash_pii_values(
     field: PiiField,
     value: &Value,
-    pre_hashed: bool,
+    pre_hashed: Prehash,
     ctx: &PiiContext,
     check: &mut Check,
 ) -> Vec<String> {
@@ -780,7 +795,11 @@ fn hash_pii_values(
                 continue;
             }
         };
-        if pre_hashed {
+        if pre_hashed == Prehash::Sha256PassesThrough && pii::looks_like_sha256(raw.trim()) {
+            digests.push(raw.trim().to_ascii_lowercase());
+            continue;
+        }
+        if pre_hashed == Prehash::Marked {
             let digest = raw.trim().to_ascii_lowercase();
             if pii::looks_like_sha256(&digest) {
                 digests.push(digest);

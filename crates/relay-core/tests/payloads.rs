@@ -254,6 +254,26 @@ fn pre_hashed_values_pass_through_only_when_marked() {
 }
 
 #[test]
+fn with_sha256_passing_through_digests_are_kept_and_plain_text_is_still_hashed() {
+    // What Meta's own endpoint expects: the Business SDKs hash before sending.
+    let digest = "E323EC626319CA94EE8BFF2E4C87CF613BE6EA19919ED1364124E16807AB3176";
+    let input = json!({"event_name": "LeadSubmitted", "event_time": SPEC_TIME, "messaging_channel": "messenger",
+        "user_data": {"page_id": "1", "page_scoped_user_id": "2", "ph": [digest], "em": "John_Smith@gmail.com"}});
+    let opts = ValidationOptions {
+        sha256_passes_through: true,
+        ..ValidationOptions::default()
+    };
+    let valid = validate_event(&input, &opts, NOW).unwrap();
+    let user_data = &serde_json::to_value(&valid.event).unwrap()["user_data"];
+    assert_eq!(user_data["ph"], digest.to_lowercase());
+    assert_eq!(
+        user_data["em"],
+        "62a14e44f765419d10fea99367361a727c12365e2520f32218d505ed9aa0f62f"
+    );
+    assert!(valid.warnings.is_empty(), "{:?}", valid.warnings);
+}
+
+#[test]
 fn a_missing_event_id_is_derived_from_the_content() {
     let input = |clid: &str| {
         json!({"event_name": "LeadSubmitted", "event_time": SPEC_TIME, "messaging_channel": "whatsapp",

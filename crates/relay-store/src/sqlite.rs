@@ -3,7 +3,7 @@
 use std::{borrow::Cow, collections::HashSet, str::FromStr, time::Duration};
 
 use sqlx::{
-    QueryBuilder, Row, Sqlite, SqlitePool, Transaction,
+    Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction,
     migrate::Migrator,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
@@ -67,13 +67,15 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(map_err)?;
+        let options_for_checkpoints = options.clone();
+        // Opened at its first write, after `migrate`: a connection opened before a migration
+        // keeps the old schema in sqlx's cached statement columns, and a `SELECT *` on it then
+        // reads past the end of a row (sqlx's "index out of bounds" panic).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(map_err)?;
-        let checkpointer = tokio::spawn(checkpoint_wal(pool.clone()));
+            .connect_lazy_with(options);
+        let checkpointer = tokio::spawn(checkpoint_wal(pool.clone(), options_for_checkpoints));
         Ok(SqliteStore {
             pool,
             writer,
@@ -210,16 +212,27 @@ async fn insert_exactly(
 /// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], beside the writer
 /// rather than inside its commits; a passive checkpoint never blocks a writer. Ends when the
 /// store is dropped (or the pool closed).
-async fn checkpoint_wal(pool: SqlitePool) {
+async fn checkpoint_wal(pool: SqlitePool, options: SqliteConnectOptions) {
+    // Its own connection, not one of the pool's: a pool connection first opened while `migrate`
+    // runs keeps a half-migrated schema, and its next `SELECT *` reads past the end of the row
+    // (sqlx caches the columns a statement had when it was prepared).
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<SqliteConnection> = None;
     while !pool.is_closed() {
         tick.tick().await;
+        if connection.is_none() {
+            connection = SqliteConnection::connect_with(&options).await.ok();
+        }
+        let Some(conn) = connection.as_mut() else {
+            continue;
+        };
         let passive = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
+            .execute(&mut *conn)
             .await;
         if let Err(e) = passive {
             tracing::debug!(error = %e, "WAL checkpoint skipped");
+            connection = None;
         }
     }
 }

@@ -4,15 +4,21 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{Path, State, rejection::BytesRejection},
     http::StatusCode,
 };
 use relay_core::Channel;
 use secrecy::{ExposeSecret, SecretString};
-use serde::{Deserialize, de::DeserializeOwned};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState, auth::AdminKey};
+use super::{
+    ApiError, AppState,
+    auth::AdminKey,
+    body::{JsonBody, QueryParams, parse_json},
+    openapi::ErrorBody,
+};
 use crate::tenancy::{self, AdminError, OnboardRequest};
 
 const ACTOR: &str = "admin-api";
@@ -20,9 +26,11 @@ const ACTOR: &str = "admin-api";
 impl From<AdminError> for ApiError {
     fn from(e: AdminError) -> Self {
         match e {
-            AdminError::Invalid { .. } => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", e.to_string())
-            }
+            AdminError::Invalid { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_value",
+                e.to_string(),
+            ),
             AdminError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             AdminError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AdminError::Meta { .. } => {
@@ -30,36 +38,30 @@ impl From<AdminError> for ApiError {
             }
             AdminError::Vault(v) => {
                 tracing::error!(error = %v, "vault error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "vault", v.to_string())
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error (sealing a token); see the relay's log",
+                )
             }
             AdminError::Store(s) => s.into(),
         }
     }
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("the body is not the expected JSON: {e}"),
-        )
-    })
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     name: String,
     test_event_code: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin", security(("admin_key" = [])), request_body(content = NewTenant, example = json!({"name": "acme", "test_event_code": "TEST123"})), responses((status = 201, description = "the tenant", body = Object), (status = 409, description = "conflict", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
-    body: Bytes,
+    JsonBody(request): JsonBody<NewTenant>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: NewTenant = parse(&body)?;
     let store = state.store.as_ref();
     let tenant = tenancy::create_tenant(
         store,
@@ -71,6 +73,7 @@ pub async fn create_tenant(
     Ok((StatusCode::CREATED, Json(json!(tenant))))
 }
 
+#[utoipa::path(get, path = "/v1/admin/tenants", tag = "admin", security(("admin_key" = [])), responses((status = 200, description = "{\"data\": [tenants]}", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -79,6 +82,7 @@ pub async fn list_tenants(
     Ok(Json(json!({ "data": tenants })))
 }
 
+#[utoipa::path(get, path = "/v1/admin/tenants/{name}", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), responses((status = 200, description = "the tenant, its assets and keys", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn show_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -88,55 +92,56 @@ pub async fn show_tenant(
     Ok(Json(json!(overview)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantChange {
     /// `null` clears the code.
     test_event_code: Option<String>,
 }
 
+#[utoipa::path(patch, path = "/v1/admin/tenants/{name}", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), request_body(content = TenantChange, example = json!({"test_event_code": null})), responses((status = 200, description = "the tenant", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn update_tenant(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(name): Path<String>,
-    body: Bytes,
+    JsonBody(change): JsonBody<TenantChange>,
 ) -> Result<Json<Value>, ApiError> {
-    let change: TenantChange = parse(&body)?;
     let store = state.store.as_ref();
     tenancy::set_test_event_code(store, &name, change.test_event_code.as_deref(), ACTOR).await?;
     state.ingestor.forget_registry();
     Ok(Json(json!(tenancy::get_tenant(store, &name).await?)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnboardBody {
     channel: String,
     asset_id: String,
+    #[schema(value_type = String)]
     access_token: SecretString,
     dataset_id: Option<String>,
     dataset_name: Option<String>,
     test_event_code: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/assets", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), request_body(content = OnboardBody, example = json!({"channel": "whatsapp", "asset_id": "102290129340398", "access_token": "EAAG…"})), responses((status = 201, description = "the asset with its dataset", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 409, description = "conflict", body = ErrorBody), (status = 502, description = "meta_refused", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn onboard_asset(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(tenant): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody<OnboardBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body: OnboardBody = parse(&body)?;
     let channel: Channel = body.channel.parse().map_err(|e: String| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            "invalid_value",
             format!("channel: {e}"),
         )
     })?;
     if body.access_token.expose_secret().trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            "invalid_value",
             "access_token: must not be empty",
         ));
     }
@@ -154,19 +159,20 @@ pub async fn onboard_asset(
     Ok((StatusCode::CREATED, Json(json!(report))))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
+    #[schema(value_type = String)]
     access_token: SecretString,
 }
 
+#[utoipa::path(put, path = "/v1/admin/assets/{asset_id}/token", tag = "admin", security(("admin_key" = [])), params(("asset_id" = String, Path)), request_body(content = TokenBody, example = json!({"access_token": "EAAG…"})), responses((status = 200, description = "the asset", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn set_token(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(asset_id): Path<String>,
-    body: Bytes,
+    JsonBody(body): JsonBody<TokenBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let body: TokenBody = parse(&body)?;
     let asset = tenancy::set_token(
         state.store.as_ref(),
         &state.admin.vault,
@@ -180,26 +186,28 @@ pub async fn set_token(
     Ok(Json(json!(asset)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyBody {
     label: Option<String>,
     assets: Option<Vec<String>>,
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants/{name}/keys", tag = "admin", security(("admin_key" = [])), params(("name" = String, Path)), request_body(content = Option<NewKeyBody>, description = "optional: no body makes an unlimited, unlabelled key", example = json!({"label": "crm", "assets": ["102290129340398"]})), responses((status = 201, description = "the key, shown once", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn create_key(
     State(state): State<AppState>,
     _admin: AdminKey,
     Path(tenant): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let body = body?;
     let body: NewKeyBody = if body.is_empty() {
         NewKeyBody {
             label: None,
             assets: None,
         }
     } else {
-        parse(&body)?
+        parse_json(&body)?
     };
     let new = tenancy::create_key(
         state.store.as_ref(),
@@ -215,6 +223,7 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(shown)))
 }
 
+#[utoipa::path(delete, path = "/v1/admin/keys/{id}", tag = "admin", security(("admin_key" = [])), params(("id" = String, Path)), responses((status = 200, description = "the revoked key", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     _admin: AdminKey,
@@ -225,16 +234,18 @@ pub async fn revoke_key(
     Ok(Json(json!(key)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     tenant: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin", security(("admin_key" = [])), params(AuditQuery), responses((status = 200, description = "audit entries, newest first", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn audit(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
     let entries = state.store.list_audit(q.tenant.as_deref(), limit).await?;

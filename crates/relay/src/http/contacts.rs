@@ -4,16 +4,19 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::{Path, State},
     http::StatusCode,
 };
 use relay_core::Channel;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     ApiError, AppState,
     auth::{AdminKey, TenantKey},
+    body::{JsonBody, QueryParams},
+    openapi::ErrorBody,
 };
 use crate::tenancy::keys::Scope;
 
@@ -34,6 +37,7 @@ async fn owned(state: &AppState, scope: &Scope, asset_id: &str) -> Result<(), Ap
     }
 }
 
+#[utoipa::path(get, path = "/v1/contacts/{channel}/{asset_id}/{customer}", operation_id = "show_contact", tag = "contacts", security(("tenant_key" = [])), params(("channel" = String, Path), ("asset_id" = String, Path), ("customer" = String, Path, description = "phone, wa_id, user id, PSID or IGSID")), responses((status = 200, description = "the contact and its touches", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -56,31 +60,26 @@ pub async fn show(
     Ok(Json(json!({"contact": contact, "touches": touches})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LinkBody {
     customer_id: String,
 }
 
+#[utoipa::path(put, path = "/v1/contacts/{channel}/{asset_id}/{customer}/customer-id", tag = "contacts", security(("tenant_key" = [])), params(("channel" = String, Path), ("asset_id" = String, Path), ("customer" = String, Path)), request_body(content = LinkBody, example = json!({"customer_id": "crm-42"})), responses((status = 200, description = "the contact", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn link_customer_id(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
     Path((channel_raw, asset_id, customer)): Path<(String, String, String)>,
-    body: Result<Json<LinkBody>, axum::extract::rejection::JsonRejection>,
+    body: JsonBody<LinkBody>,
 ) -> Result<Json<Value>, ApiError> {
     let channel = channel(&channel_raw)?;
     owned(&state, &scope, &asset_id).await?;
-    let Json(body) = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            format!("the body must be {{\"customer_id\": \"…\"}}: {e}"),
-        )
-    })?;
+    let JsonBody(body) = body;
     let customer_id = body.customer_id.trim();
     if customer_id.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
+            "invalid_value",
             "customer_id must not be empty",
         ));
     }
@@ -91,7 +90,8 @@ pub async fn link_customer_id(
     Ok(Json(json!({"contact": contact})))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WebhookQuery {
     state: Option<String>,
     limit: Option<i64>,
@@ -99,10 +99,11 @@ pub struct WebhookQuery {
 
 /// `GET /v1/webhooks?state=failed`: stored deliveries, e.g. those kept because they could not
 /// be understood. Admin only: one delivery may concern several tenants.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("admin_key" = [])), params(WebhookQuery), responses((status = 200, description = "stored webhook deliveries", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Query(q): Query<WebhookQuery>,
+    QueryParams(q): QueryParams<WebhookQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let records = state
         .store

@@ -1,29 +1,34 @@
 //! `GET /v1/dead-letters` and `POST /v1/dead-letters/replay`.
 
-use axum::{
-    Json,
-    extract::{Query, State},
-    http::StatusCode,
-};
+use axum::{Json, extract::State, http::StatusCode};
 use relay_store::DeadLetterFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiError, AppState, auth::TenantKey, events::record_json};
+use super::{
+    ApiError, AppState,
+    auth::TenantKey,
+    body::{JsonBody, QueryParams},
+    events::record_json,
+    openapi::ErrorBody,
+};
 use crate::clock::now_ms;
 use crate::tenancy::keys::Scope;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     dataset_id: Option<String>,
     asset_id: Option<String>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/v1/dead-letters", operation_id = "list_dead_letters", tag = "events", security(("tenant_key" = [])), params(ListQuery), responses((status = 200, description = "dead letters, newest first", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = DeadLetterFilter {
         tenant: Some(scope.tenant.clone()),
@@ -39,7 +44,7 @@ pub async fn list(
 }
 
 /// Which dead letters to replay. At least one selector, or `all: true`, is required.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayRequest {
     event_ids: Option<Vec<String>>,
@@ -49,18 +54,12 @@ pub struct ReplayRequest {
     all: bool,
 }
 
+#[utoipa::path(post, path = "/v1/dead-letters/replay", tag = "events", security(("tenant_key" = [])), request_body(content = ReplayRequest, example = json!({"event_ids": ["wa:tenant1:order-98765"]})), responses((status = 200, description = "how many were queued again", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn replay(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    body: axum::body::Bytes,
+    JsonBody(request): JsonBody<ReplayRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let request: ReplayRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            format!("expected {{\"event_ids\": [...]}}, {{\"dataset_id\": ...}}, {{\"asset_id\": ...}} or {{\"all\": true}}: {e}"),
-        )
-    })?;
     let selective =
         request.event_ids.is_some() || request.dataset_id.is_some() || request.asset_id.is_some();
     if !selective && !request.all {

@@ -7,7 +7,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use relay_store::StoreError;
-use serde_json::json;
+
+use super::openapi::{ErrorBody, ErrorDetail};
 
 #[derive(Debug)]
 pub struct ApiError {
@@ -28,7 +29,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code,
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -67,7 +73,7 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
                 "the request body is larger than max_body_bytes; send at most 1,000 events per request",
             )
         } else {
-            ApiError::new(e.status(), "bad_body", e.body_text())
+            ApiError::new(e.status(), "unreadable_body", e.body_text())
         }
     }
 }

@@ -2,37 +2,47 @@
 
 use axum::{
     Json,
-    body::Bytes,
-    extract::{Path, Query, State, rejection::BytesRejection},
+    extract::{Path, State},
     http::StatusCode,
 };
 use relay_core::MAX_EVENTS_PER_REQUEST;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::IntoParams;
 
-use super::{ApiError, AppState, auth::TenantKey};
+use super::{
+    ApiError, AppState,
+    auth::TenantKey,
+    body::{JsonBody, QueryParams},
+    openapi::ErrorBody,
+};
 use crate::ingest::IngestReport;
 
+/// The body of `POST /v1/events`, for the OpenAPI document (the handler reads it as JSON and
+/// judges each event on its own, so that one bad event never fails its neighbours).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EventsRequest {
+    /// Meta's server events (README, "What an event looks like"). Any JSON value is taken: an
+    /// item that is not an event is `rejected` on its own (`not_an_object`), never the request.
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<serde_json::Value>)]
+    data: Vec<Value>,
+    test_event_code: Option<String>,
+}
+
+#[utoipa::path(post, path = "/v1/events", operation_id = "submit_events", tag = "events", security(("tenant_key" = [])), request_body(content = EventsRequest, example = json!({"data": [{"event_name": "Purchase", "event_time": 1767000000, "event_id": "wa:tenant1:order-98765", "action_source": "business_messaging", "messaging_channel": "whatsapp", "user_data": {"whatsapp_business_account_id": "102290129340398", "ctwa_clid": "ARAkLkA8rml..."}, "custom_data": {"currency": "USD", "value": 123.45, "order_id": "98765"}}]})), responses((status = 202, description = "committed; one result per event", body = IngestReport), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    body: Result<Bytes, BytesRejection>,
+    JsonBody(request): JsonBody<Value>,
 ) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
-    let body = body?;
-    let request: Value = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("the body is not JSON: {e}"),
-        )
-    })?;
     let events = request
         .get("data")
         .and_then(Value::as_array)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "missing_data",
+                "invalid_body",
                 "the body must be {\"data\": [ ...events... ]}",
             )
         })?;
@@ -46,7 +56,17 @@ pub async fn submit(
             ),
         ));
     }
-    let test_event_code = request.get("test_event_code").and_then(Value::as_str);
+    let test_event_code = match request.get("test_event_code") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(code)) => Some(code.as_str()),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                "test_event_code must be a string (or null)",
+            ));
+        }
+    };
     if test_event_code.is_some_and(|code| code.contains('\0')) {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -64,16 +84,18 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(report)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ShowQuery {
     dataset_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/events/{event_id}", operation_id = "show_event", tag = "events", security(("tenant_key" = [])), params(("event_id" = String, Path), ShowQuery), responses((status = 200, description = "the event, its payload and attempts", body = Object), (status = 404, description = "not_found", body = ErrorBody), (status = 409, description = "ambiguous", body = ErrorBody), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn show(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
     Path(event_id): Path<String>,
-    Query(query): Query<ShowQuery>,
+    QueryParams(query): QueryParams<ShowQuery>,
 ) -> Result<Json<Value>, ApiError> {
     // Another tenant's event looks exactly like a missing one.
     let mut found = state

@@ -2,10 +2,14 @@
 
 mod admin;
 mod auth;
+mod body;
 mod contacts;
 mod dead_letters;
 mod error;
 mod events;
+mod graph;
+mod graph_request;
+mod openapi;
 mod ops;
 mod stats;
 mod webhooks;
@@ -22,7 +26,7 @@ use relay_store::Store;
 use tokio::sync::Notify;
 use tower_http::trace::TraceLayer;
 
-pub use self::error::ApiError;
+pub use self::{error::ApiError, openapi::ApiDoc};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -80,6 +84,8 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/v1/stats/test-events", get(stats::test_events))
         .route("/v1/stats/sources", get(stats::sources))
         .route("/v1/stats/quality", get(stats::quality))
+        // Meta's own endpoint, for code written against Graph (its SDKs included).
+        .route("/{version}/{dataset_id}/events", post(graph::submit))
         .layer(DefaultBodyLimit::max(max_body_bytes));
     let webhooks = Router::new()
         .route(
@@ -94,6 +100,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(openapi::document))
         // The span names the route, never the URI: contact lookups carry phone numbers.
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(state)

@@ -10,7 +10,7 @@ use relay_store::dashboard::LogFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, events::record_json};
+use super::{ApiError, AppState, events::record_json, openapi::ErrorBody};
 use crate::{
     clock::now_ms,
     dashboard::{
@@ -107,6 +107,7 @@ fn window(q: Option<&str>, default: Window) -> Result<Window, ApiError> {
     }
 }
 
+#[utoipa::path(get, path = "/v1/stats/overview", operation_id = "stats_overview", tag = "stats", security(("tenant_key" = []), ("admin_key" = [])), params(("window" = Option<String>, Query, description = "1h, 24h, 7d or 30d"), ("tenant" = Option<String>, Query, description = "the admin key: one tenant; a tenant key: only its own"), ("dataset" = Option<String>, Query, description = "one dataset")), responses((status = 200, description = "the overview: counts for the window and the previous one, latency, chart series, breakdowns, freshness", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "other_tenant: a tenant key naming another tenant", body = ErrorBody), (status = 422, description = "invalid_window / invalid_filter", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn overview(
     State(state): State<AppState>,
     viewer: StatsViewer,
@@ -125,6 +126,7 @@ pub async fn overview(
     Ok(Json(json!(o)))
 }
 
+#[utoipa::path(get, path = "/v1/stats/errors", operation_id = "stats_errors", tag = "stats", security(("tenant_key" = []), ("admin_key" = [])), params(("window" = Option<String>, Query, description = "1h, 24h, 7d or 30d"), ("tenant" = Option<String>, Query, description = "the admin key: one tenant; a tenant key: only its own")), responses((status = 200, description = "refusals and dead letters grouped by reason, with explanations and fixes", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "other_tenant: a tenant key naming another tenant", body = ErrorBody), (status = 422, description = "invalid_window / invalid_filter", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn errors(
     State(state): State<AppState>,
     viewer: StatsViewer,
@@ -137,6 +139,7 @@ pub async fn errors(
     )))
 }
 
+#[utoipa::path(get, path = "/v1/stats/quality", operation_id = "stats_quality", tag = "stats", security(("tenant_key" = []), ("admin_key" = [])), params(("window" = Option<String>, Query, description = "1h, 24h, 7d or 30d"), ("tenant" = Option<String>, Query, description = "the admin key: one tenant; a tenant key: only its own")), responses((status = 200, description = "attribution coverage, purchase readiness, access tier progress", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "other_tenant: a tenant key naming another tenant", body = ErrorBody), (status = 422, description = "invalid_window / invalid_filter", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn quality(
     State(state): State<AppState>,
     viewer: StatsViewer,
@@ -149,6 +152,7 @@ pub async fn quality(
     )))
 }
 
+#[utoipa::path(get, path = "/v1/stats/sources", operation_id = "stats_sources", tag = "stats", security(("tenant_key" = []), ("admin_key" = [])), params(("tenant" = Option<String>, Query, description = "the admin key: one tenant")), responses((status = 200, description = "assets and their status, webhook capture (admin key)", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "other_tenant: a tenant key naming another tenant", body = ErrorBody), (status = 422, description = "invalid_window / invalid_filter", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn sources(
     State(state): State<AppState>,
     viewer: StatsViewer,
@@ -187,6 +191,7 @@ fn entry_json(e: LogEntry) -> Value {
 }
 
 /// The events log: accepted events and refusals, newest first, `next` for the next page.
+#[utoipa::path(get, path = "/v1/stats/events", operation_id = "stats_events", tag = "stats", security(("tenant_key" = []), ("admin_key" = [])), params(("q" = Option<String>, Query, description = "exact event_id"), ("state" = Option<String>, Query, description = "queued, sending, retrying, delivered, dead or refused"), ("name" = Option<String>, Query, description = "event name"), ("channel" = Option<String>, Query, description = "whatsapp, messenger or instagram"), ("asset" = Option<String>, Query, description = "asset id"), ("status" = Option<String>, Query, description = "HTTP status of an attempt"), ("window" = Option<String>, Query, description = "1h, 24h, 7d or 30d back from now"), ("before" = Option<String>, Query, description = "cursor from next"), ("limit" = Option<String>, Query, description = "1 to 500, default 50"), ("tenant" = Option<String>, Query, description = "the admin key: one tenant")), responses((status = 200, description = "the events log, accepted and refused, newest first; next is the cursor of the next page", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "other_tenant: a tenant key naming another tenant", body = ErrorBody), (status = 422, description = "invalid_window / invalid_filter", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     viewer: StatsViewer,
@@ -218,6 +223,7 @@ pub async fn events(
 }
 
 /// Events sent with a `test_event_code`, newest first, and the codes in force.
+#[utoipa::path(get, path = "/v1/stats/test-events", operation_id = "stats_test_events", tag = "stats", security(("tenant_key" = []), ("admin_key" = [])), params(("tenant" = Option<String>, Query, description = "the admin key: one tenant")), responses((status = 200, description = "events sent with a test_event_code and the codes in force", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "other_tenant: a tenant key naming another tenant", body = ErrorBody), (status = 422, description = "invalid_window / invalid_filter", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn test_events(
     State(state): State<AppState>,
     viewer: StatsViewer,

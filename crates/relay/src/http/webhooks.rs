@@ -14,10 +14,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, openapi::ErrorBody};
 use crate::capture::{Received, Refused};
 
 /// The handshake: `hub.challenge` back with 200 when `hub.verify_token` is right, else 403.
+#[utoipa::path(get, path = "/webhooks/meta", tag = "webhooks", params(("hub.mode" = Option<String>, Query), ("hub.verify_token" = Option<String>, Query), ("hub.challenge" = Option<String>, Query)), responses((status = 200, description = "hub.challenge echoed", body = String, content_type = "text/plain"), (status = 403, description = "verification_failed", body = ErrorBody)))]
 pub async fn verify(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -39,6 +40,7 @@ pub async fn verify(
 }
 
 /// A delivery: 200 once durably stored (or already stored), 401 when unsigned or forged.
+#[utoipa::path(post, path = "/webhooks/meta", tag = "webhooks", request_body(content = Object, description = "Meta's webhook delivery, signed with X-Hub-Signature-256"), params(("X-Hub-Signature-256" = Option<String>, Header)), responses((status = 200, description = "durably stored", body = Object), (status = 401, description = "unsigned or forged", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn receive(
     State(state): State<AppState>,
     Query(params): Query<HashMap<String, String>>,
@@ -53,7 +55,7 @@ pub async fn receive(
                 "the webhook body is larger than webhooks.max_body_bytes",
             )
         } else {
-            ApiError::new(e.status(), "bad_body", e.body_text())
+            ApiError::from(e)
         }
     })?;
     let signature = headers

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_core::{Issue, ValidationOptions, contact::Attribution, validate_event};
+use relay_core::{Channel, Issue, ValidationOptions, contact::Attribution, validate_event};
 use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError, dashboard::NewRefusal};
 
 use serde::Serialize;
@@ -60,11 +60,14 @@ pub enum EventResult {
 }
 
 /// The answer to `POST /v1/events`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct IngestReport {
     pub accepted: usize,
     pub duplicates: usize,
     pub rejected: usize,
+    /// One per event, in order: `{"status": "accepted" | "duplicate" | "rejected", "index",
+    /// "event_id"?, "dataset_id"?, "errors"?, "warnings"?, …}`.
+    #[schema(value_type = Vec<Object>)]
     pub results: Vec<EventResult>,
 }
 
@@ -213,7 +216,111 @@ impl Ingestor {
         scope: &Scope,
         test_event_code: Option<&str>,
     ) -> Result<IngestReport, StoreError> {
-        ingest(self, events, scope, test_event_code).await
+        ingest(self, events, scope, test_event_code, None).await
+    }
+
+    /// Ingests a request made to the Graph-compatible `/{version}/{dataset_id}/events` with
+    /// Meta's semantics: every event must send to `dataset_id`, SHA-256 digests pass through as
+    /// hashed, an event without its asset id gets the dataset's only asset of its channel, and
+    /// one refused event refuses the whole request (nothing is stored).
+    pub async fn ingest_for_dataset(
+        &self,
+        events: &[Value],
+        scope: &Scope,
+        dataset_id: &str,
+        test_event_code: Option<&str>,
+    ) -> Result<DatasetIngest, StoreError> {
+        let owned = |registry: &Registry| {
+            registry
+                .assets
+                .values()
+                .any(|r| &*r.dataset_id == dataset_id && scope.allows(&r.asset))
+        };
+        if !owned(&*self.registry(false).await?) && !owned(&*self.registry(true).await?) {
+            return Ok(DatasetIngest::UnknownDataset);
+        }
+        let report = ingest(self, events, scope, test_event_code, Some(dataset_id)).await?;
+        Ok(if report.rejected > 0 {
+            DatasetIngest::Refused(report)
+        } else {
+            DatasetIngest::Committed(report)
+        })
+    }
+}
+
+/// The outcome of [`Ingestor::ingest_for_dataset`].
+#[derive(Debug)]
+pub enum DatasetIngest {
+    /// No asset of the caller's scope sends to this dataset: Meta's "object does not exist".
+    UnknownDataset,
+    /// At least one event was refused; nothing was stored. `results` holds the refusals.
+    Refused(IngestReport),
+    /// Every event is committed (or was already).
+    Committed(IngestReport),
+}
+
+/// Fills `user_data`'s asset id from the dataset's only asset of the event's channel, as Meta's
+/// SDKs have no field for it. Returns the event unchanged when the asset id is there, the
+/// channel is unknown, or there is nothing to fill with; refuses when several assets qualify.
+fn fill_asset_id<'a>(
+    input: &'a Value,
+    registry: &Registry,
+    scope: &Scope,
+    dataset_id: &str,
+) -> Result<Cow<'a, Value>, Issue> {
+    let Some(user_data) = input.get("user_data").and_then(Value::as_object) else {
+        return Ok(Cow::Borrowed(input));
+    };
+    let named = input
+        .get("messaging_channel")
+        .and_then(Value::as_str)
+        .and_then(|c| c.trim().to_ascii_lowercase().parse::<Channel>().ok());
+    // Without messaging_channel, the click or scoped id says which channel is meant.
+    let channel = named.or_else(|| {
+        let mut by_click = Channel::ALL
+            .into_iter()
+            .filter(|c| user_data.contains_key(c.click_field()));
+        match (by_click.next(), by_click.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    });
+    let Some(channel) = channel else {
+        return Ok(Cow::Borrowed(input));
+    };
+    let field = channel.asset_field();
+    let present = user_data.get(field).is_some_and(|v| !v.is_null())
+        || (channel == Channel::Instagram && user_data.contains_key("ig_account_id"));
+    if present {
+        return Ok(Cow::Borrowed(input));
+    }
+    let mut candidates: Vec<&str> = registry
+        .assets
+        .values()
+        .filter(|r| {
+            &*r.dataset_id == dataset_id
+                && r.asset.channel == channel.as_str()
+                && scope.allows(&r.asset)
+        })
+        .map(|r| &*r.asset_id)
+        .collect();
+    candidates.sort_unstable();
+    match candidates.as_slice() {
+        [] => Ok(Cow::Borrowed(input)),
+        [only] => {
+            let mut event = input.clone();
+            event["user_data"][field] = Value::String((*only).to_owned());
+            Ok(Cow::Owned(event))
+        }
+        several => Err(Issue::new(
+            relay_core::IssueCode::MissingField,
+            format!("user_data.{field}"),
+            format!(
+                "is required: dataset {dataset_id} has {} {channel} assets ({}); add user_data.{field} to say which one the event is for",
+                several.len(),
+                several.join(", ")
+            ),
+        )),
     }
 }
 
@@ -222,8 +329,16 @@ async fn ingest(
     events: &[Value],
     scope: &Scope,
     test_event_code: Option<&str>,
+    // The Graph-compatible endpoint's dataset: see `Ingestor::ingest_for_dataset`.
+    target: Option<&str>,
 ) -> Result<IngestReport, StoreError> {
-    let options = &ingestor.options;
+    let mut graph_options = ingestor.options;
+    graph_options.sha256_passes_through = true;
+    let options = if target.is_some() {
+        &graph_options
+    } else {
+        &ingestor.options
+    };
     let now = now_ms();
     let request_test_code: Option<Arc<str>> = test_event_code.map(Arc::from);
     let mut registry = ingestor.registry(false).await?;
@@ -235,6 +350,21 @@ async fn ingest(
         if index % YIELD_EVERY == YIELD_EVERY - 1 {
             tokio::task::yield_now().await;
         }
+        let input = match target {
+            Some(dataset_id) => match fill_asset_id(input, &registry, scope, dataset_id) {
+                Ok(filled) => filled,
+                Err(error) => {
+                    results[index] = Some(EventResult::Rejected {
+                        index,
+                        errors: vec![error],
+                        warnings: Vec::new(),
+                    });
+                    continue;
+                }
+            },
+            None => Cow::Borrowed(input),
+        };
+        let input = input.as_ref();
         // A conversion by contact becomes a normal event first (rewritten before validation).
         let mut event_options = *options;
         let planned = match &ingestor.capture {
@@ -313,9 +443,19 @@ async fn ingest(
             .get(&asset_id)
             .filter(|r| scope.allows(&r.asset));
         let route = match visible {
-            Some(route) if route.asset.channel == channel.as_str() => route,
+            Some(route)
+                if route.asset.channel == channel.as_str()
+                    && target.is_none_or(|t| *route.dataset_id == *t) =>
+            {
+                route
+            }
             found => {
                 let message = match found {
+                    Some(route) if route.asset.channel == channel.as_str() => format!(
+                        "asset {asset_id} sends to dataset {}, not to dataset {} of the URL",
+                        route.dataset_id,
+                        target.unwrap_or_default()
+                    ),
                     Some(route) => format!(
                         "asset {asset_id} is registered for {}, not {channel}",
                         route.asset.channel
@@ -366,6 +506,21 @@ async fn ingest(
         });
     }
 
+    // Meta's semantics on the Graph-compatible endpoint: one refused event refuses the request.
+    let refused = target.is_some() && results.iter().any(Option::is_some);
+    if refused {
+        let results: Vec<EventResult> = results.into_iter().flatten().collect();
+        let rejected = results.len();
+        for _ in 0..rejected {
+            observability::ingested("unknown", "rejected");
+        }
+        return Ok(IngestReport {
+            accepted: 0,
+            duplicates: 0,
+            rejected,
+            results,
+        });
+    }
     let outcomes = if new_events.is_empty() {
         Vec::new()
     } else {

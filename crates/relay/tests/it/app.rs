@@ -146,6 +146,22 @@ impl TestEnv {
 }
 
 impl TestApp {
+    /// Registers one more asset of the default tenant (with `TOKEN`), on a dataset the
+    /// simulator knows.
+    pub async fn add_asset(&self, channel: &str, asset_id: &str, dataset_id: &str) {
+        self.sim.add_dataset(dataset_id);
+        self.store
+            .upsert_asset(&asset_with_token(
+                &self.vault,
+                DEFAULT_TENANT,
+                channel,
+                asset_id,
+                dataset_id,
+            ))
+            .await
+            .unwrap();
+    }
+
     /// Registers `count` more WhatsApp assets, each with a dataset of its own (known to the
     /// simulator), under `tenant`; returns their (asset id, dataset id).
     pub async fn add_wabas(&self, tenant: &str, first: u64, count: u64) -> Vec<(String, String)> {

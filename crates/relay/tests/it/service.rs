@@ -366,7 +366,7 @@ async fn bad_requests_get_clear_errors(backend: Backend) {
     let (status, body) = app.post_json("/v1/events", &json!({"events": []})).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
-        (422, Some("missing_data"))
+        (422, Some("invalid_body"))
     );
     let many: Vec<Value> = (0..1001).map(|_| json!({})).collect();
     let (status, body) = app.post_json("/v1/events", &json!({"data": many})).await;
