@@ -301,8 +301,8 @@ pub trait DashboardStore: Send + Sync + 'static {
     /// second call with the same hash finds nothing.
     async fn consume_ui_link(&self, token_hash: &str, now_ms: i64) -> Result<Option<UiLink>>;
 
-    /// Records one Graph call for events.
-    async fn record_graph_call(&self, at_ms: i64, ok: bool) -> Result<()>;
+    /// Records Graph calls for events, `(at_ms, answered_ok)` each, in one transaction.
+    async fn record_graph_calls(&self, calls: &[(i64, bool)]) -> Result<()>;
     /// Calls since `since_ms` (per day, so from the start of its UTC day) and the latest `recent`.
     async fn graph_call_stats(&self, since_ms: i64, recent: i64) -> Result<GraphCallStats>;
 
@@ -799,28 +799,38 @@ macro_rules! impl_dashboard_store {
                 .transpose()
             }
 
-            async fn record_graph_call(&self, at_ms: i64, ok: bool) -> $crate::Result<()> {
-                let day = at_ms.div_euclid($crate::dashboard::DAY_MS) * $crate::dashboard::DAY_MS;
-                let call = self.sql("INSERT INTO graph_calls (at_ms, ok) VALUES ($1, $2)");
-                let per_day = self.sql(
+            async fn record_graph_calls(&self, calls: &[(i64, bool)]) -> $crate::Result<()> {
+                if calls.is_empty() {
+                    return Ok(());
+                }
+                let mut per_day: std::collections::BTreeMap<i64, (i64, i64)> = Default::default();
+                for (at_ms, ok) in calls {
+                    let day = at_ms.div_euclid($crate::dashboard::DAY_MS) * $crate::dashboard::DAY_MS;
+                    let counts = per_day.entry(day).or_default();
+                    if *ok { counts.0 += 1 } else { counts.1 += 1 }
+                }
+                let upsert = self.sql(
                     "INSERT INTO graph_call_days (day_ms, ok, failed) VALUES ($1, $2, $3) \
                      ON CONFLICT (day_ms) DO UPDATE SET ok = graph_call_days.ok + excluded.ok, \
                      failed = graph_call_days.failed + excluded.failed",
                 );
                 let mut tx = self.begin_write().await?;
-                sqlx::query(sqlx::AssertSqlSafe(call.into_owned()))
-                    .bind(at_ms)
-                    .bind(ok)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::shared::map_err)?;
-                sqlx::query(sqlx::AssertSqlSafe(per_day.into_owned()))
-                    .bind(day)
-                    .bind(i64::from(ok))
-                    .bind(i64::from(!ok))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err($crate::shared::map_err)?;
+                for chunk in calls.chunks(1000) {
+                    let mut b = sqlx::QueryBuilder::<$db>::new("INSERT INTO graph_calls (at_ms, ok) ");
+                    b.push_values(chunk, |mut row, (at_ms, ok)| {
+                        row.push_bind(*at_ms).push_bind(*ok);
+                    });
+                    b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
+                }
+                for (day, (ok, failed)) in per_day {
+                    sqlx::query(sqlx::AssertSqlSafe(upsert.to_string()))
+                        .bind(day)
+                        .bind(ok)
+                        .bind(failed)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                }
                 tx.commit().await.map_err($crate::shared::map_err)?;
                 Ok(())
             }

@@ -74,6 +74,7 @@ macro_rules! contract {
 }
 
 contract!(
+    graph_calls_are_counted_in_batches_per_day_and_in_the_latest_window,
     migrations_can_run_twice_and_assets_round_trip,
     a_repeated_event_id_is_a_duplicate_only_within_its_dataset,
     inserted_ids_name_the_stored_rows_across_chunks_and_datasets,
@@ -1893,5 +1894,33 @@ async fn crm_webhooks_wait_for_active_integrations_and_stage_changes_keep_a_prod
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// The dashboard's access-tier figures: calls written in batches, counted per UTC day.
+async fn graph_calls_are_counted_in_batches_per_day_and_in_the_latest_window(
+    store: Arc<dyn Store>,
+) {
+    const DAY: i64 = 86_400_000;
+    let day0 = 20_000 * DAY;
+    store.record_graph_calls(&[]).await.unwrap();
+    store
+        .record_graph_calls(&[(day0 + 1, true), (day0 + 2, false), (day0 + DAY + 5, true)])
+        .await
+        .unwrap();
+    store
+        .record_graph_calls(&[(day0 + DAY + 6, true), (day0 + DAY + 7, false)])
+        .await
+        .unwrap();
+    let all = store.graph_call_stats(day0, 10).await.unwrap();
+    assert_eq!((all.ok_since, all.failed_since), (3, 2));
+    assert_eq!((all.recent, all.recent_failed), (5, 2));
+    // From the second day: the first day's calls are left out of the per-day sums.
+    let second = store.graph_call_stats(day0 + DAY + 1, 2).await.unwrap();
+    assert_eq!((second.ok_since, second.failed_since), (2, 1));
+    assert_eq!(
+        (second.recent, second.recent_failed),
+        (2, 1),
+        "the latest 2: one ok, one failed"
     );
 }

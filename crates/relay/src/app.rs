@@ -91,6 +91,7 @@ pub async fn run_with_store(
         wake: wake.clone(),
         vault: vault.clone(),
         clock: clock::system(),
+        graph_calls: Default::default(),
     };
     if config.delivery.workers > 0 {
         tasks.spawn(dispatcher::run(ctx.clone(), owner.clone(), cancel.clone()));

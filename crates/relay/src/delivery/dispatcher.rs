@@ -71,6 +71,11 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
     });
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_heartbeat.clone()));
+    let graph_calls = tokio::spawn(super::graph_calls::flush_loop(
+        shared.ctx.graph_calls.clone(),
+        shared.ctx.store.clone(),
+        stop_heartbeat.clone(),
+    ));
 
     let mut restarts = 0u32;
     loop {
@@ -92,6 +97,7 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
     shared.senders.wait().await;
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
+    let _ = graph_calls.await;
     // Claims a crash left registered (none normally): their events go back now, not at lease end.
     let now = shared.ctx.clock.now_ms();
     for owner in shared.leases.live_owners() {

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod dispatcher;
+pub mod graph_calls;
 pub mod graph_client;
 pub mod hooks;
 pub mod lease;

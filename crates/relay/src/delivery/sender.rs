@@ -43,6 +43,8 @@ pub struct DeliveryContext {
     /// Opens the sealed access tokens.
     pub vault: Arc<MasterKey>,
     pub clock: SharedClock,
+    /// Meta's answers, counted for the dashboard.
+    pub graph_calls: Arc<super::graph_calls::GraphCallLog>,
 }
 
 /// How long a dataset waits when its asset's token cannot be opened with this relay's key.
@@ -253,17 +255,10 @@ async fn deliver_batch(
         let attempt = attempt_of(&report.outcome, now, report.latency);
         observability::graph_request(outcome_label(&report.outcome), report.latency);
         if attempt.http_status.is_some() {
-            // Meta answered: one call towards its access tier (dashboard Quality page). Off
-            // the send path; a lost count is only a figure.
-            let (store, ok) = (
-                ctx.store.clone(),
-                matches!(report.outcome, SendOutcome::Delivered(_)),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = store.record_graph_call(now, ok).await {
-                    tracing::debug!(error = %e, "graph call not counted");
-                }
-            });
+            // Meta answered: one call towards its access tier (dashboard Quality page),
+            // written with others once a second.
+            ctx.graph_calls
+                .record(now, matches!(report.outcome, SendOutcome::Delivered(_)));
         }
         match report.outcome {
             SendOutcome::Delivered(_) => {
