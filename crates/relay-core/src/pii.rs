@@ -374,8 +374,76 @@ const US_STATES: [(&str, &str); 51] = [
     ("wyoming", "wy"),
 ];
 
+/// Keys outside `user_data`'s hashed fields whose values are personal data too (a contact's
+/// phone, WhatsApp id or e-mail).
+const OTHER_PII_KEYS: [&str; 4] = ["phone", "wa_id", "email", "client_ip_address"];
+
+/// A copy of a submitted event that is safe to keep: every value under a PII key (Meta's
+/// `user_data` keys such as `em` and `ph`, and `phone`, `wa_id`, `email`, `client_ip_address`
+/// anywhere) is replaced by `"sha256:<hex>"` of the value as sent (trimmed), so a stored
+/// refusal shows which field was wrong without holding the data. Values that already look like
+/// SHA-256 digests are kept.
+pub fn hash_pii_values(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    fn hash_leaf(v: &Value) -> Value {
+        match v {
+            Value::String(s) if looks_like_sha256(s.trim()) => v.clone(),
+            Value::String(s) => Value::String(format!("sha256:{}", sha256_hex(s.trim()))),
+            Value::Number(n) => Value::String(format!("sha256:{}", sha256_hex(&n.to_string()))),
+            Value::Array(items) => Value::Array(items.iter().map(hash_leaf).collect()),
+            Value::Object(_) => Value::String("(object removed: personal data)".into()),
+            other => other.clone(),
+        }
+    }
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let pii =
+                        PiiField::from_key(k).is_some() || OTHER_PII_KEYS.contains(&k.as_str());
+                    (
+                        k.clone(),
+                        if pii {
+                            hash_leaf(v)
+                        } else {
+                            hash_pii_values(v)
+                        },
+                    )
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(hash_pii_values).collect()),
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stored_copies_hold_pii_only_as_hashes() {
+        let sent = serde_json::json!({
+            "event_name": "Purchase",
+            "user_data": {"em": " Buyer@Example.com ", "ph": ["+55 11 91234-5678", 5511912345678u64],
+                          "whatsapp_business_account_id": "1029", "fn": {"x": "Ana"}},
+            "contact": {"phone": "+5511912345678", "customer_id": "c-1"},
+            "custom_data": {"value": 10}
+        });
+        let kept = super::hash_pii_values(&sent).to_string();
+        for secret in ["Buyer@Example.com", "91234", "5511912345678", "Ana"] {
+            assert!(!kept.contains(secret), "{secret} in {kept}");
+        }
+        assert!(
+            kept.contains(&super::sha256_hex("Buyer@Example.com")),
+            "{kept}"
+        );
+        assert!(
+            kept.contains("\"whatsapp_business_account_id\":\"1029\""),
+            "{kept}"
+        );
+        assert!(kept.contains("\"customer_id\":\"c-1\""), "{kept}");
+        assert!(kept.contains("\"value\":10"), "{kept}");
+    }
+
     use proptest::prelude::*;
 
     use super::*;

@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod crm;
+pub mod dashboard;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -19,7 +20,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::{
-    capture::CaptureStore, crm::CrmStore, postgres::PostgresStore, sqlite::SqliteStore,
+    capture::CaptureStore, crm::CrmStore, dashboard::DashboardStore, postgres::PostgresStore,
+    sqlite::SqliteStore,
 };
 
 /// Errors from the store. Pool and lock timeouts are `Unavailable` (HTTP 503 upstream).
@@ -294,10 +296,10 @@ pub struct QueueStats {
 
 /// The storage contract. Implementations must be safe to share between many tasks and, for
 /// PostgreSQL, between many relay processes.
-/// Capture (webhooks, contacts, touches) and CRM storage are supertraits, so `dyn Store` has
-/// them too.
+/// Capture (webhooks, contacts, touches), CRM storage and the dashboard's reads are
+/// supertraits, so `dyn Store` has them too.
 #[async_trait]
-pub trait Store: CaptureStore + CrmStore + Send + Sync + 'static {
+pub trait Store: CaptureStore + CrmStore + DashboardStore + Send + Sync + 'static {
     /// Applies this backend's migrations (idempotent).
     async fn migrate(&self) -> Result<()>;
     /// Cheap round trip for `/readyz`.

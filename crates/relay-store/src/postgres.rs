@@ -12,6 +12,7 @@ use crate::{
     InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
     crm::impl_crm_store,
+    dashboard::{impl_dashboard_store, insert_deltas},
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
         push_new_event,
@@ -84,9 +85,8 @@ impl PostgresStore {
                 );
             }
         }
-        tx.commit().await.map_err(map_err)?;
         // The first occurrence of a key took the row; any later one is a duplicate.
-        Ok(events
+        let outcomes: Vec<InsertOutcome> = events
             .iter()
             .map(
                 |e| match inserted.remove(&(e.dataset_id.to_string(), e.event_id.to_string())) {
@@ -94,10 +94,14 @@ impl PostgresStore {
                     None => InsertOutcome::Duplicate,
                 },
             )
-            .collect())
+            .collect();
+        Self::bump_stats(&mut tx, &insert_deltas(events, &outcomes)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(outcomes)
     }
 }
 
 impl_store!(PostgresStore, Postgres);
 impl_capture_store!(PostgresStore, Postgres);
 impl_crm_store!(PostgresStore, Postgres);
+impl_dashboard_store!(PostgresStore, Postgres);

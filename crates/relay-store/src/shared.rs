@@ -242,6 +242,34 @@ where
     ))
 }
 
+/// What one event's resolution adds to the stats (a release adds nothing: no attempt counted).
+pub fn count_resolution(
+    deltas: &mut crate::dashboard::StatDeltas,
+    (tenant, dataset, channel, name): (&str, &str, &str, &str),
+    accepted_at_ms: i64,
+    attempted_at_ms: i64,
+    resolution: &crate::Resolution,
+) {
+    match resolution {
+        crate::Resolution::Delivered { delivered_at_ms } => {
+            let c = deltas.at(tenant, dataset, channel, name, *delivered_at_ms);
+            c.delivered += 1;
+            c.latency[crate::dashboard::latency_bucket(delivered_at_ms - accepted_at_ms)] += 1;
+            c.last_delivered_ms = c.last_delivered_ms.max(Some(*delivered_at_ms));
+        }
+        crate::Resolution::Retry { .. } => {
+            // Counted when the attempt failed.
+            deltas
+                .at(tenant, dataset, channel, name, attempted_at_ms)
+                .retried += 1;
+        }
+        crate::Resolution::Dead { dead_at_ms, .. } => {
+            deltas.at(tenant, dataset, channel, name, *dead_at_ms).dead += 1;
+        }
+        crate::Resolution::Release { .. } => {}
+    }
+}
+
 /// Maps pool exhaustion and lock timeouts to `Unavailable`.
 pub fn map_err(e: sqlx::Error) -> StoreError {
     match e {
@@ -558,6 +586,7 @@ macro_rules! impl_store {
                 }
                 let mut tx = self.begin_write().await?;
                 let mut updated: Vec<i64> = Vec::with_capacity(ids.len());
+                let mut deltas = $crate::dashboard::StatDeltas::default();
                 for chunk in ids.chunks(1000) {
                     let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, ");
                     match resolution {
@@ -582,12 +611,21 @@ macro_rules! impl_store {
                     for id in chunk {
                         sep.push_bind(*id);
                     }
-                    b.push(") RETURNING id");
+                    b.push(") RETURNING id, tenant, dataset_id, channel, event_name, accepted_at_ms");
                     let rows = b.build().fetch_all(&mut *tx).await.map_err($crate::shared::map_err)?;
                     for row in rows {
                         updated.push(row.try_get("id")?);
+                        let (tenant, dataset, channel, name): (String, String, String, String) = (
+                            row.try_get("tenant")?,
+                            row.try_get("dataset_id")?,
+                            row.try_get("channel")?,
+                            row.try_get("event_name")?,
+                        );
+                        let accepted_at: i64 = row.try_get("accepted_at_ms")?;
+                        $crate::shared::count_resolution(&mut deltas, (&tenant, &dataset, &channel, &name), accepted_at, attempt.attempted_at_ms, resolution);
                     }
                 }
+                Self::bump_stats(&mut tx, &deltas).await?;
                 for chunk in updated.chunks(500) {
                     let mut b = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO attempts (event_row_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) ",

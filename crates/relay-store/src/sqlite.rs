@@ -13,6 +13,7 @@ use crate::{
     InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
     crm::impl_crm_store,
+    dashboard::{impl_dashboard_store, insert_deltas},
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
         push_new_event,
@@ -154,6 +155,7 @@ impl SqliteStore {
                 outcomes.extend(insert_exactly(&mut tx, chunk).await?);
             }
         }
+        Self::bump_stats(&mut tx, &insert_deltas(events, &outcomes)).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(outcomes)
     }
@@ -239,6 +241,7 @@ async fn checkpoint_wal(pool: SqlitePool, options: SqliteConnectOptions) {
 impl_store!(SqliteStore, Sqlite);
 impl_capture_store!(SqliteStore, Sqlite);
 impl_crm_store!(SqliteStore, Sqlite);
+impl_dashboard_store!(SqliteStore, Sqlite);
 
 #[cfg(test)]
 mod tests {

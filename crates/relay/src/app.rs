@@ -67,6 +67,7 @@ pub async fn run_with_store(
     )
     .context("cannot load the master key")?;
     let vault = Arc::new(vault);
+    let vault_key_for_ui = vault.derive("dashboard session cookie");
     let sealed = tenancy::seal_plaintext_tokens(store.as_ref(), &vault)
         .await
         .context("cannot seal the access tokens stored in plain text")?;
@@ -149,6 +150,10 @@ pub async fn run_with_store(
             vault,
             graph: ctx.graph.clone(),
         },
+        ui: Arc::new(crate::dashboard::UiState::new(
+            &vault_key_for_ui,
+            !config.listen.ip().is_loopback(),
+        )),
         store,
         wake,
         metrics: observability::prometheus(),
@@ -172,6 +177,8 @@ pub async fn run_with_store(
     }
     let app = http::router(state, config.max_body_bytes, config.webhooks.max_body_bytes);
     tracing::info!(address = %listener.local_addr()?, delivery = config.delivery.workers > 0, max_in_flight = config.delivery.max_in_flight, "capi-relay serving");
+    // The peer address feeds the dashboard's login rate limit.
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
@@ -192,6 +199,23 @@ async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationT
             Ok(0) => {}
             Ok(n) => tracing::info!(purged = n, "finished events past retention purged"),
             Err(e) => tracing::warn!(error = %e, "retention purge failed"),
+        }
+        let now = now_ms();
+        let dashboard = store
+            .purge_dashboard(
+                now - config.retention.stats.as_millis() as i64,
+                now - config.retention.refused_events.as_millis() as i64,
+                now,
+            )
+            .await;
+        match dashboard {
+            Ok(p) if p.stats_rows + p.refusals > 0 => tracing::info!(
+                stats_rows = p.stats_rows,
+                refusals = p.refusals,
+                "dashboard counts and refused events past retention purged"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "dashboard retention purge failed"),
         }
         tokio::select! {
             () = tokio::time::sleep(config.retention.purge_interval) => {}

@@ -207,6 +207,13 @@ pub struct RetentionConfig {
     pub finished_events: Duration,
     #[serde(with = "humantime_serde")]
     pub purge_interval: Duration,
+    /// Events refused at ingest are kept this long for the dashboard's log (PII hashed).
+    #[serde(with = "humantime_serde")]
+    pub refused_events: Duration,
+    /// The dashboard's counts per 5-minute bucket are kept this long (twice its longest window,
+    /// so the change from the previous 30 days can be shown).
+    #[serde(with = "humantime_serde")]
+    pub stats: Duration,
 }
 
 /// Meta's 7-day limit plus a day: a retried submission is still recognised as a duplicate.
@@ -302,6 +309,8 @@ impl Default for RetentionConfig {
         RetentionConfig {
             finished_events: MIN_DEDUP_WINDOW,
             purge_interval: Duration::from_secs(3600),
+            refused_events: Duration::from_secs(7 * 24 * 3600),
+            stats: Duration::from_secs(62 * 24 * 3600),
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`delivery`]: the Graph API client, Meta's answer classes, retries and outbox workers.
 //! - [`config`]: layered configuration; [`observability`]: Prometheus metrics; [`clock`]: time.
 //! - [`tenancy`]: tenants, onboarding, API keys, audit; [`vault`]: tokens sealed at rest.
+//! - [`dashboard`]: the verification dashboard under `/ui`.
 //! - [`simulator`]: a Graph API simulator for tests, benchmarks and sandbox runs.
 //! - [`cli`]: the `capi-relay` command line.
 //!
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod crm;
+pub mod dashboard;
 pub mod delivery;
 pub mod events_file;
 pub mod http;

@@ -102,6 +102,20 @@ impl MasterKey {
         SecretString::from(B64.encode(self.key.expose_secret()))
     }
 
+    /// 64 bytes for `purpose` (e.g. the dashboard's cookie key), derived from the master key so
+    /// no other secret has to be kept; the key itself is never exposed.
+    pub fn derive(&self, purpose: &str) -> [u8; 64] {
+        let digest = sha2::Sha512::new()
+            .chain_update(b"capi-relay derived key\0")
+            .chain_update(purpose.as_bytes())
+            .chain_update(b"\0")
+            .chain_update(self.key.expose_secret())
+            .finalize();
+        let mut out = [0u8; 64];
+        out.copy_from_slice(&digest);
+        out
+    }
+
     /// Short public fingerprint, safe to print.
     pub fn id(&self) -> &str {
         &self.id

@@ -21,6 +21,8 @@ pub enum BenchCommand {
     /// The relay end to end (a `serve` child process against an in-process simulator): batch
     /// ingest, single-event requests, delivery, latency at a fixed rate, peak RSS.
     Relay(super::bench_relay::RelayBenchArgs),
+    /// The dashboard's overview render time with many stored events (10 million by default).
+    Dashboard(super::bench_dashboard::DashboardBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -40,6 +42,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Simulator(args) => bench_simulator(args).await,
         BenchCommand::Relay(args) => super::bench_relay::run(args).await,
+        BenchCommand::Dashboard(args) => super::bench_dashboard::run(args).await,
     }
 }
 

@@ -4,6 +4,7 @@
 mod assets;
 mod audit;
 mod bench;
+mod bench_dashboard;
 mod bench_partner;
 mod bench_relay;
 mod capture;
@@ -15,6 +16,7 @@ mod send;
 mod serve;
 mod simulate;
 mod tenants;
+mod ui_link;
 mod validate;
 
 use std::{process::ExitCode, sync::Arc, time::Duration};
@@ -76,6 +78,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// Run the Graph API simulator (Meta's /events and Dataset API, with fault injection).
     SimulateGraph(simulate::SimulateArgs),
+    /// Print a one-time dashboard login link for a tenant (to hand to an advertiser).
+    UiLink(ui_link::UiLinkArgs),
     /// Measure performance and print the figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -247,6 +251,7 @@ pub fn main() -> ExitCode {
             Command::Validate(args) => validate::run(args),
             Command::Send(args) => send::run(args).await,
             Command::SimulateGraph(args) => simulate::run(args).await,
+            Command::UiLink(args) => ui_link::run(args).await,
             Command::Bench(command) => bench::run(command).await,
         }
     });

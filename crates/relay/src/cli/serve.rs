@@ -25,6 +25,8 @@ const SANDBOX_TOKEN: &str = "sandbox-token";
 /// Webhook app secret and verify token of the sandbox, unless configured: demo values only.
 const SANDBOX_APP_SECRET: &str = "sandbox-app-secret";
 const SANDBOX_VERIFY_TOKEN: &str = "sandbox-verify-token";
+/// How long the sandbox's one-time dashboard link stays valid.
+const SANDBOX_LINK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Args, Serialize)]
 pub struct ServeArgs {
@@ -66,7 +68,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener.local_addr()?;
     if let Some(sim_url) = &simulator {
-        print!("{}", sandbox_banner(&config, address, sim_url));
+        let store = relay_store::connect(&config.database_url).await?;
+        let token = crate::dashboard::session::create_link(
+            store.as_ref(),
+            DEFAULT_TENANT,
+            false,
+            SANDBOX_LINK_TTL,
+            "sandbox",
+        )
+        .await?;
+        drop(store);
+        let login = super::ui_link::link_url(&format!("http://{address}"), &token);
+        print!("{}", sandbox_banner(&config, address, sim_url, &login));
     } else {
         println!(
             "capi-relay listening on http://{address} (database {})",
@@ -149,7 +162,7 @@ async fn prepare_sandbox(config: &mut Config) -> anyhow::Result<String> {
 
 /// The sandbox's banner: where everything is, the keys, and every webhook secret in use (the
 /// demo one by value, configured ones by name only). The database URL is shown redacted.
-fn sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) -> String {
+fn sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str, ui_login: &str) -> String {
     let key = config
         .api_key
         .as_ref()
@@ -166,6 +179,12 @@ fn sandbox_banner(config: &Config, address: SocketAddr, sim_url: &str) -> String
     line(" NOT to Meta. Nothing you send here reaches Events Manager.".into());
     line("==================================================================".into());
     line(format!(" relay API:   http://{address}"));
+    line(format!(
+        " dashboard:   http://{address}/ui   (sign in with the API or admin key below)"
+    ));
+    line(format!(
+        " login link:  {ui_login}   (one-time, default tenant, 24 h)"
+    ));
     line(format!(
         " simulator:   {sim_url}  (GET {sim_url}/__sim/events)"
     ));
@@ -279,7 +298,12 @@ mod tests {
             database_url: "postgres://relay:hunter2@db:5432/relay?password=hunter3".into(),
             ..sandbox_config()
         };
-        let banner = sandbox_banner(&config, "127.0.0.1:8080".parse().unwrap(), "http://sim");
+        let banner = sandbox_banner(
+            &config,
+            "127.0.0.1:8080".parse().unwrap(),
+            "http://sim",
+            "http://x/ui/link/uil_t",
+        );
         assert!(
             banner.contains(" database:    postgres://relay:***@db:5432/relay?password=***"),
             "{banner}"
@@ -296,7 +320,7 @@ mod tests {
         };
         let mut config = sandbox_config();
         config.webhooks.apps = vec![demo.clone()];
-        let banner = sandbox_banner(&config, address, "http://sim");
+        let banner = sandbox_banner(&config, address, "http://sim", "http://x/ui/link/uil_t");
         assert!(
             banner.contains(&format!(" webhook secret: {SANDBOX_APP_SECRET}")),
             "{banner}"
@@ -305,7 +329,7 @@ mod tests {
 
         // A configured app secret is not dropped silently: the banner says it is kept.
         config.meta_app_secret = Some(SecretString::from("my-real-secret".to_owned()));
-        let banner = sandbox_banner(&config, address, "http://sim");
+        let banner = sandbox_banner(&config, address, "http://sim", "http://x/ui/link/uil_t");
         assert!(
             banner.contains(&format!(" webhook secret: {SANDBOX_APP_SECRET}")),
             "{banner}"
@@ -321,7 +345,7 @@ mod tests {
             app_secret: SecretString::from("app-two".to_owned()),
             verify_token: None,
         }];
-        let banner = sandbox_banner(&config, address, "http://sim");
+        let banner = sandbox_banner(&config, address, "http://sim", "http://x/ui/link/uil_t");
         assert!(!banner.contains(SANDBOX_APP_SECRET), "{banner}");
         assert!(
             banner.contains("the 1 app secret(s) of webhooks.apps"),

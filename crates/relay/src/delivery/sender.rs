@@ -252,6 +252,19 @@ async fn deliver_batch(
         let now = ctx.clock.now_ms();
         let attempt = attempt_of(&report.outcome, now, report.latency);
         observability::graph_request(outcome_label(&report.outcome), report.latency);
+        if attempt.http_status.is_some() {
+            // Meta answered: one call towards its access tier (dashboard Quality page). Off
+            // the send path; a lost count is only a figure.
+            let (store, ok) = (
+                ctx.store.clone(),
+                matches!(report.outcome, SendOutcome::Delivered(_)),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = store.record_graph_call(now, ok).await {
+                    tracing::debug!(error = %e, "graph call not counted");
+                }
+            });
+        }
         match report.outcome {
             SendOutcome::Delivered(_) => {
                 let resolution = Resolution::Delivered {

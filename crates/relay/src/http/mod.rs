@@ -12,6 +12,7 @@ mod graph;
 mod graph_request;
 mod openapi;
 pub mod ops;
+mod stats;
 mod webhooks;
 
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     pub metrics: PrometheusHandle,
     pub metrics_access: Arc<ops::MetricsAccess>,
+    /// The dashboard's cookie key and login limiter.
+    pub ui: Arc<crate::dashboard::UiState>,
 }
 
 /// All routes, with the body limits and request tracing.
@@ -92,6 +95,12 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         )
         .route("/v1/admin/crm/rules/{id}", delete(crm::remove_rule))
         .route("/v1/admin/crm/integrations", get(crm::admin_integrations))
+        .route("/v1/stats/overview", get(stats::overview))
+        .route("/v1/stats/events", get(stats::events))
+        .route("/v1/stats/errors", get(stats::errors))
+        .route("/v1/stats/test-events", get(stats::test_events))
+        .route("/v1/stats/sources", get(stats::sources))
+        .route("/v1/stats/quality", get(stats::quality))
         // Meta's own endpoint, for code written against Graph (its SDKs included).
         .route("/{version}/{dataset_id}/events", post(graph::submit))
         .layer(DefaultBodyLimit::max(max_body_bytes));
@@ -106,6 +115,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
     let mut routes = Router::new()
         .merge(api)
         .merge(webhooks)
+        .merge(crate::dashboard::router())
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(openapi::document));

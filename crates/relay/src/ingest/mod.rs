@@ -14,7 +14,7 @@ use std::{
 };
 
 use relay_core::{Channel, Issue, ValidationOptions, contact::Attribution, validate_event};
-use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError};
+use relay_store::{Asset, InsertOutcome, NewEvent, Store, StoreError, dashboard::NewRefusal};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -579,6 +579,9 @@ async fn ingest(
         .collect();
     let count = |f: fn(&EventResult) -> bool| results.iter().filter(|r| f(r)).count();
     let rejected = count(|r| matches!(r, EventResult::Rejected { .. }));
+    if rejected > 0 {
+        record_refusals(ingestor, events, &results, scope, now).await;
+    }
     for _ in 0..rejected {
         observability::ingested("unknown", "rejected");
     }
@@ -588,4 +591,78 @@ async fn ingest(
         rejected,
         results,
     })
+}
+
+/// The longest stored copy of a refused event; longer ones are cut (they are kept to show what
+/// was wrong, not to be replayed).
+const MAX_REFUSAL_BODY: usize = 16 * 1024;
+
+/// Keeps the refused events of a request, PII hashed, for the dashboard. A failure is logged
+/// and does not fail the request: the client's answer already says what was wrong.
+async fn record_refusals(
+    ingestor: &Ingestor,
+    events: &[Value],
+    results: &[EventResult],
+    scope: &Scope,
+    now: i64,
+) {
+    let text = |v: &Value, path: &[&str]| -> Option<String> {
+        let mut at = v;
+        for key in path {
+            at = at.get(key)?;
+        }
+        match at {
+            Value::String(s) => Some(s.chars().take(200).collect()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let refusals: Vec<NewRefusal> = results
+        .iter()
+        .filter_map(|r| match r {
+            EventResult::Rejected {
+                index,
+                errors,
+                warnings,
+            } => Some((*index, errors, warnings)),
+            _ => None,
+        })
+        .map(|(index, errors, warnings)| {
+            let input = &events[index];
+            let asset_id = [
+                "whatsapp_business_account_id",
+                "page_id",
+                "instagram_business_account_id",
+            ]
+            .iter()
+            .find_map(|k| text(input, &["user_data", k]));
+            let mut body = relay_core::pii::hash_pii_values(input).to_string();
+            if body.len() > MAX_REFUSAL_BODY {
+                let mut cut = MAX_REFUSAL_BODY;
+                while !body.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                body.truncate(cut);
+                body.push_str("… (cut)");
+            }
+            NewRefusal {
+                tenant: scope.tenant.clone(),
+                received_at_ms: now,
+                event_id: text(input, &["event_id"]),
+                event_name: text(input, &["event_name"]),
+                channel: text(input, &["messaging_channel"]),
+                asset_id,
+                error_code: errors
+                    .first()
+                    .map(|e| serde_json::to_value(e.code).ok())
+                    .and_then(|v| v.and_then(|v| v.as_str().map(str::to_owned)))
+                    .unwrap_or_else(|| "invalid".into()),
+                errors: serde_json::json!({"errors": errors, "warnings": warnings}).to_string(),
+                body,
+            }
+        })
+        .collect();
+    if let Err(e) = ingestor.store.record_refusals(&refusals).await {
+        tracing::warn!(error = %e, refused = refusals.len(), "refused events could not be recorded for the dashboard");
+    }
 }

@@ -20,6 +20,7 @@ mod capture;
 mod cli;
 mod crash;
 mod crm;
+mod dashboard;
 mod delivery;
 mod errors;
 mod graph;
