@@ -2,6 +2,8 @@
 //! processed, and the record of every stage change seen. A supertrait of
 //! [`Store`](crate::Store), implemented once for both backends by `impl_crm_store!`.
 
+use std::collections::BTreeMap;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -38,6 +40,8 @@ pub struct CrmIntegration {
     #[serde(skip)]
     pub sealed_token: String,
     pub asset_id: String,
+    /// Pipeline id → the asset its stage changes go to instead of `asset_id`.
+    pub pipeline_assets: BTreeMap<String, String>,
     pub currency: Option<String>,
     pub account_id: String,
     pub subdomain: String,
@@ -158,6 +162,15 @@ pub trait CrmStore: Send + Sync + 'static {
     ) -> Result<()>;
     /// A new sealed token; the integration is active again.
     async fn set_crm_integration_token(&self, id: &str, sealed: &str, now_ms: i64) -> Result<()>;
+    /// Sets (`Some`) or removes (`None`) a pipeline's asset override. `NotFound` without such an
+    /// integration; `false` when removing an override that does not exist.
+    async fn set_crm_pipeline_asset(
+        &self,
+        id: &str,
+        pipeline_id: &str,
+        asset_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool>;
     /// The CRM API's health: `error` `None` records a success.
     async fn record_crm_api(&self, id: &str, error: Option<&str>, now_ms: i64) -> Result<()>;
 
@@ -241,6 +254,7 @@ macro_rules! impl_crm_store {
                     secret_sha256: row.try_get("secret_sha256")?,
                     sealed_token: row.try_get("sealed_token")?,
                     asset_id: row.try_get("asset_id")?,
+                    pipeline_assets: std::collections::BTreeMap::new(),
                     currency: row.try_get("currency")?,
                     account_id: row.try_get("account_id")?,
                     subdomain: row.try_get("subdomain")?,
@@ -275,6 +289,30 @@ macro_rules! impl_crm_store {
                 })
             }
 
+            /// Fills in the integrations' pipeline asset overrides.
+            async fn load_pipeline_assets(&self, integrations: &mut [$crate::crm::CrmIntegration]) -> $crate::Result<()> {
+                use sqlx::Row;
+                if integrations.is_empty() {
+                    return Ok(());
+                }
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT integration_id, pipeline_id, asset_id FROM crm_pipeline_assets WHERE integration_id IN (",
+                );
+                let mut ids = b.separated(", ");
+                for i in integrations.iter() {
+                    ids.push_bind(i.id.clone());
+                }
+                b.push(")");
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                for row in &rows {
+                    let id: String = row.try_get("integration_id")?;
+                    if let Some(i) = integrations.iter_mut().find(|i| i.id == id) {
+                        i.pipeline_assets.insert(row.try_get("pipeline_id")?, row.try_get("asset_id")?);
+                    }
+                }
+                Ok(())
+            }
+
             async fn crm_integration_where(&self, column: &str, value: &str) -> $crate::Result<Option<$crate::crm::CrmIntegration>> {
                 let sql = self.sql(&format!(
                     "SELECT {} FROM crm_integrations WHERE {column} = $1",
@@ -286,7 +324,9 @@ macro_rules! impl_crm_store {
                     .fetch_optional(&self.pool)
                     .await
                     .map_err($crate::shared::map_err)?;
-                row.as_ref().map(Self::crm_integration_from_row).transpose()
+                let mut found: Vec<_> = row.as_ref().map(Self::crm_integration_from_row).transpose()?.into_iter().collect();
+                self.load_pipeline_assets(&mut found).await?;
+                Ok(found.pop())
             }
         }
 
@@ -349,6 +389,7 @@ macro_rules! impl_crm_store {
                      account_id, subdomain, status, created_at_ms, updated_at_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
                 );
+                let mut tx = self.begin_write().await?;
                 sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(&i.id)
                     .bind(&i.tenant)
@@ -363,10 +404,57 @@ macro_rules! impl_crm_store {
                     .bind(&i.status)
                     .bind(i.created_at_ms)
                     .bind(i.updated_at_ms)
-                    .execute(self.writer())
+                    .execute(&mut *tx)
                     .await
                     .map_err($crate::shared::map_err)?;
+                let sql = self.sql("INSERT INTO crm_pipeline_assets (integration_id, pipeline_id, asset_id) VALUES ($1, $2, $3)");
+                for (pipeline, asset) in &i.pipeline_assets {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.clone().into_owned()))
+                        .bind(&i.id)
+                        .bind(pipeline)
+                        .bind(asset)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
                 Ok(())
+            }
+
+            async fn set_crm_pipeline_asset(&self, id: &str, pipeline_id: &str, asset_id: Option<&str>, now_ms: i64) -> $crate::Result<bool> {
+                let mut tx = self.begin_write().await?;
+                let sql = self.sql("UPDATE crm_integrations SET updated_at_ms = $1 WHERE id = $2");
+                let found = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(now_ms)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                if found.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound(format!("no CRM integration {id}")));
+                }
+                let done = match asset_id {
+                    Some(asset) => sqlx::query(sqlx::AssertSqlSafe(
+                        self.sql(
+                            "INSERT INTO crm_pipeline_assets (integration_id, pipeline_id, asset_id) VALUES ($1, $2, $3) \
+                             ON CONFLICT (integration_id, pipeline_id) DO UPDATE SET asset_id = excluded.asset_id",
+                        )
+                        .into_owned(),
+                    ))
+                    .bind(id)
+                    .bind(pipeline_id)
+                    .bind(asset),
+                    None => sqlx::query(sqlx::AssertSqlSafe(
+                        self.sql("DELETE FROM crm_pipeline_assets WHERE integration_id = $1 AND pipeline_id = $2").into_owned(),
+                    ))
+                    .bind(id)
+                    .bind(pipeline_id),
+                }
+                .execute(&mut *tx)
+                .await
+                .map_err($crate::shared::map_err)?;
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn get_crm_integration(&self, id: &str) -> $crate::Result<Option<$crate::crm::CrmIntegration>> {
@@ -387,7 +475,9 @@ macro_rules! impl_crm_store {
                 }
                 b.push(" ORDER BY created_at_ms, id");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
-                rows.iter().map(Self::crm_integration_from_row).collect()
+                let mut found = rows.iter().map(Self::crm_integration_from_row).collect::<$crate::Result<Vec<_>>>()?;
+                self.load_pipeline_assets(&mut found).await?;
+                Ok(found)
             }
 
             async fn set_crm_integration_status(&self, id: &str, status: &str, reason: Option<&str>, now_ms: i64) -> $crate::Result<()> {

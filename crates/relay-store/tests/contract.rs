@@ -105,6 +105,7 @@ contract!(
     // CRM (issue #13).
     crm_rules_are_unique_per_stage_and_removed_per_tenant,
     crm_webhooks_wait_for_active_integrations_and_stage_changes_keep_a_produced_outcome,
+    crm_pipeline_assets_are_stored_with_the_integration_and_set_or_removed_later,
 );
 
 fn asset(id: &str, dataset: &str) -> Asset {
@@ -1749,6 +1750,105 @@ async fn crm_rules_are_unique_per_stage_and_removed_per_tenant(store: Arc<dyn St
     assert!(!store.remove_crm_rule("default", first.id).await.unwrap());
 }
 
+async fn crm_pipeline_assets_are_stored_with_the_integration_and_set_or_removed_later(
+    store: Arc<dyn Store>,
+) {
+    use relay_store::crm::CrmIntegration;
+    let integration = |id: &str, secret: &str, pipelines: &[(&str, &str)]| CrmIntegration {
+        id: id.into(),
+        tenant: "default".into(),
+        kind: "kommo".into(),
+        base_url: "https://acme.kommo.com".into(),
+        secret_sha256: secret.into(),
+        sealed_token: "enc:v1:x".into(),
+        asset_id: "100".into(),
+        pipeline_assets: pipelines
+            .iter()
+            .map(|(p, a)| (p.to_string(), a.to_string()))
+            .collect(),
+        currency: None,
+        account_id: "17769199".into(),
+        subdomain: "acme".into(),
+        status: "active".into(),
+        status_reason: None,
+        api_ok_at_ms: None,
+        api_error: None,
+        api_error_at_ms: None,
+        last_webhook_at_ms: None,
+        created_at_ms: 1,
+        updated_at_ms: 1,
+    };
+    let first = integration("kommo-1", "s1", &[("9217056", "200"), ("1", "300")]);
+    store.create_crm_integration(&first).await.unwrap();
+    store
+        .create_crm_integration(&integration("kommo-2", "s2", &[("9217056", "400")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_crm_integration("kommo-1").await.unwrap().unwrap(),
+        first
+    );
+    let by_secret = store.find_crm_integration_by_secret("s2").await.unwrap();
+    assert_eq!(
+        by_secret
+            .unwrap()
+            .pipeline_assets
+            .get("9217056")
+            .map(String::as_str),
+        Some("400")
+    );
+
+    // Replace one, add one, remove one; the other integration's stay.
+    assert!(
+        store
+            .set_crm_pipeline_asset("kommo-1", "9217056", Some("500"), 2)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_crm_pipeline_asset("kommo-1", "77", Some("600"), 3)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_crm_pipeline_asset("kommo-1", "1", None, 4)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_crm_pipeline_asset("kommo-1", "1", None, 5)
+            .await
+            .unwrap()
+    );
+    let listed = store.list_crm_integrations(Some("default")).await.unwrap();
+    let pipelines: Vec<Vec<(&str, &str)>> = listed
+        .iter()
+        .map(|i| {
+            i.pipeline_assets
+                .iter()
+                .map(|(p, a)| (p.as_str(), a.as_str()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        pipelines,
+        vec![
+            vec![("77", "600"), ("9217056", "500")],
+            vec![("9217056", "400")]
+        ]
+    );
+    assert_eq!(listed[0].updated_at_ms, 5);
+    assert!(matches!(
+        store
+            .set_crm_pipeline_asset("kommo-9", "1", Some("100"), 6)
+            .await,
+        Err(relay_store::StoreError::NotFound(_))
+    ));
+}
+
 async fn crm_webhooks_wait_for_active_integrations_and_stage_changes_keep_a_produced_outcome(
     store: Arc<dyn Store>,
 ) {
@@ -1761,6 +1861,7 @@ async fn crm_webhooks_wait_for_active_integrations_and_stage_changes_keep_a_prod
         secret_sha256: "abc".into(),
         sealed_token: "enc:v1:x".into(),
         asset_id: "100".into(),
+        pipeline_assets: Default::default(),
         currency: None,
         account_id: "17769199".into(),
         subdomain: "acme".into(),

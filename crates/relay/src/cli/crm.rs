@@ -89,6 +89,36 @@ pub enum KommoCommand {
     Add(KommoAddArgs),
     /// Replace the token (after Kommo refused it); waiting webhooks are then processed.
     SetToken(KommoSetTokenArgs),
+    /// Send one pipeline's stage changes to another asset of the tenant (or back, `--remove`).
+    SetPipelineAsset(KommoPipelineAssetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KommoPipelineAssetArgs {
+    /// The integration's id (`kommo-…`).
+    #[arg(long)]
+    pub integration: String,
+    /// The Kommo pipeline id.
+    #[arg(long)]
+    pub pipeline_id: String,
+    /// The tenant's asset (WABA, Page, Instagram account) this pipeline's conversions go to.
+    #[arg(long, required_unless_present = "remove", conflicts_with = "remove")]
+    pub asset_id: Option<String>,
+    /// Remove the override: the pipeline goes to the integration's `--asset-id` again.
+    #[arg(long)]
+    pub remove: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `PIPELINE_ID=ASSET_ID`.
+fn pipeline_asset(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((p, a)) if !p.trim().is_empty() && !a.trim().is_empty() => {
+            Ok((p.trim().to_owned(), a.trim().to_owned()))
+        }
+        _ => Err(format!("{s:?} is not PIPELINE_ID=ASSET_ID")),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +134,10 @@ pub struct KommoAddArgs {
     /// The asset (WABA, Page, Instagram account) the leads' conversions go to.
     #[arg(long)]
     pub asset_id: String,
+    /// A pipeline whose conversions go to another asset of the tenant: PIPELINE_ID=ASSET_ID
+    /// (repeatable).
+    #[arg(long = "pipeline-asset", value_name = "PIPELINE_ID=ASSET_ID", value_parser = pipeline_asset)]
+    pub pipeline_assets: Vec<(String, String)>,
     /// The account's currency, used when a rule names none.
     #[arg(long)]
     pub currency: Option<String>,
@@ -220,6 +254,7 @@ pub async fn run(command: CrmCommand) -> anyhow::Result<ExitCode> {
                     base_url: args.base_url,
                     token: secret_from_env(&args.token_env)?,
                     asset_id: args.asset_id,
+                    pipeline_assets: args.pipeline_assets,
                     currency: args.currency,
                 },
                 &actor,
@@ -230,6 +265,9 @@ pub async fn run(command: CrmCommand) -> anyhow::Result<ExitCode> {
                 "Kommo integration {} added: account {} ({}), events to asset {}",
                 i.id, i.account_id, i.subdomain, i.asset_id
             );
+            for (pipeline, asset) in &i.pipeline_assets {
+                println!("  pipeline {pipeline} → asset {asset}");
+            }
             println!(
                 "webhook URL (shown once; paste it in Kommo → Settings → Integrations → Web hooks, events \
                  \"lead status changed\", \"lead added\", \"lead edited\", \"lead deleted\"):"
@@ -247,6 +285,27 @@ pub async fn run(command: CrmCommand) -> anyhow::Result<ExitCode> {
             let token = secret_from_env(&args.token_env)?;
             kommo::set_token(store.as_ref(), &vault, &client, &args.id, &token, &actor).await?;
             println!("token of {} replaced; the integration is active", args.id);
+        }
+        CrmCommand::Kommo(KommoCommand::SetPipelineAsset(args)) => {
+            let store = args.db.open().await?;
+            let asset = args.asset_id.as_deref().filter(|_| !args.remove);
+            let i = kommo::set_pipeline_asset(
+                store.as_ref(),
+                &args.integration,
+                &args.pipeline_id,
+                asset,
+                &actor,
+            )
+            .await?;
+            match asset {
+                Some(a) => println!("{}: pipeline {} → asset {a}", i.id, args.pipeline_id.trim()),
+                None => println!(
+                    "{}: pipeline {} → the integration's asset {}",
+                    i.id,
+                    args.pipeline_id.trim(),
+                    i.asset_id
+                ),
+            }
         }
         CrmCommand::Status(args) => {
             let store = args.db.open().await?;
@@ -275,11 +334,17 @@ pub async fn run(command: CrmCommand) -> anyhow::Result<ExitCode> {
                     s.counts.webhooks_failed
                 );
                 if let Some(d) = s.details {
+                    let overrides: String = d
+                        .pipeline_assets
+                        .iter()
+                        .map(|(p, a)| format!(" pipeline {p} → asset {a}"))
+                        .collect();
                     println!(
-                        "    account {} ({}) asset {} last webhook {} status {}{}{}",
+                        "    account {} ({}) asset {}{} last webhook {} status {}{}{}",
                         d.account_id,
                         d.subdomain,
                         d.asset_id,
+                        overrides,
                         d.last_webhook_at_ms
                             .map_or("never".into(), |t| t.to_string()),
                         d.status,

@@ -5,7 +5,7 @@
 //! client (7 requests/s per integration, retries on 429/5xx, a short cache).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -296,6 +296,8 @@ pub struct AddKommo {
     pub base_url: String,
     pub token: SecretString,
     pub asset_id: String,
+    /// (pipeline id, asset id): that pipeline's stage changes go to that asset instead.
+    pub pipeline_assets: Vec<(String, String)>,
     pub currency: Option<String>,
 }
 
@@ -316,17 +318,13 @@ pub async fn add(
 ) -> AdminResult<AddedKommo> {
     tenancy::get_tenant(store, &request.tenant).await?;
     let base_url = check_base_url(&request.base_url)?;
-    let asset = store
-        .get_asset(&request.asset_id)
-        .await?
-        .filter(|a| a.tenant == request.tenant)
-        .ok_or_else(|| AdminError::Invalid {
-            field: "asset_id",
-            message: format!(
-                "asset {} is not an asset of tenant {}; onboard it first",
-                request.asset_id, request.tenant
-            ),
-        })?;
+    let asset = tenant_asset(store, &request.tenant, &request.asset_id, "asset_id").await?;
+    let mut pipeline_assets = BTreeMap::new();
+    for (pipeline, asset_id) in &request.pipeline_assets {
+        let pipeline = pipeline_id(pipeline, "pipeline_asset")?;
+        let asset = tenant_asset(store, &request.tenant, asset_id, "pipeline_asset").await?;
+        pipeline_assets.insert(pipeline, asset.asset_id);
+    }
     let currency = match &request.currency {
         Some(c) => Some(
             money::parse_currency(c)
@@ -357,6 +355,7 @@ pub async fn add(
         secret_sha256: secret_hash(&secret),
         sealed_token: vault.seal(&request.token, &token_aad(&id)),
         asset_id: asset.asset_id,
+        pipeline_assets,
         currency,
         account_id: account.id,
         subdomain: account.subdomain,
@@ -377,13 +376,91 @@ pub async fn add(
         Some(&request.tenant),
         Some(&id),
         json!({"base_url": integration.base_url, "account_id": integration.account_id,
-               "subdomain": integration.subdomain, "asset_id": integration.asset_id}),
+               "subdomain": integration.subdomain, "asset_id": integration.asset_id,
+               "pipeline_assets": integration.pipeline_assets}),
     )
     .await;
     Ok(AddedKommo {
         integration,
         webhook_path: format!("/webhooks/kommo/{secret}"),
     })
+}
+
+/// The tenant's asset `asset_id`, else an error naming `field`.
+async fn tenant_asset(
+    store: &dyn relay_store::Store,
+    tenant: &str,
+    asset_id: &str,
+    field: &'static str,
+) -> AdminResult<relay_store::Asset> {
+    store
+        .get_asset(asset_id)
+        .await?
+        .filter(|a| a.tenant == tenant)
+        .ok_or_else(|| AdminError::Invalid {
+            field,
+            message: format!(
+                "asset {asset_id} is not an asset of tenant {tenant}; onboard it first"
+            ),
+        })
+}
+
+/// A Kommo pipeline id (digits), trimmed.
+fn pipeline_id(id: &str, field: &'static str) -> AdminResult<String> {
+    let id = id.trim();
+    if kommo_id(id) {
+        Ok(id.to_owned())
+    } else {
+        Err(AdminError::Invalid {
+            field,
+            message: format!("{id:?} is not a Kommo pipeline id (digits)"),
+        })
+    }
+}
+
+/// Sends a pipeline's stage changes to `asset_id` (the integration's tenant's), or with `None`
+/// back to the integration's own asset.
+pub async fn set_pipeline_asset(
+    store: &dyn relay_store::Store,
+    id: &str,
+    pipeline: &str,
+    asset_id: Option<&str>,
+    actor: &str,
+) -> AdminResult<CrmIntegration> {
+    let integration = store
+        .get_crm_integration(id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no CRM integration {id}")))?;
+    let pipeline = pipeline_id(pipeline, "pipeline_id")?;
+    let asset = match asset_id {
+        Some(a) => Some(
+            tenant_asset(store, &integration.tenant, a, "asset_id")
+                .await?
+                .asset_id,
+        ),
+        None => None,
+    };
+    if !store
+        .set_crm_pipeline_asset(id, &pipeline, asset.as_deref(), now_ms())
+        .await?
+    {
+        return Err(AdminError::NotFound(format!(
+            "integration {id} has no asset override for pipeline {pipeline}"
+        )));
+    }
+    tenancy::audit(
+        store,
+        actor,
+        "crm.kommo.pipeline_asset",
+        Some(&integration.tenant),
+        Some(id),
+        json!({"pipeline_id": pipeline, "asset_id": asset}),
+    )
+    .await;
+    store
+        .get_crm_integration(id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("no CRM integration {id}")))
 }
 
 /// Replaces an integration's token (after Kommo refused the old one): checked against the same
@@ -599,12 +676,8 @@ impl KommoProcessor {
             .open(&integration.sealed_token, &token_aad(&integration.id))
             .map_err(|e| Stop::TokenRejected(format!("the stored token does not open: {e}")))?;
         let body = kommo::read_body(&kommo::parse_form(&webhook.body));
-        let asset = self
-            .crm
-            .store
-            .get_asset(&integration.asset_id)
-            .await?
-            .filter(|a| a.tenant == integration.tenant);
+        // The pipeline's own asset if it has one, else the integration's; looked up once each.
+        let mut assets: HashMap<String, Option<relay_store::Asset>> = HashMap::new();
         let scope = Scope {
             tenant: integration.tenant.clone(),
             assets: None,
@@ -622,15 +695,26 @@ impl KommoProcessor {
                 occurred_at: stage.changed_at.unwrap_or(webhook.received_at_ms / 1000),
                 entry: None,
             };
+            let asset_id = stage
+                .pipeline_id
+                .as_ref()
+                .and_then(|p| integration.pipeline_assets.get(p))
+                .unwrap_or(&integration.asset_id);
+            if !assets.contains_key(asset_id) {
+                let asset = self
+                    .crm
+                    .store
+                    .get_asset(asset_id)
+                    .await?
+                    .filter(|a| a.tenant == integration.tenant);
+                assets.insert(asset_id.clone(), asset);
+            }
             let outcome = match self.crm.rule_for(&integration.tenant, &change).await? {
                 None => StageOutcome::skipped("no_rule", no_rule_detail(&change)),
-                Some(rule) => match &asset {
+                Some(rule) => match &assets[asset_id] {
                     None => StageOutcome::skipped(
                         "rejected",
-                        format!(
-                            "asset {} of the integration is not registered",
-                            integration.asset_id
-                        ),
+                        format!("asset {asset_id} of the integration is not registered"),
                     ),
                     Some(asset) => {
                         let channel: Channel = asset.channel.parse().unwrap_or(Channel::WhatsApp);

@@ -18,6 +18,7 @@ use capi_relay::{
     capture::sign,
     config::Config,
     crm::kommo::{self, AddKommo, KommoClient, KommoClientConfig},
+    tenancy::AdminError,
 };
 use relay_store::DEFAULT_TENANT;
 use reqwest::Method;
@@ -25,7 +26,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::{
-    app::{ADMIN_KEY, Backend, TestApp, WABA, spawn_app_with},
+    app::{ADMIN_KEY, Backend, PAGE, TestApp, WABA, WABA_DATASET, spawn_app_with},
     helpers::now,
 };
 
@@ -42,6 +43,7 @@ both_backends!(
     kommo_bodies_in_both_formats_produce_events_with_the_click_id_and_the_deal_value_once,
     forged_and_wrong_account_kommo_requests_are_refused_and_nothing_is_stored,
     a_kommo_outage_and_a_restart_delay_but_lose_nothing_and_a_rejected_token_marks_the_integration,
+    a_pipeline_with_its_own_asset_sends_its_stage_changes_there_and_the_rest_to_the_integrations,
     an_import_of_10000_csv_rows_reports_each_row_and_a_rerun_sends_nothing_twice,
 );
 
@@ -194,11 +196,20 @@ fn crm_config(c: &mut Config) {
 /// The relay with the WhatsApp customer `WA_PHONE` captured from a click-to-WhatsApp ad.
 async fn spawn(backend: Backend) -> Option<TestApp> {
     let app = spawn_app_with(backend, crm_config).await?;
+    capture_click(&app, WABA, CLICK_ID).await;
+    Some(app)
+}
+
+/// `WA_PHONE` writes to `waba` from a click-to-WhatsApp ad with `click_id`.
+async fn capture_click(app: &TestApp, waba: &str, click_id: &str) {
     let body = std::fs::read_to_string(format!(
         "{}/tests/fixtures/webhooks/whatsapp_cloud_referral.json",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()
+    .replace(WABA, waba)
+    .replace(CLICK_ID, click_id)
+    .replace("wamid.HBgN", &format!("wamid.{waba}"))
     .replace("__TS_MS__", &((now() - 3600) * 1000).to_string())
     .replace("__TS__", &(now() - 3600).to_string());
     let response = app
@@ -219,7 +230,6 @@ async fn spawn(backend: Backend) -> Option<TestApp> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Some(app)
 }
 
 async fn admin(app: &TestApp, method: Method, path: &str, body: Option<&Value>) -> (u16, Value) {
@@ -544,6 +554,7 @@ async fn add_kommo(app: &TestApp, kommo_url: &str) -> (String, String) {
             base_url: kommo_url.into(),
             token: SecretString::from(KOMMO_TOKEN.to_owned()),
             asset_id: WABA.into(),
+            pipeline_assets: Vec::new(),
             currency: Some("brl".into()),
         },
         "test",
@@ -804,6 +815,7 @@ async fn forged_and_wrong_account_kommo_requests_are_refused_and_nothing_is_stor
             base_url: kommo_url.clone(),
             token: SecretString::from("wrong".to_owned()),
             asset_id: WABA.into(),
+            pipeline_assets: Vec::new(),
             currency: None,
         },
         "test",
@@ -911,6 +923,160 @@ async fn a_kommo_outage_and_a_restart_delay_but_lose_nothing_and_a_rejected_toke
     let status = status_of(&app, &integration).await;
     assert_eq!(status["health"], "ok", "{status}");
     assert_eq!(outcome_count(&status, "produced"), 2, "{status}");
+    app.stop().await;
+}
+
+async fn a_pipeline_with_its_own_asset_sends_its_stage_changes_there_and_the_rest_to_the_integrations(
+    backend: Backend,
+) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    // A second WhatsApp account of the tenant, on its own dataset, where the same customer
+    // came from another ad.
+    const WABA2: &str = "102290129340777";
+    const DATASET2: &str = "3234567890";
+    const CLICK_ID2: &str = "ARAkLkA8rmlFeiCktEJQ-second-waba-click";
+    const PIPELINE2: &str = "7001";
+    app.add_asset("whatsapp", WABA2, DATASET2).await;
+    capture_click(&app, WABA2, CLICK_ID2).await;
+    let foreign = app.add_wabas("other", 1, 1).await.remove(0).0;
+    let (_fake, kommo_url) = spawn_fake_kommo().await;
+    let client = KommoClient::new(KommoClientConfig::default()).unwrap();
+    let request = |pipeline_assets: Vec<(String, String)>| AddKommo {
+        tenant: DEFAULT_TENANT.into(),
+        base_url: kommo_url.clone(),
+        token: SecretString::from(KOMMO_TOKEN.to_owned()),
+        asset_id: WABA.into(),
+        pipeline_assets,
+        currency: Some("BRL".into()),
+    };
+
+    // Another tenant's asset, or a pipeline id Kommo never has, is refused naming the field.
+    for (pipeline, asset, says) in [
+        (
+            PIPELINE2,
+            foreign.as_str(),
+            "is not an asset of tenant default",
+        ),
+        ("sales", WABA2, "is not a Kommo pipeline id"),
+    ] {
+        let refused = kommo::add(
+            app.store.as_ref(),
+            &app.vault,
+            &client,
+            request(vec![(pipeline.into(), asset.into())]),
+            "test",
+        )
+        .await
+        .unwrap_err();
+        let AdminError::Invalid { field, message } = &refused else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(*field, "pipeline_asset", "{message}");
+        assert!(message.contains(says), "{message}");
+    }
+    assert!(
+        app.store
+            .list_crm_integrations(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let added = kommo::add(
+        app.store.as_ref(),
+        &app.vault,
+        &client,
+        request(vec![(PIPELINE2.into(), WABA2.into())]),
+        "test",
+    )
+    .await
+    .unwrap();
+    let integration = added.integration.id.clone();
+    add_rule(
+        &app,
+        &json!({"tenant": DEFAULT_TENANT, "source": "kommo", "pipeline_id": "any", "stage_id": 142,
+                "event": "Purchase"}),
+    )
+    .await;
+
+    // One body, a won lead in each pipeline (lead 1002's contact has the phone as its second).
+    let body = format!(
+        "leads[status][0][id]=1001&leads[status][0][status_id]=142&leads[status][0][pipeline_id]=9217056\
+         &leads[status][1][id]=1002&leads[status][1][status_id]=142&leads[status][1][pipeline_id]={PIPELINE2}\
+         &account[id]={ACCOUNT_ID}"
+    );
+    let (status, text) = post_kommo(&app, &added.webhook_path, &body).await;
+    assert_eq!(status, 200, "{text}");
+    wait_kommo_processed(&app, &integration).await;
+    let changes = app
+        .store
+        .list_stage_changes(DEFAULT_TENANT, Some(&integration), 10)
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    for (deal, dataset, waba, click) in [
+        ("1001", WABA_DATASET, WABA, CLICK_ID),
+        ("1002", DATASET2, WABA2, CLICK_ID2),
+    ] {
+        let change = changes.iter().find(|c| c.deal_id == deal).unwrap();
+        assert_eq!(change.outcome, "produced", "{change:?}");
+        let event_id = change.event_id.clone().unwrap();
+        wait_delivered(&app, &event_id).await;
+        let at: Vec<_> = app
+            .sim
+            .accepted(None)
+            .into_iter()
+            .filter(|e| e.event["event_id"] == event_id.as_str())
+            .collect();
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert_eq!(at[0].dataset_id, dataset, "deal {deal}");
+        let user = &at[0].event["user_data"];
+        assert_eq!(user["whatsapp_business_account_id"], waba, "deal {deal}");
+        assert_eq!(user["ctwa_clid"], click, "deal {deal}");
+    }
+    let status = status_of(&app, &integration).await;
+    assert_eq!(
+        status["details"]["pipeline_assets"],
+        json!({ PIPELINE2: WABA2 }),
+        "{status}"
+    );
+
+    // Changed later: another tenant's asset is refused; removing it sends the pipeline back.
+    let refused = kommo::set_pipeline_asset(
+        app.store.as_ref(),
+        &integration,
+        PIPELINE2,
+        Some(&foreign),
+        "test",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, AdminError::Invalid { field: "asset_id", message } if message.contains("not an asset of tenant default")),
+        "{refused:?}"
+    );
+    let changed =
+        kommo::set_pipeline_asset(app.store.as_ref(), &integration, "42", Some(PAGE), "test")
+            .await
+            .unwrap();
+    assert_eq!(changed.pipeline_assets.len(), 2);
+    kommo::set_pipeline_asset(app.store.as_ref(), &integration, PIPELINE2, None, "test")
+        .await
+        .unwrap();
+    let again =
+        kommo::set_pipeline_asset(app.store.as_ref(), &integration, PIPELINE2, None, "test")
+            .await
+            .unwrap_err();
+    assert!(matches!(again, AdminError::NotFound(_)), "{again:?}");
+    let status = status_of(&app, &integration).await;
+    assert_eq!(
+        status["details"]["pipeline_assets"],
+        json!({ "42": PAGE }),
+        "{status}"
+    );
+    let mut app = app;
     app.stop().await;
 }
 
@@ -1044,6 +1210,36 @@ async fn the_crm_commands_add_rules_and_a_kommo_account_and_show_its_status() {
             WABA,
             "--currency",
             "BRL",
+            "--pipeline-asset",
+            "7001",
+        ],
+        &envs,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--pipeline-asset")
+            && text(&out).contains("is not PIPELINE_ID=ASSET_ID"),
+        "{}",
+        text(&out)
+    );
+    let out = run_binary(
+        &[
+            "crm",
+            "kommo",
+            "add",
+            "--tenant",
+            "default",
+            "--base-url",
+            &kommo_url,
+            "--token-env",
+            "KOMMO_TOKEN",
+            "--asset-id",
+            WABA,
+            "--currency",
+            "BRL",
+            "--pipeline-asset",
+            &format!("7001={PAGE}"),
             "--public-url",
             "https://relay.example",
         ],
@@ -1052,6 +1248,10 @@ async fn the_crm_commands_add_rules_and_a_kommo_account_and_show_its_status() {
     .await;
     assert!(out.status.success(), "{}", text(&out));
     let printed = text(&out);
+    assert!(
+        printed.contains(&format!("pipeline 7001 → asset {PAGE}")),
+        "{printed}"
+    );
     assert!(printed.contains("account 17769199 (acme)"), "{printed}");
     assert!(
         printed.contains("https://relay.example/webhooks/kommo/"),
@@ -1062,6 +1262,60 @@ async fn the_crm_commands_add_rules_and_a_kommo_account_and_show_its_status() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("(kommo) health=ok"), "{}", text(&out));
     assert!(text(&out).contains("last webhook never"), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("asset {WABA} pipeline 7001 → asset {PAGE}")),
+        "{}",
+        text(&out)
+    );
+    let id = env.store.list_crm_integrations(None).await.unwrap()[0]
+        .id
+        .clone();
+    let out = run_binary(
+        &[
+            "crm",
+            "kommo",
+            "set-pipeline-asset",
+            "--integration",
+            &id,
+            "--pipeline-id",
+            "7002",
+            "--asset-id",
+            "999",
+        ],
+        &envs,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("asset_id: asset 999 is not an asset of tenant default"),
+        "{}",
+        text(&out)
+    );
+    let out = run_binary(
+        &[
+            "crm",
+            "kommo",
+            "set-pipeline-asset",
+            "--integration",
+            &id,
+            "--pipeline-id",
+            "7001",
+            "--remove",
+        ],
+        &envs,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("pipeline 7001 → the integration's asset {WABA}")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        env.store.list_crm_integrations(None).await.unwrap()[0]
+            .pipeline_assets
+            .is_empty()
+    );
     // The token is stored sealed.
     let stored = env.store.list_crm_integrations(None).await.unwrap();
     assert!(stored[0].sealed_token.starts_with("enc:v1:"));
