@@ -99,9 +99,9 @@ impl SqliteStore {
     /// to upgrade.
     async fn begin_write(&self) -> Result<Transaction<'_, Sqlite>> {
         match self.writer.begin_with("BEGIN IMMEDIATE").await {
-            // sqlx counts this connection as inside a transaction (seen once under the partner
-            // bench's flood; cause not found yet). It would refuse every write from now on, so
-            // it is closed and the pool opens a fresh one.
+            // sqlx counts this connection as inside a transaction: after a full disk SQLite
+            // rolled the transaction back itself and sqlx's ROLLBACK failed. It would refuse
+            // every write from now on, so it is closed and the pool opens a fresh one.
             Err(sqlx::Error::InvalidSavePointStatement) => {
                 tracing::error!(
                     "the SQLite writer connection was left inside a transaction; reopening it"
@@ -363,5 +363,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    // A full disk (here: a page limit) makes SQLite roll the transaction back itself; sqlx's own
+    // ROLLBACK then fails and it goes on counting the writer as inside a transaction, which
+    // refused every later write ("begin_with at non-zero transaction depth") until a restart.
+    #[tokio::test]
+    async fn writes_resume_after_the_database_was_full() {
+        let (_dir, _, store) = fresh_store().await;
+        let batch = |tag: &str| -> Vec<NewEvent> {
+            (0..500)
+                .map(|i| NewEvent {
+                    tenant: "default".into(),
+                    dataset_id: "d1".into(),
+                    asset_id: "a1".into(),
+                    channel: "whatsapp".into(),
+                    event_id: format!("{tag}-{i}").into(),
+                    event_name: "Purchase".into(),
+                    event_time: 1,
+                    payload: "x".repeat(2_000).into(),
+                    test_event_code: None,
+                    accepted_at_ms: 1,
+                })
+                .collect()
+        };
+        store.insert_events(&batch("fits")).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA max_page_count = {}",
+            pages + 5
+        )))
+        .execute(&store.writer)
+        .await
+        .unwrap();
+        let full = store.insert_events(&batch("too-many")).await;
+        assert!(full.is_err(), "the page limit must refuse the batch");
+        // The disk has room again (a fresh writer connection has no page limit).
+        let after = store.insert_events(&batch("after")).await;
+        assert!(after.is_ok(), "writes must resume: {after:?}");
+        assert_eq!(
+            store.queue_stats().await.unwrap().depth,
+            1_000,
+            "the refused batch left nothing behind"
+        );
     }
 }
