@@ -5,19 +5,21 @@
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, Query, State, rejection::BytesRejection},
+    extract::{Path, State, rejection::BytesRejection},
     http::StatusCode,
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, auth::AdminKey, auth::TenantKey, openapi::ErrorBody};
+use super::{
+    ApiError, AppState, auth::AdminKey, auth::TenantKey, body::QueryParams, openapi::ErrorBody,
+};
 use crate::crm::{self, generic, kommo, rules};
 
 const ACTOR: &str = "admin-api";
 
-#[utoipa::path(post, path = "/v1/crm/stage-changes", tag = "crm", security(("tenant_key" = [])), request_body(content = Object, description = "one stage change, a list, or {\"data\": [...]}", example = json!({"deal_id": "D-1001", "pipeline_id": "sales", "stage_id": "won", "amount": "120.50", "currency": "BRL", "occurred_at": "2026-11-30T12:00:00Z", "asset_id": "102290129340398", "contact": {"phone": "+55 11 98765-4321"}})), responses((status = 200, description = "one result per change: produced, duplicate, no_rule, no_attribution, no_contact, too_old, rejected, invalid", body = Object), (status = 400, description = "invalid_json", body = ErrorBody), (status = 422, description = "invalid_request", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+#[utoipa::path(post, path = "/v1/crm/stage-changes", tag = "crm", security(("tenant_key" = [])), request_body(content = Object, description = "one stage change, a list, or {\"data\": [...]}", example = json!({"deal_id": "D-1001", "pipeline_id": "sales", "stage_id": "won", "amount": "120.50", "currency": "BRL", "occurred_at": "2026-11-30T12:00:00Z", "asset_id": "102290129340398", "contact": {"phone": "+55 11 98765-4321"}})), responses((status = 200, description = "one result per change: produced, duplicate, no_rule, no_attribution, no_contact, too_old, rejected, invalid", body = Object), (status = 400, description = "invalid_json", body = ErrorBody), (status = 422, description = "invalid_body", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn stage_changes(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -32,7 +34,15 @@ pub async fn stage_changes(
         )
     })?;
     let items = generic::items(&request)
-        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m))?;
+        .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", m))?;
+    // The shape is checked for the whole body, as on every JSON route; the values per change.
+    if let Some(index) = items.iter().position(|item| !item.is_object()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("data[{index}]: a stage change is a JSON object"),
+        ));
+    }
     let mut results = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let result = match generic::read(item) {
@@ -60,11 +70,11 @@ pub struct RecordsQuery {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/crm/stage-changes", tag = "crm", security(("tenant_key" = [])), params(("integration" = Option<String>, Query, description = "generic or an integration id"), ("limit" = Option<i64>, Query)), responses((status = 200, description = "recorded stage changes, newest first", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/crm/stage-changes", tag = "crm", security(("tenant_key" = [])), params(("integration" = Option<String>, Query, description = "generic or an integration id"), ("limit" = Option<i64>, Query)), responses((status = 200, description = "recorded stage changes, newest first", body = Object), (status = 400, description = "invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_stage_changes(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    Query(query): Query<RecordsQuery>,
+    QueryParams(query): QueryParams<RecordsQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let records = state
         .store
@@ -94,18 +104,18 @@ pub struct TenantQuery {
 fn tenant_required(q: &TenantQuery) -> Result<&str, ApiError> {
     q.tenant.as_deref().ok_or_else(|| {
         ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid",
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
             "tenant: add ?tenant=NAME",
         )
     })
 }
 
-#[utoipa::path(get, path = "/v1/admin/crm/integrations", tag = "crm", security(("admin_key" = [])), params(("tenant" = String, Query)), responses((status = 200, description = "per integration: health, last webhook, counts by outcome", body = Object), (status = 404, description = "no such tenant", body = ErrorBody), (status = 422, description = "tenant missing", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/admin/crm/integrations", tag = "crm", security(("admin_key" = [])), params(("tenant" = String, Query)), responses((status = 400, description = "invalid_query", body = ErrorBody), (status = 200, description = "per integration: health, last webhook, counts by outcome", body = Object), (status = 404, description = "no such tenant", body = ErrorBody), (status = 422, description = "tenant missing", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn admin_integrations(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Query(query): Query<TenantQuery>,
+    QueryParams(query): QueryParams<TenantQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let tenant = tenant_required(&query)?;
     crate::tenancy::get_tenant(state.store.as_ref(), tenant).await?;
@@ -129,7 +139,7 @@ pub async fn add_rule(
     let invalid = |e: serde_json::Error| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            "invalid_body",
             format!("the body is not the expected JSON: {e}"),
         )
     };
@@ -139,24 +149,28 @@ pub async fn add_rule(
     Ok((StatusCode::CREATED, Json(json!(stored))))
 }
 
-#[utoipa::path(get, path = "/v1/admin/crm/rules", tag = "crm", security(("admin_key" = [])), params(("tenant" = Option<String>, Query)), responses((status = 200, description = "rules, oldest first", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/admin/crm/rules", tag = "crm", security(("admin_key" = [])), params(("tenant" = Option<String>, Query)), responses((status = 400, description = "invalid_query", body = ErrorBody), (status = 404, description = "no such tenant", body = ErrorBody), (status = 200, description = "rules, oldest first", body = Object), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_rules(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Query(query): Query<TenantQuery>,
+    QueryParams(query): QueryParams<TenantQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let rules = rules::list(state.store.as_ref(), query.tenant.as_deref()).await?;
     Ok(Json(json!({ "data": rules })))
 }
 
-#[utoipa::path(delete, path = "/v1/admin/crm/rules/{id}", tag = "crm", security(("admin_key" = [])), params(("id" = i64, Path), ("tenant" = String, Query)), responses((status = 204, description = "removed"), (status = 404, description = "no such rule", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/admin/crm/rules/{id}", tag = "crm", security(("admin_key" = [])), params(("id" = i64, Path), ("tenant" = String, Query)), responses((status = 400, description = "invalid_query", body = ErrorBody), (status = 204, description = "removed"), (status = 404, description = "no such rule", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn remove_rule(
     State(state): State<AppState>,
     _admin: AdminKey,
-    Path(id): Path<i64>,
-    Query(query): Query<TenantQuery>,
+    Path(id): Path<String>,
+    QueryParams(query): QueryParams<TenantQuery>,
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_required(&query)?;
+    // Rule ids are integers: any other id names no rule.
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such rule"))?;
     rules::remove(state.store.as_ref(), tenant, id, ACTOR).await?;
     Ok(StatusCode::NO_CONTENT)
 }
