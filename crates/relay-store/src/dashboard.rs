@@ -707,9 +707,9 @@ macro_rules! impl_dashboard_store {
                     b.push(" AND test_event_code IS NOT NULL");
                 }
                 if let Some(status) = f.http_status {
-                    b.push(" AND EXISTS (SELECT 1 FROM attempts a WHERE a.event_row_id = events.id AND a.http_status = ")
+                    b.push(" AND EXISTS (SELECT 1 FROM send_attempts a WHERE a.http_status = ")
                         .push_bind(status)
-                        .push(")");
+                        .push(" AND (a.id = events.last_attempt_id OR a.id IN (SELECT attempt_id FROM event_attempts WHERE event_row_id = events.id)))");
                 }
                 b.push(" ORDER BY accepted_at_ms DESC, id DESC LIMIT ").push_bind(f.limit);
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;

@@ -585,10 +585,45 @@ macro_rules! impl_store {
                     return Ok(0);
                 }
                 let mut tx = self.begin_write().await?;
+                // One attempt row for the whole request; each event names it as its latest.
+                let insert_attempt = self.sql(
+                    "INSERT INTO send_attempts (dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
+                     SELECT dataset_id, $2, $3, $4, $5, $6, $7 FROM events WHERE id = $1 RETURNING id",
+                );
+                let attempt_id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(insert_attempt.into_owned()))
+                    .bind(ids[0])
+                    .bind(attempt.attempted_at_ms)
+                    .bind(attempt.outcome.clone())
+                    .bind(attempt.http_status)
+                    .bind(attempt.fbtrace_id.clone())
+                    .bind(attempt.message.clone())
+                    .bind(attempt.latency_ms)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                let Some(attempt_id) = attempt_id else {
+                    // The events are gone (purged): nothing to resolve.
+                    tx.rollback().await.map_err($crate::shared::map_err)?;
+                    return Ok(0);
+                };
                 let mut updated: Vec<i64> = Vec::with_capacity(ids.len());
                 let mut deltas = $crate::dashboard::StatDeltas::default();
                 for chunk in ids.chunks(1000) {
-                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, ");
+                    // The attempt an event names now moves to its history (a retry, a replay):
+                    // a first send finds none, at the cost of a lookup.
+                    let mut b = sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO event_attempts (event_row_id, attempt_id) SELECT id, last_attempt_id FROM events \
+                         WHERE last_attempt_id IS NOT NULL AND state = 'sending' AND lease_owner = ",
+                    );
+                    b.push_bind(owner).push(" AND id IN (");
+                    let mut sep = b.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    b.push(") ON CONFLICT DO NOTHING");
+                    b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
+                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = ");
+                    b.push_bind(attempt_id).push(", ");
                     match resolution {
                         $crate::Resolution::Delivered { delivered_at_ms } => {
                             b.push("state = 'delivered', delivered_at_ms = ").push_bind(*delivered_at_ms);
@@ -625,22 +660,12 @@ macro_rules! impl_store {
                         $crate::shared::count_resolution(&mut deltas, (&tenant, &dataset, &channel, &name), accepted_at, attempt.attempted_at_ms, resolution);
                     }
                 }
-                Self::bump_stats(&mut tx, &deltas).await?;
-                for chunk in updated.chunks(500) {
-                    let mut b = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO attempts (event_row_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) ",
-                    );
-                    b.push_values(chunk, |mut row, id| {
-                        row.push_bind(*id)
-                            .push_bind(attempt.attempted_at_ms)
-                            .push_bind(attempt.outcome.clone())
-                            .push_bind(attempt.http_status)
-                            .push_bind(attempt.fbtrace_id.clone())
-                            .push_bind(attempt.message.clone())
-                            .push_bind(attempt.latency_ms);
-                    });
-                    b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
+                if updated.is_empty() {
+                    // Every lease was lost: the attempt row goes with the rollback.
+                    tx.rollback().await.map_err($crate::shared::map_err)?;
+                    return Ok(0);
                 }
+                Self::bump_stats(&mut tx, &deltas).await?;
                 tx.commit().await.map_err($crate::shared::map_err)?;
                 Ok(updated.len() as u64)
             }
@@ -730,6 +755,14 @@ macro_rules! impl_store {
                 let sql = self.sql(concat!("DELETE FROM events WHERE ", $crate::shared::finished!(), " AND accepted_at_ms < $1"));
                 let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(before_ms)
+                    .execute(self.writer())
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                // Attempts are kept a week longer: no event is sent more than 7 days after its
+                // time, so an older attempt belongs to no event that is still to deliver.
+                let attempts = self.sql("DELETE FROM send_attempts WHERE attempted_at_ms < $1");
+                sqlx::query(sqlx::AssertSqlSafe(attempts.into_owned()))
+                    .bind(before_ms - 7 * 24 * 3_600_000)
                     .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
@@ -931,15 +964,21 @@ macro_rules! impl_store {
                 if records.is_empty() {
                     return Ok(records);
                 }
+                // Earlier attempts from `event_attempts`, the latest from the event itself.
                 let mut b = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT event_row_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms \
-                     FROM attempts WHERE event_row_id IN (",
+                    "SELECT x.event_row_id, a.attempted_at_ms, a.outcome, a.http_status, a.fbtrace_id, a.message, a.latency_ms \
+                     FROM (SELECT event_row_id, attempt_id FROM event_attempts WHERE event_row_id IN (",
                 );
                 let mut sep = b.separated(", ");
                 for r in &records {
                     sep.push_bind(r.id);
                 }
-                b.push(") ORDER BY attempted_at_ms, id");
+                b.push(") UNION SELECT id, last_attempt_id FROM events WHERE last_attempt_id IS NOT NULL AND id IN (");
+                let mut sep = b.separated(", ");
+                for r in &records {
+                    sep.push_bind(r.id);
+                }
+                b.push(")) x JOIN send_attempts a ON a.id = x.attempt_id ORDER BY a.attempted_at_ms, a.id");
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
                 for row in &rows {
                     let (event_row_id, attempt) = $crate::shared::attempt_from_row(row)?;

@@ -86,6 +86,7 @@ contract!(
     a_claim_takes_only_its_own_dataset_oldest_first,
     leases_are_renewed_counted_and_released_by_owner,
     each_resolution_sets_state_and_records_the_attempt,
+    an_event_keeps_every_attempt_through_retries_and_replays,
     dead_letters_are_listed_and_replayed_by_filter,
     queue_stats_and_retention_purge,
     payloads_and_times_round_trip_exactly,
@@ -687,6 +688,78 @@ async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store
         ["e1"]
     );
     assert_eq!(again[0].attempts, 2);
+}
+
+async fn an_event_keeps_every_attempt_through_retries_and_replays(store: Arc<dyn Store>) {
+    let ids = seed(&store, 2).await;
+    let outcomes = |store: Arc<dyn Store>, event_id: &'static str| async move {
+        let r = store
+            .find_events(event_id, None, None)
+            .await
+            .unwrap()
+            .remove(0);
+        r.attempts
+            .iter()
+            .map(|a| (a.outcome.clone(), a.attempted_at_ms))
+            .collect::<Vec<_>>()
+    };
+    claim_due(&store, "w", 5_000, 50_000, 10).await.unwrap();
+    let retry = Resolution::Retry {
+        next_attempt_at_ms: 6_000,
+    };
+    let first = attempt("retryable:transient", 5_100);
+    assert_eq!(store.resolve("w", &ids, &first, &retry).await.unwrap(), 2);
+    claim_due(&store, "w", 6_000, 50_000, 10).await.unwrap();
+    let delivered = Resolution::Delivered {
+        delivered_at_ms: 6_100,
+    };
+    let dead = Resolution::Dead {
+        reason: "refused".into(),
+        dead_at_ms: 6_200,
+    };
+    store
+        .resolve("w", &ids[..1], &attempt("delivered", 6_100), &delivered)
+        .await
+        .unwrap();
+    store
+        .resolve("w", &ids[1..], &attempt("permanent:other", 6_200), &dead)
+        .await
+        .unwrap();
+    let e1 = DeadLetterFilter {
+        event_ids: Some(vec!["e1".into()]),
+        ..Default::default()
+    };
+    assert_eq!(store.replay_dead_letters(&e1, 7_000).await.unwrap(), 1);
+    claim_due(&store, "w", 7_000, 50_000, 10).await.unwrap();
+    store
+        .resolve("w", &ids[1..], &attempt("delivered", 7_100), &delivered)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        outcomes(store.clone(), "e0").await,
+        [
+            ("retryable:transient".to_string(), 5_100),
+            ("delivered".to_string(), 6_100)
+        ],
+        "one request's attempt is shown for each event it carried"
+    );
+    assert_eq!(
+        outcomes(store.clone(), "e1").await,
+        [
+            ("retryable:transient".to_string(), 5_100),
+            ("permanent:other".to_string(), 6_200),
+            ("delivered".to_string(), 7_100)
+        ],
+        "the attempt before a replay stays on record"
+    );
+    // A resolve whose leases are all gone records nothing.
+    let stale = store
+        .resolve("w", &ids, &attempt("delivered", 8_000), &delivered)
+        .await
+        .unwrap();
+    assert_eq!(stale, 0);
+    assert_eq!(outcomes(store.clone(), "e1").await.len(), 3);
 }
 
 async fn dead_letters_are_listed_and_replayed_by_filter(store: Arc<dyn Store>) {

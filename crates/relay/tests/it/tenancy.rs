@@ -289,7 +289,7 @@ async fn tokens_are_sealed_at_rest(backend: Backend) {
                 "api_keys",
                 "audit_log",
                 "events",
-                "attempts",
+                "send_attempts",
                 "tenants",
             ] {
                 let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
