@@ -233,6 +233,7 @@ async fn fill_events(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -> 
             event_id,
             test_event_code: None,
             accepted_at_ms,
+            conversation_id: None,
         });
         if batch.len() == 5_000 {
             store.insert_events(&batch).await?;
