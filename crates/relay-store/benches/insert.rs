@@ -31,6 +31,7 @@ fn event(i: usize) -> NewEvent {
         payload: payload(i).into(),
         test_event_code: None,
         accepted_at_ms: 1_790_000_000_000,
+        conversation_id: None,
     }
 }
 

@@ -32,6 +32,21 @@ pub fn latency_bucket(ms: i64) -> usize {
         .unwrap_or(LATENCY_BOUNDS_MS.len())
 }
 
+/// Width of one bucket of `event_stats_hourly`.
+pub const HOURLY_BUCKET_MS: i64 = 3_600_000;
+
+/// The stats table to read for `[from_ms, to_ms)` in steps of `step_ms`: the hourly sums when
+/// everything falls on whole hours (the same numbers, 12 times fewer rows), else the 5-minute
+/// buckets.
+pub fn stats_table(from_ms: i64, to_ms: i64, step_ms: i64) -> &'static str {
+    let whole = |ms: i64| ms.rem_euclid(HOURLY_BUCKET_MS) == 0;
+    if whole(from_ms) && whole(to_ms) && whole(step_ms) {
+        "event_stats_hourly"
+    } else {
+        "event_stats"
+    }
+}
+
 /// The start of the stats bucket holding `ms`.
 pub fn bucket_of(ms: i64) -> i64 {
     ms.div_euclid(STATS_BUCKET_MS) * STATS_BUCKET_MS
@@ -265,6 +280,28 @@ pub struct GraphCallStats {
     pub recent_failed: i64,
 }
 
+/// Conversations of one channel that an ad started in a window, and how many converted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdConversations {
+    pub channel: String,
+    /// Contacts first seen in the window whose first message carried an ad referral (a click
+    /// id or an ad id).
+    pub started: i64,
+    /// Of those, the ones with a conversion by contact that Meta accepted (delivered).
+    pub converted: i64,
+}
+
+/// CRM stage changes that a rule maps to a conversion, and how many reached Meta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CrmCoverage {
+    /// The rule's event name; empty when none was recorded (e.g. the deal had no contact).
+    pub event_name: String,
+    /// Stage changes first seen in the window with any outcome but `no_rule`.
+    pub mapped: i64,
+    /// Of those, the ones whose event Meta accepted (delivered).
+    pub delivered: i64,
+}
+
 /// What a dashboard purge deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DashboardPurge {
@@ -295,6 +332,14 @@ pub trait DashboardStore: Send + Sync + 'static {
     /// Refusals grouped by error code and dead letters grouped by reason, matching the
     /// filter's tenant, assets and `since_ms` (other fields are ignored).
     async fn error_groups(&self, filter: &LogFilter) -> Result<(Vec<ErrorGroup>, Vec<ErrorGroup>)>;
+
+    /// Ad-started conversations per channel (see [`AdConversations`]), for the filter's tenant,
+    /// assets and `[since_ms, until_ms)` (other fields are ignored). One index range per asset
+    /// and one index probe per conversation.
+    async fn ad_conversations(&self, filter: &LogFilter) -> Result<Vec<AdConversations>>;
+    /// CRM event coverage per event name (see [`CrmCoverage`]), for the filter's tenant and
+    /// `[since_ms, until_ms)` (other fields are ignored).
+    async fn crm_coverage(&self, filter: &LogFilter) -> Result<Vec<CrmCoverage>>;
 
     async fn create_ui_link(&self, link: &UiLink) -> Result<()>;
     /// Marks the link used and returns it, if it exists, is unused and has not expired; a
@@ -484,12 +529,27 @@ macro_rules! impl_dashboard_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 deltas: &$crate::dashboard::StatDeltas,
             ) -> $crate::Result<()> {
-                let rows: Vec<_> = deltas.0.iter().collect();
-                for chunk in rows.chunks($crate::dashboard::STATS_CHUNK) {
-                    let mut b = sqlx::QueryBuilder::<$db>::new($crate::dashboard::STATS_UPSERT);
-                    b.push_values(chunk.iter().copied(), $crate::dashboard::push_stat_row);
-                    b.push($crate::dashboard::STATS_ON_CONFLICT);
-                    b.build().execute(&mut **tx).await.map_err($crate::shared::map_err)?;
+                // The same deltas summed per hour, for event_stats_hourly.
+                let mut hourly = $crate::dashboard::StatDeltas::default();
+                for ((tenant, dataset, channel, name, bucket), c) in &deltas.0 {
+                    let hour = bucket.div_euclid($crate::dashboard::HOURLY_BUCKET_MS)
+                        * $crate::dashboard::HOURLY_BUCKET_MS;
+                    hourly
+                        .0
+                        .entry((tenant.clone(), dataset.clone(), channel.clone(), name.clone(), hour))
+                        .or_default()
+                        .add(c);
+                }
+                for (table, rows) in [("event_stats", deltas), ("event_stats_hourly", &hourly)] {
+                    let upsert = $crate::dashboard::STATS_UPSERT.replace("event_stats", table);
+                    let on_conflict = $crate::dashboard::STATS_ON_CONFLICT.replace("event_stats", table);
+                    let rows: Vec<_> = rows.0.iter().collect();
+                    for chunk in rows.chunks($crate::dashboard::STATS_CHUNK) {
+                        let mut b = sqlx::QueryBuilder::<$db>::new(upsert.clone());
+                        b.push_values(chunk.iter().copied(), $crate::dashboard::push_stat_row);
+                        b.push(on_conflict.clone());
+                        b.build().execute(&mut **tx).await.map_err($crate::shared::map_err)?;
+                    }
                 }
                 Ok(())
             }
@@ -544,8 +604,9 @@ macro_rules! impl_dashboard_store {
 
             pub(crate) async fn stats_rows(&self, f: &$crate::dashboard::StatsFilter, columns: &str) -> $crate::Result<Vec<$crate::dashboard::StatsRow>> {
                 use sqlx::Row;
+                let table = $crate::dashboard::stats_table(f.from_ms, f.to_ms, $crate::dashboard::HOURLY_BUCKET_MS);
                 let mut b = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT tenant, dataset_id, channel, event_name, {columns} FROM event_stats WHERE bucket_ms >= "
+                    "SELECT tenant, dataset_id, channel, event_name, {columns} FROM {table} WHERE bucket_ms >= "
                 ));
                 b.push_bind(f.from_ms).push(" AND bucket_ms < ").push_bind(f.to_ms);
                 if let Some(t) = &f.tenant {
@@ -591,11 +652,12 @@ macro_rules! impl_dashboard_store {
             async fn stats_series(&self, f: &$crate::dashboard::StatsFilter, step_ms: i64) -> $crate::Result<Vec<$crate::dashboard::SeriesPoint>> {
                 use sqlx::Row;
                 let step = step_ms.max($crate::dashboard::STATS_BUCKET_MS);
+                let table = $crate::dashboard::stats_table(f.from_ms, f.to_ms, step);
                 let mut b = sqlx::QueryBuilder::<$db>::new("SELECT (bucket_ms / ");
-                b.push_bind(step).push(") * ").push_bind(step).push(
+                b.push_bind(step).push(") * ").push_bind(step).push(format!(
                     " AS t, CAST(SUM(accepted) AS BIGINT) AS accepted, CAST(SUM(delivered) AS BIGINT) AS delivered, \
-                     CAST(SUM(retried + dead) AS BIGINT) AS failed FROM event_stats WHERE bucket_ms >= ",
-                );
+                     CAST(SUM(retried + dead) AS BIGINT) AS failed FROM {table} WHERE bucket_ms >= ",
+                ));
                 b.push_bind(f.from_ms).push(" AND bucket_ms < ").push_bind(f.to_ms);
                 if let Some(t) = &f.tenant {
                     b.push(" AND tenant = ").push_bind(t.clone());
@@ -758,6 +820,75 @@ macro_rules! impl_dashboard_store {
                 Ok((refused, dead))
             }
 
+            async fn ad_conversations(&self, f: &$crate::dashboard::LogFilter) -> $crate::Result<Vec<$crate::dashboard::AdConversations>> {
+                use sqlx::Row;
+                // A conversation counts as ad-started when a touch with a click or ad id came
+                // no later than its first message; converted when a conversion by contact for it
+                // was delivered afterwards.
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT c.channel AS channel, CAST(COUNT(*) AS BIGINT) AS started, \
+                     CAST(COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.conversation_id = c.conversation_id \
+                     AND e.state = 'delivered' AND e.accepted_at_ms >= c.first_seen_at_ms) THEN 1 ELSE 0 END), 0) AS BIGINT) AS converted \
+                     FROM contacts c JOIN assets a ON a.asset_id = c.asset_id WHERE c.first_seen_at_ms >= ",
+                );
+                b.push_bind(f.since_ms.unwrap_or(i64::MIN));
+                b.push(" AND c.first_seen_at_ms < ").push_bind(f.until_ms.unwrap_or(i64::MAX));
+                if let Some(t) = &f.tenant {
+                    b.push(" AND a.tenant = ").push_bind(t.clone());
+                }
+                if let Some(assets) = &f.within_assets {
+                    b.push(" AND c.asset_id IN (");
+                    if assets.is_empty() {
+                        b.push("NULL");
+                    }
+                    let mut sep = b.separated(", ");
+                    for a in assets {
+                        sep.push_bind(a.clone());
+                    }
+                    b.push(")");
+                }
+                b.push(
+                    " AND EXISTS (SELECT 1 FROM touches t WHERE t.contact_id = c.id AND t.touched_at_ms <= c.first_seen_at_ms \
+                     AND (t.click_id IS NOT NULL OR t.ad_id IS NOT NULL)) GROUP BY c.channel ORDER BY c.channel",
+                );
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::dashboard::AdConversations {
+                            channel: row.try_get("channel")?,
+                            started: row.try_get("started")?,
+                            converted: row.try_get("converted")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn crm_coverage(&self, f: &$crate::dashboard::LogFilter) -> $crate::Result<Vec<$crate::dashboard::CrmCoverage>> {
+                use sqlx::Row;
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT s.event_name AS event_name, CAST(COUNT(*) AS BIGINT) AS mapped, \
+                     CAST(COALESCE(SUM(CASE WHEN s.event_id IS NOT NULL AND EXISTS (SELECT 1 FROM events e \
+                     WHERE e.event_id = s.event_id AND e.tenant = s.tenant AND e.state = 'delivered') THEN 1 ELSE 0 END), 0) AS BIGINT) AS delivered \
+                     FROM crm_stage_changes s WHERE s.outcome <> 'no_rule' AND s.first_seen_at_ms >= ",
+                );
+                b.push_bind(f.since_ms.unwrap_or(i64::MIN));
+                b.push(" AND s.first_seen_at_ms < ").push_bind(f.until_ms.unwrap_or(i64::MAX));
+                if let Some(t) = &f.tenant {
+                    b.push(" AND s.tenant = ").push_bind(t.clone());
+                }
+                b.push(" GROUP BY s.event_name ORDER BY s.event_name");
+                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok($crate::dashboard::CrmCoverage {
+                            event_name: row.try_get::<Option<String>, _>("event_name")?.unwrap_or_default(),
+                            mapped: row.try_get("mapped")?,
+                            delivered: row.try_get("delivered")?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn create_ui_link(&self, l: &$crate::dashboard::UiLink) -> $crate::Result<()> {
                 let sql = self.sql(
                     "INSERT INTO ui_links (token_hash, tenant, read_only, created_at_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
@@ -878,6 +1009,13 @@ macro_rules! impl_dashboard_store {
                     .await
                     .map_err($crate::shared::map_err)?
                     .rows_affected();
+                // Whole hours only: an hour still partly kept in event_stats stays.
+                let hourly = self.sql("DELETE FROM event_stats_hourly WHERE bucket_ms < $1");
+                sqlx::query(sqlx::AssertSqlSafe(hourly.into_owned()))
+                    .bind(stats_before_ms.div_euclid($crate::dashboard::HOURLY_BUCKET_MS) * $crate::dashboard::HOURLY_BUCKET_MS)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::shared::map_err)?;
                 let refused = self.sql("DELETE FROM refused_events WHERE received_at_ms < $1");
                 let refusals = sqlx::query(sqlx::AssertSqlSafe(refused.into_owned()))
                     .bind(refusals_before_ms)

@@ -175,6 +175,8 @@ pub struct NewEvent {
     pub payload: Arc<str>,
     pub test_event_code: Option<Arc<str>>,
     pub accepted_at_ms: i64,
+    /// The captured conversation a conversion by contact was resolved to.
+    pub conversation_id: Option<Arc<str>>,
 }
 
 /// What happened to one `NewEvent` at insert.
@@ -319,6 +321,9 @@ pub trait Store: CaptureStore + CrmStore + DashboardStore + Send + Sync + 'stati
     async fn reseal_tokens(&self, changes: &[(String, String, String)]) -> Result<u64>;
     /// Pauses the asset's deliveries with Meta's reason.
     async fn pause_asset(&self, asset_id: &str, reason: &str, now_ms: i64) -> Result<()>;
+    /// Resumes a paused asset with the token it has (its access was fixed on Meta's side).
+    /// `true` if it was paused; `NotFound` if it does not exist.
+    async fn resume_asset(&self, asset_id: &str, now_ms: i64) -> Result<bool>;
 
     /// Inserts accepted events in one transaction, in order; a repeated `(dataset_id, event_id)`
     /// (already stored, or earlier in the same call) is `Duplicate`. Returns one outcome per event.

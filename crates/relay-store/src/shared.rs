@@ -285,9 +285,9 @@ pub fn map_err(e: sqlx::Error) -> StoreError {
 
 /// The columns of one `INSERT INTO events`, bound in this order by [`push_new_event`].
 pub const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, \
-    event_name, event_time, payload, test_event_code, next_attempt_at_ms, accepted_at_ms) ";
+    event_name, event_time, payload, test_event_code, next_attempt_at_ms, accepted_at_ms, conversation_id) ";
 
-/// Rows per multi-row insert: 500 rows × 11 columns stays under every placeholder limit.
+/// Rows per multi-row insert: 500 rows × 12 columns stays under every placeholder limit.
 pub const INSERT_CHUNK: usize = 500;
 
 /// Binds one event's row of a multi-row `INSERT INTO events` (see [`INSERT_EVENT_COLUMNS`]).
@@ -310,7 +310,8 @@ pub fn push_new_event<DB: sqlx::Database>(
         .push_bind(e.test_event_code.clone())
         // Due at once: next_attempt_at_ms = accepted_at_ms.
         .push_bind(e.accepted_at_ms)
-        .push_bind(e.accepted_at_ms);
+        .push_bind(e.accepted_at_ms)
+        .push_bind(e.conversation_id.clone());
 }
 
 /// Generates `impl Store` for a backend struct with a `pool` field and the backend hooks
@@ -468,6 +469,26 @@ macro_rules! impl_store {
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
+            }
+
+            async fn resume_asset(&self, asset_id: &str, now_ms: i64) -> $crate::Result<bool> {
+                let sql = self.sql(
+                    "UPDATE assets SET status = 'active', status_reason = NULL, updated_at_ms = $1 \
+                     WHERE asset_id = $2 AND status = 'paused'",
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(now_ms)
+                    .bind(asset_id)
+                    .execute(self.writer())
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                if done.rows_affected() > 0 {
+                    return Ok(true);
+                }
+                match self.get_asset(asset_id).await? {
+                    Some(_) => Ok(false),
+                    None => Err($crate::StoreError::NotFound(format!("asset {asset_id} is not registered"))),
+                }
             }
 
             async fn insert_events(&self, events: &[$crate::NewEvent]) -> $crate::Result<Vec<$crate::InsertOutcome>> {

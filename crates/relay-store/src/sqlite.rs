@@ -349,6 +349,7 @@ mod tests {
                 payload: "{}".into(),
                 test_event_code: None,
                 accepted_at_ms: 1,
+                conversation_id: None,
             })
             .collect();
         let before = std::fs::metadata(&file).unwrap().len();
@@ -384,6 +385,7 @@ mod tests {
                     payload: "x".repeat(2_000).into(),
                     test_event_code: None,
                     accepted_at_ms: 1,
+                    conversation_id: None,
                 })
                 .collect()
         };

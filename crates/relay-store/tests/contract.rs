@@ -75,6 +75,8 @@ macro_rules! contract {
 
 contract!(
     graph_calls_are_counted_in_batches_per_day_and_in_the_latest_window,
+    hourly_stats_sum_the_five_minute_buckets_and_are_purged_by_whole_hours,
+    a_paused_asset_resumes_with_its_token_and_its_held_events_are_claimed,
     migrations_can_run_twice_and_assets_round_trip,
     a_repeated_event_id_is_a_duplicate_only_within_its_dataset,
     inserted_ids_name_the_stored_rows_across_chunks_and_datasets,
@@ -136,6 +138,7 @@ fn event(dataset: &str, asset: &str, event_id: &str, accepted_at_ms: i64) -> New
         payload: format!("{{\"event_id\":\"{event_id}\"}}").into(),
         test_event_code: None,
         accepted_at_ms,
+        conversation_id: None,
     }
 }
 
@@ -2097,4 +2100,145 @@ async fn graph_calls_are_counted_in_batches_per_day_and_in_the_latest_window(
         (2, 1),
         "the latest 2: one ok, one failed"
     );
+}
+
+const HOUR: i64 = 3_600_000;
+
+async fn hourly_stats_sum_the_five_minute_buckets_and_are_purged_by_whole_hours(
+    store: Arc<dyn Store>,
+) {
+    use relay_store::dashboard::{StatsFilter, stats_table};
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    let base = 100 * HOUR;
+    // Events across three hours, several per 5-minute bucket, some in one insert.
+    let times: Vec<i64> = (0..36).map(|i| base + i * 290_000).collect();
+    let events: Vec<NewEvent> = times
+        .iter()
+        .enumerate()
+        .map(|(i, t)| event("d1", "100", &format!("h{i}"), *t))
+        .collect();
+    store.insert_events(&events[..20]).await.unwrap();
+    store.insert_events(&events[20..]).await.unwrap();
+    store.insert_events(&events[..3]).await.unwrap(); // duplicates
+    let claimed = claim_due(&store, "w", base + 3 * HOUR, base + 5 * HOUR, 10)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    // Counted in the bucket of the delivery, in the third hour.
+    let delivered_at_ms = base + 2 * HOUR + 1_800_000;
+    store
+        .resolve(
+            "w",
+            &ids,
+            &attempt("delivered", delivered_at_ms),
+            &Resolution::Delivered { delivered_at_ms },
+        )
+        .await
+        .unwrap();
+    let filter = |from_ms, to_ms| StatsFilter {
+        tenant: Some(DEFAULT_TENANT.into()),
+        datasets: None,
+        from_ms,
+        to_ms,
+    };
+    for (from, to) in [
+        (base, base + 3 * HOUR),
+        (base + HOUR, base + 2 * HOUR),
+        (base - HOUR, base + 5 * HOUR),
+    ] {
+        assert_eq!(stats_table(from, to, HOUR), "event_stats_hourly");
+        // One ms short of the hour reads the 5-minute buckets, the same buckets.
+        assert_eq!(stats_table(from, to - 1, HOUR), "event_stats");
+        let hourly = store.stats_totals(&filter(from, to)).await.unwrap();
+        let fine = store.stats_totals(&filter(from, to - 1)).await.unwrap();
+        assert_eq!(
+            hourly.iter().map(|r| r.counts.clone()).collect::<Vec<_>>(),
+            fine.iter().map(|r| r.counts.clone()).collect::<Vec<_>>(),
+            "{from}..{to}"
+        );
+        let series = store.stats_series(&filter(from, to), HOUR).await.unwrap();
+        let fine_series = store
+            .stats_series(&filter(from, to - 1), HOUR)
+            .await
+            .unwrap();
+        assert_eq!(series, fine_series, "{from}..{to}");
+    }
+    let all = store
+        .stats_totals(&filter(base, base + 3 * HOUR))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            all[0].counts.accepted,
+            all[0].counts.duplicates,
+            all[0].counts.delivered
+        ),
+        (36, 3, 10)
+    );
+    let first = store
+        .stats_totals(&filter(base, base + HOUR))
+        .await
+        .unwrap();
+    assert_eq!(
+        first[0].counts.accepted, 13,
+        "3,600,000 / 290,000 → 13 events in hour one"
+    );
+
+    // Purging at a time inside the second hour keeps that hour's sums whole.
+    store
+        .purge_dashboard(base + HOUR + 600_000, 0, 0)
+        .await
+        .unwrap();
+    let kept = store
+        .stats_totals(&filter(base, base + 3 * HOUR))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept[0].counts.accepted,
+        36 - 13,
+        "hour one is gone, hour two is whole"
+    );
+}
+
+async fn a_paused_asset_resumes_with_its_token_and_its_held_events_are_claimed(
+    store: Arc<dyn Store>,
+) {
+    seed(&store, 2).await;
+    store
+        .pause_asset("100", "Meta: (#200) permission", 5)
+        .await
+        .unwrap();
+    assert!(
+        claim_due(&store, "w", 5_000, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let before = store.get_asset("100").await.unwrap().unwrap();
+    assert!(store.resume_asset("100", 7).await.unwrap(), "it was paused");
+    let after = store.get_asset("100").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            after.status,
+            after.status_reason.as_deref(),
+            after.updated_at_ms
+        ),
+        (AssetStatus::Active, None, 7)
+    );
+    assert_eq!(after.sealed_token, before.sealed_token, "the token is kept");
+    assert_eq!(
+        claim_due(&store, "w", 5_000, 10_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(
+        !store.resume_asset("100", 8).await.unwrap(),
+        "already active"
+    );
+    assert!(matches!(
+        store.resume_asset("nope", 8).await,
+        Err(StoreError::NotFound(_))
+    ));
 }

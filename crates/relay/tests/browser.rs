@@ -1,7 +1,7 @@
 //! The dashboard in a real browser: Debian's `chromium` driven over WebDriver by
 //! `chromedriver` (package `chromium-driver`; nothing is downloaded). Signs in, opens every
-//! page, filters the log, opens an event, replays a dead letter and sees it delivered, and saves
-//! screenshots under `target/screenshots/`.
+//! page, filters the log, opens an event, replays a dead letter and sees it delivered, resumes a
+//! paused asset, and saves screenshots under `target/screenshots/`.
 //!
 //! Without `/usr/bin/chromedriver` the test says SKIPPED and why; `.ci/run` sets
 //! `CAPI_RELAY_REQUIRE_BROWSER=1`, which turns that into a failure.
@@ -168,6 +168,15 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     app.wait_for_empty_queue(WAIT).await;
+    // Meta refused the Page's token: the sources page shows it paused, with a Resume button.
+    app.store
+        .pause_asset(
+            app::PAGE,
+            "Meta refused the token: (#200) the system user lost access to the dataset",
+            now() * 1000,
+        )
+        .await
+        .unwrap();
 
     let (_driver, driver_url) = start_driver().await;
     let profile = tempfile::tempdir().unwrap();
@@ -297,6 +306,31 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
     wait_for_text(&client, &dead_url, ">delivered<").await;
     shot(&client, "12-replayed").await;
 
+    // Resume the paused Page from the sources page.
+    let sources = format!("{base}/ui/sources");
+    client.goto(&sources).await.unwrap();
+    client
+        .wait()
+        .for_element(Locator::Css(&format!("#resume-{}", app::PAGE)))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let page = client.source().await.unwrap();
+        if client.current_url().await.unwrap().as_str() == sources && !page.contains("lost access")
+        {
+            break;
+        }
+        assert!(started.elapsed() < WAIT, "the Page was not resumed: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let asset = app.store.get_asset(app::PAGE).await.unwrap().unwrap();
+    assert_eq!(asset.status, relay_store::AssetStatus::Active);
+    shot(&client, "13-sources-resumed").await;
+
     // Phone-sized screen.
     client.set_window_size(390, 844).await.unwrap();
     client.goto(&format!("{base}/ui")).await.unwrap();
@@ -305,7 +339,7 @@ async fn a_user_signs_in_reads_every_page_filters_the_log_and_replays_a_dead_let
         .for_element(Locator::Css(".cards"))
         .await
         .unwrap();
-    shot(&client, "13-overview-phone").await;
+    shot(&client, "14-overview-phone").await;
 
     client.close().await.unwrap();
 }

@@ -23,6 +23,17 @@ pub enum AssetsCommand {
     List(ListArgs),
     /// Replace an asset's token; a paused asset resumes and its held events are delivered.
     SetToken(SetTokenArgs),
+    /// Resume a paused asset with the token it has, once its access was fixed in Meta's
+    /// Business Manager (a new token is set with `set-token`, which resumes too).
+    Resume(ResumeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    #[arg(long)]
+    pub asset_id: String,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +222,22 @@ pub async fn run(command: AssetsCommand) -> anyhow::Result<ExitCode> {
                 "asset {} of tenant {}: token updated, deliveries resumed",
                 a.asset_id, a.tenant
             );
+        }
+        AssetsCommand::Resume(args) => {
+            let store = args.db.open().await?;
+            let (a, resumed) =
+                tenancy::resume_asset(store.as_ref(), &args.asset_id, None, &actor).await?;
+            if resumed {
+                println!(
+                    "asset {} of tenant {}: deliveries resumed with its current token",
+                    a.asset_id, a.tenant
+                );
+            } else {
+                println!(
+                    "asset {} of tenant {}: was not paused",
+                    a.asset_id, a.tenant
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

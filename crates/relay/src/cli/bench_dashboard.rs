@@ -82,6 +82,12 @@ pub async fn run(args: DashboardBenchArgs) -> anyhow::Result<ExitCode> {
     };
     let mut config = config;
     config.delivery.workers = 0;
+    // Keep every filled event: the purge at start would otherwise delete the delivered ones
+    // older than 8 days while the pages are timed (seconds of writes on SQLite).
+    config.retention.finished_events = config
+        .retention
+        .finished_events
+        .max(Duration::from_secs((args.days.max(0) as u64 + 2) * 86_400));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -233,6 +239,7 @@ async fn fill_events(store: &dyn Store, args: &DashboardBenchArgs, now: i64) -> 
             event_id,
             test_event_code: None,
             accepted_at_ms,
+            conversation_id: None,
         });
         if batch.len() == 5_000 {
             store.insert_events(&batch).await?;

@@ -15,7 +15,7 @@ const HTMX: &[u8] = include_bytes!("../../assets/vendor/htmx-2.0.11.min.js");
 pub const HTMX_SRI: &str =
     "sha384-2OatzQy1H+Zd/IIrjr1TcuDGqLXeHhbooAyJY1KdQMKnr4LZ22k31GBLdYKHmVjg";
 /// Our stylesheet; its name carries a version bumped on change.
-pub const CSS_FILE: &str = "app-1.css";
+pub const CSS_FILE: &str = "app-2.css";
 const CSS: &[u8] = include_bytes!("../../assets/app.css");
 
 pub async fn serve(Path(file): Path<String>) -> Response {

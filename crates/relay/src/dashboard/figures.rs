@@ -82,11 +82,20 @@ impl Window {
         }
     }
 
-    /// `[from, to)` ending with the bucket that holds `now_ms`.
+    /// `[from, to)` ending with the bucket that holds `now_ms`: a 5-minute bucket for the last
+    /// hour, the hour for longer windows (so they read the store's hourly sums).
     pub fn range(self, now_ms: i64) -> (i64, i64) {
-        let to = bucket_of(now_ms) + STATS_BUCKET_MS;
+        let to = match self {
+            Window::Hour => bucket_of(now_ms) + STATS_BUCKET_MS,
+            _ => hour_end(now_ms),
+        };
         (to - self.ms(), to)
     }
+}
+
+/// The end of the hour holding `now_ms`: ranges ending there read hourly sums.
+fn hour_end(now_ms: i64) -> i64 {
+    now_ms.div_euclid(HOUR_MS) * HOUR_MS + HOUR_MS
 }
 
 /// Counts with the totals people read first.
@@ -292,8 +301,9 @@ pub async fn overview(
     let month = if window == Window::Month {
         current.clone()
     } else {
+        let month_to = hour_end(now_ms);
         store
-            .stats_last_seen(&filter(to - Window::Month.ms(), to))
+            .stats_last_seen(&filter(month_to - Window::Month.ms(), month_to))
             .await?
     };
     let series = store
@@ -485,14 +495,57 @@ pub struct AccessTier {
     pub previous_max_error_rate_pct: f64,
 }
 
+/// Conversations an ad started in the window, per channel, and the share later converted.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdStarted {
+    pub channel: String,
+    pub started: i64,
+    pub converted: i64,
+    /// Percent, `None` without ad-started conversations.
+    pub share_pct: Option<f64>,
+}
+
+/// One event name's CRM coverage.
+#[derive(Debug, Clone, Serialize)]
+pub struct CoverageRow {
+    /// Empty when the stage change recorded no event name (e.g. the deal had no contact).
+    pub event_name: String,
+    pub mapped: i64,
+    pub delivered: i64,
+    pub share_pct: Option<f64>,
+}
+
+/// Event coverage against the 75 % Kommo's article asks for, as the relay can compute it: of
+/// the CRM stage changes a rule maps to a conversion, the share whose event Meta accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventCoverage {
+    /// `false` with no mapped stage change in the window (or for a key limited to some
+    /// assets: stage changes are not tied to an asset until they become events).
+    pub computable: bool,
+    /// Why not, when not computable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_computable_because: Option<&'static str>,
+    pub mapped: i64,
+    pub delivered: i64,
+    pub share_pct: Option<f64>,
+    pub target_pct: f64,
+    pub meets_target: bool,
+    pub by_event_name: Vec<CoverageRow>,
+    /// How the figure is computed.
+    pub how: &'static str,
+    /// Why Meta's own event coverage is not the same figure.
+    pub meta_note: &'static str,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Quality {
     pub window: Window,
     pub attribution: Vec<Coverage>,
+    /// Share of ad-started conversations later converted, per channel.
+    pub ad_started: Vec<AdStarted>,
     pub purchase_readiness: Vec<PurchaseReadiness>,
+    pub event_coverage: EventCoverage,
     pub access_tier: AccessTier,
-    /// Why Meta's event coverage (75 %) is not computed here.
-    pub event_coverage_note: &'static str,
 }
 
 /// Kommo's article: at least 10 qualified purchase events unlock purchase optimisation.
@@ -503,10 +556,23 @@ pub const TIER_CALLS: i64 = 500;
 pub const TIER_MAX_ERROR_PCT: f64 = 15.0;
 pub const TIER_WINDOW_CALLS: i64 = 500;
 
-pub const EVENT_COVERAGE_NOTE: &str = "Meta's event coverage compares a dataset's Pixel (browser) \
-    events with the server events that share their deduplication keys. Business-messaging events \
-    have no browser counterpart, so the relay cannot compute it; Events Manager shows it for \
-    datasets that also receive Pixel events.";
+/// Kommo's article: aim for 75 % event coverage.
+pub const COVERAGE_TARGET_PCT: f64 = 75.0;
+
+pub const EVENT_COVERAGE_HOW: &str = "Of the CRM stage changes first seen in the window that a \
+    rule maps to a conversion (every stage change except unmapped stages), the share whose event \
+    Meta accepted. Stage changes that produced no event (no contact, no click id, too old, \
+    refused) and events not yet delivered count against it.";
+
+pub const EVENT_COVERAGE_NOTE: &str = "Meta's own event coverage in Events Manager compares a \
+    dataset's Pixel (browser) events with the server events that share their deduplication keys. \
+    Business-messaging events have no browser counterpart, so the relay measures coverage of the \
+    conversions your CRM reports instead.";
+
+const NO_CRM_CHANGES: &str = "no CRM stage change mapped to a conversion in this window: connect \
+    a CRM (capi-relay crm …) and map its stages to events";
+const LIMITED_KEY: &str = "this sign-in is limited to some assets, and stage changes are tied \
+    to an asset only once they become events";
 
 pub async fn quality(
     store: &dyn Store,
@@ -538,7 +604,10 @@ pub async fn quality(
             share_pct: (accepted > 0).then(|| 100.0 * with_click_id as f64 / accepted as f64),
         })
         .collect();
-    let week = store.stats_totals(&filter(to - 7 * DAY_MS, to)).await?;
+    let week_to = hour_end(now_ms);
+    let week = store
+        .stats_totals(&filter(week_to - 7 * DAY_MS, week_to))
+        .await?;
     let mut purchases: BTreeMap<String, i64> = BTreeMap::new();
     for r in week.iter().filter(|r| !r.dataset_id.is_empty()) {
         let n = purchases.entry(r.dataset_id.clone()).or_default();
@@ -555,6 +624,58 @@ pub async fn quality(
             ready: n >= PURCHASE_TARGET,
         })
         .collect();
+    let scope = LogFilter {
+        tenant: who.tenant.clone(),
+        within_assets: who.assets.clone(),
+        since_ms: Some(from),
+        until_ms: Some(to),
+        ..LogFilter::default()
+    };
+    let pct = |part: i64, whole: i64| (whole > 0).then(|| 100.0 * part as f64 / whole as f64);
+    let ad_started = store
+        .ad_conversations(&scope)
+        .await?
+        .into_iter()
+        .map(|a| AdStarted {
+            share_pct: pct(a.converted, a.started),
+            channel: a.channel,
+            started: a.started,
+            converted: a.converted,
+        })
+        .collect();
+    let crm = if who.assets.is_some() {
+        Vec::new()
+    } else {
+        store.crm_coverage(&scope).await?
+    };
+    let (mapped, delivered) = crm
+        .iter()
+        .fold((0, 0), |(m, d), r| (m + r.mapped, d + r.delivered));
+    let share_pct = pct(delivered, mapped);
+    let event_coverage = EventCoverage {
+        computable: mapped > 0,
+        not_computable_because: if who.assets.is_some() {
+            Some(LIMITED_KEY)
+        } else {
+            (mapped == 0).then_some(NO_CRM_CHANGES)
+        },
+        mapped,
+        delivered,
+        share_pct,
+        target_pct: COVERAGE_TARGET_PCT,
+        meets_target: share_pct.is_some_and(|p| p >= COVERAGE_TARGET_PCT),
+        by_event_name: crm
+            .into_iter()
+            .map(|r| CoverageRow {
+                share_pct: pct(r.delivered, r.mapped),
+                event_name: r.event_name,
+                mapped: r.mapped,
+                delivered: r.delivered,
+            })
+            .collect(),
+        how: EVENT_COVERAGE_HOW,
+        meta_note: EVENT_COVERAGE_NOTE,
+    };
     let calls = store
         .graph_call_stats(now_ms - 15 * DAY_MS, TIER_WINDOW_CALLS)
         .await?;
@@ -563,7 +684,9 @@ pub async fn quality(
     Ok(Quality {
         window,
         attribution,
+        ad_started,
         purchase_readiness,
+        event_coverage,
         access_tier: AccessTier {
             successful_calls_15d: calls.ok_since,
             failed_calls_15d: calls.failed_since,
@@ -577,7 +700,6 @@ pub async fn quality(
             previous_required_calls: 1_500,
             previous_max_error_rate_pct: 10.0,
         },
-        event_coverage_note: EVENT_COVERAGE_NOTE,
     })
 }
 
@@ -666,8 +788,11 @@ pub struct SourceRow {
     pub dataset_id: String,
     pub status: &'static str,
     pub status_reason: Option<String>,
-    /// What to run to resume a paused asset.
+    /// What to run to resume a paused asset with a new token (a revoked or expired one).
     pub fix_command: Option<String>,
+    /// What to run (or the Resume button does) once access was fixed on Meta's side and the
+    /// current token is good again.
+    pub resume_command: Option<String>,
     pub test_event_code: Option<String>,
     pub updated_at_ms: i64,
 }
@@ -711,6 +836,8 @@ pub async fn sources(store: &dyn Store, who: &Who) -> Result<Sources, StoreError
                         a.asset_id
                     )
                 }),
+                resume_command: paused
+                    .then(|| format!("capi-relay assets resume --asset-id {}", a.asset_id)),
                 status: if paused { "paused" } else { "active" },
                 tenant: a.tenant,
                 channel: a.channel,
@@ -833,8 +960,12 @@ mod tests {
 
     #[test]
     fn windows_end_with_the_current_bucket() {
-        let (from, to) = Window::Day.range(1_000_000);
+        let (from, to) = Window::Hour.range(1_000_000);
         assert_eq!(to, 1_200_000);
+        assert_eq!(to - from, HOUR_MS);
+        // Longer windows end with the hour, so they read the hourly sums.
+        let (from, to) = Window::Day.range(1_000_000);
+        assert_eq!(to, HOUR_MS);
         assert_eq!(to - from, DAY_MS);
     }
 }

@@ -40,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/ui/errors", get(views::errors))
         .route("/ui/test-events", get(views::test_events))
         .route("/ui/sources", get(views::sources))
+        .route("/ui/sources/{asset_id}/resume", post(views::resume_asset))
         .route("/ui/quality", get(views::quality))
         .route("/ui/assets/{file}", get(assets::serve))
 }

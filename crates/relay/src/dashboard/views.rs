@@ -1390,6 +1390,7 @@ pub struct SourceView {
     pub status_class: &'static str,
     pub reason: String,
     pub fix: String,
+    pub resume: String,
     pub test_event_code: String,
     pub updated: String,
 }
@@ -1435,6 +1436,7 @@ pub async fn sources(State(state): State<AppState>, viewer: Viewer) -> Response 
                 dataset_id: a.dataset_id,
                 reason: a.status_reason.unwrap_or_default(),
                 fix: a.fix_command.unwrap_or_default(),
+                resume: a.resume_command.unwrap_or_default(),
                 test_event_code: a.test_event_code.unwrap_or_default(),
                 updated: if a.updated_at_ms > 0 {
                     fmt_ago(a.updated_at_ms, now)
@@ -1458,6 +1460,57 @@ pub async fn sources(State(state): State<AppState>, viewer: Viewer) -> Response 
     })
 }
 
+/// Resumes a paused asset with its current token, as `capi-relay assets resume` does.
+pub async fn resume_asset(
+    State(state): State<AppState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path(asset_id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if let Err(r) = session::check_csrf(&viewer, &form.csrf, &headers) {
+        return *r;
+    }
+    if !viewer.may_write() {
+        return (
+            StatusCode::FORBIDDEN,
+            Html(message_page(
+                "Read-only",
+                "this sign-in is read-only: it cannot resume assets",
+            )),
+        )
+            .into_response();
+    }
+    // Another tenant's asset (or one outside a limited key) looks absent.
+    match state.store.get_asset(&asset_id).await {
+        Ok(Some(a)) if visible(&viewer.who, &a.tenant, Some(&a.asset_id)) => {}
+        Ok(_) => return not_found("no such asset"),
+        Err(e) => return store_error(e),
+    }
+    match crate::tenancy::resume_asset(
+        state.store.as_ref(),
+        &asset_id,
+        viewer.who.tenant.as_deref(),
+        &viewer.session.actor,
+    )
+    .await
+    {
+        Ok((_, resumed)) => {
+            if resumed {
+                state.wake.notify_waiters();
+            }
+            Redirect::to("/ui/sources").into_response()
+        }
+        Err(crate::tenancy::AdminError::NotFound(_)) => not_found("no such asset"),
+        Err(crate::tenancy::AdminError::Store(e)) => store_error(e),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            Html(message_page("Not resumed", &e.to_string())),
+        )
+            .into_response(),
+    }
+}
+
 // ---------- quality ----------
 
 pub struct CoverageView {
@@ -1466,6 +1519,24 @@ pub struct CoverageView {
     pub with_click_id: String,
     pub share: String,
     pub note: &'static str,
+}
+
+pub struct AdStartedView {
+    pub channel: String,
+    pub started: String,
+    pub converted: String,
+    pub share: String,
+}
+
+pub struct CoverageRowView {
+    pub event_name: String,
+    pub mapped: String,
+    pub delivered: String,
+    pub share: String,
+}
+
+fn pct_text(p: Option<f64>) -> String {
+    p.map_or_else(|| "—".into(), |p| format!("{p:.1} %"))
 }
 
 pub struct ReadinessView {
@@ -1491,7 +1562,16 @@ struct QualityPage {
     meets_error_rate: bool,
     max_error_rate: String,
     history: String,
-    event_coverage_note: &'static str,
+    ad_started: Vec<AdStartedView>,
+    coverage_computable: bool,
+    coverage_why_not: &'static str,
+    coverage_share: String,
+    coverage_counts: String,
+    coverage_meets: bool,
+    coverage_bar_pct: i64,
+    coverage_rows: Vec<CoverageRowView>,
+    coverage_how: &'static str,
+    coverage_meta_note: &'static str,
 }
 
 pub async fn quality(
@@ -1564,7 +1644,46 @@ pub async fn quality(
             fmt_int(t.previous_required_calls),
             t.previous_max_error_rate_pct
         ),
-        event_coverage_note: qf.event_coverage_note,
+        ad_started: qf
+            .ad_started
+            .iter()
+            .map(|a| AdStartedView {
+                channel: a.channel.clone(),
+                started: fmt_int(a.started),
+                converted: fmt_int(a.converted),
+                share: pct_text(a.share_pct),
+            })
+            .collect(),
+        coverage_computable: qf.event_coverage.computable,
+        coverage_why_not: qf.event_coverage.not_computable_because.unwrap_or_default(),
+        coverage_share: pct_text(qf.event_coverage.share_pct),
+        coverage_counts: format!(
+            "{} of {} mapped stage changes delivered",
+            fmt_int(qf.event_coverage.delivered),
+            fmt_int(qf.event_coverage.mapped)
+        ),
+        coverage_meets: qf.event_coverage.meets_target,
+        coverage_bar_pct: qf
+            .event_coverage
+            .share_pct
+            .map_or(0, |p| (p.round() as i64).clamp(0, 100)),
+        coverage_rows: qf
+            .event_coverage
+            .by_event_name
+            .iter()
+            .map(|r| CoverageRowView {
+                event_name: if r.event_name.is_empty() {
+                    "(no event: e.g. the deal had no contact)".into()
+                } else {
+                    r.event_name.clone()
+                },
+                mapped: fmt_int(r.mapped),
+                delivered: fmt_int(r.delivered),
+                share: pct_text(r.share_pct),
+            })
+            .collect(),
+        coverage_how: qf.event_coverage.how,
+        coverage_meta_note: qf.event_coverage.meta_note,
     })
 }
 

@@ -186,6 +186,20 @@ pub async fn set_token(
     Ok(Json(json!(asset)))
 }
 
+#[utoipa::path(post, path = "/v1/admin/assets/{asset_id}/resume", tag = "admin", security(("admin_key" = [])), params(("asset_id" = String, Path)), responses((status = 200, description = "the asset and whether it was paused (`resumed`); resuming an active asset changes nothing", body = Object, example = json!({"resumed": true, "asset": {"asset_id": "102290129340398", "status": "active"}})), (status = 404, description = "not_found", body = ErrorBody), (status = 400, description = "invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+pub async fn resume_asset(
+    State(state): State<AppState>,
+    _admin: AdminKey,
+    Path(asset_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (asset, resumed) =
+        tenancy::resume_asset(state.store.as_ref(), &asset_id, None, ACTOR).await?;
+    if resumed {
+        state.wake.notify_waiters();
+    }
+    Ok(Json(json!({ "resumed": resumed, "asset": asset })))
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKeyBody {

@@ -82,6 +82,10 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         )
         .route("/v1/admin/tenants/{name}/keys", post(admin::create_key))
         .route("/v1/admin/assets/{asset_id}/token", put(admin::set_token))
+        .route(
+            "/v1/admin/assets/{asset_id}/resume",
+            post(admin::resume_asset),
+        )
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .route("/v1/admin/audit", get(admin::audit))
         .route(

@@ -91,6 +91,7 @@ impl Modify for Security {
         super::admin::update_tenant,
         super::admin::onboard_asset,
         super::admin::set_token,
+        super::admin::resume_asset,
         super::admin::create_key,
         super::admin::revoke_key,
         super::admin::audit,

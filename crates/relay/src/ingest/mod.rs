@@ -502,6 +502,10 @@ async fn ingest(
             .or(route.test_event_code.as_ref())
             .cloned();
         let event_id: Arc<str> = event.event_id.into();
+        let attribution_conversation = attribution
+            .as_ref()
+            .and_then(|a| a.conversation_id.as_deref())
+            .map(Arc::from);
         routed.push(Routed {
             index,
             channel: observability::channel_label(channel.as_str()),
@@ -522,6 +526,7 @@ async fn ingest(
             payload: payload.into(),
             test_event_code,
             accepted_at_ms: now,
+            conversation_id: attribution_conversation,
         });
     }
 

@@ -339,6 +339,38 @@ pub async fn set_token(
         .into())
 }
 
+/// Resumes a paused asset with the token it has: for when its access was fixed on Meta's
+/// side (a permission granted again) rather than by a new token. Its held events are then
+/// delivered. With `tenant`, only that tenant's asset can be resumed (others look absent).
+/// Returns the asset and whether it was paused; resuming an active asset changes nothing and
+/// is not audited.
+pub async fn resume_asset(
+    store: &dyn Store,
+    asset_id: &str,
+    tenant: Option<&str>,
+    actor: &str,
+) -> AdminResult<(AssetView, bool)> {
+    let not_found = || AdminError::NotFound(format!("asset {asset_id} is not registered"));
+    let asset = store.get_asset(asset_id).await?.ok_or_else(not_found)?;
+    if tenant.is_some_and(|t| t != asset.tenant) {
+        return Err(not_found());
+    }
+    let resumed = store.resume_asset(asset_id, now_ms()).await?;
+    if resumed {
+        audit(
+            store,
+            actor,
+            "asset.resume",
+            Some(&asset.tenant),
+            Some(asset_id),
+            json!({ "paused_because": asset.status_reason }),
+        )
+        .await;
+    }
+    let asset = store.get_asset(asset_id).await?.ok_or_else(not_found)?;
+    Ok((asset.into(), resumed))
+}
+
 /// Makes an API key for `tenant`, optionally limited to some of its assets. The key is in the
 /// result only; the store keeps its hash.
 pub async fn create_key(

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use capi_relay::{dashboard::session, simulator::Faults};
+use capi_relay::{capture::sign, dashboard::session, simulator::Faults};
 use relay_store::{DEFAULT_TENANT, EventState};
 use reqwest::{Method, redirect::Policy};
 use serde_json::{Value, json};
 
 use crate::{
-    app::{ADMIN_KEY, API_KEY, Backend, TOKEN, TestApp, spawn_app},
+    app::{ADMIN_KEY, API_KEY, Backend, TOKEN, TestApp, WABA, spawn_app, spawn_app_with},
     helpers::now,
 };
 
@@ -21,6 +21,8 @@ both_backends!(
     a_login_link_signs_in_once_and_a_read_only_session_cannot_replay,
     the_operator_sees_every_tenant_and_switches_between_them,
     revoking_a_key_ends_its_dashboard_sessions,
+    a_paused_asset_is_resumed_from_the_sources_page_with_the_csrf_token_and_audited,
+    the_quality_page_counts_ad_started_conversations_converted_and_crm_event_coverage,
 );
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -702,4 +704,346 @@ async fn revoking_a_key_ends_its_dashboard_sessions(backend: Backend) {
     let (status, _, _) = c.post("/ui/logout", &[("csrf", &csrf)]).await;
     assert_eq!(status, 303);
     assert!(c.cookie.is_none());
+}
+
+async fn a_paused_asset_is_resumed_from_the_sources_page_with_the_csrf_token_and_audited(
+    backend: Backend,
+) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let acme = app.add_wabas("acme", 1, 1).await.remove(0);
+    let globex = app.add_wabas("globex", 2, 1).await.remove(0);
+    let (acme_key_id, acme_key) = app.new_key("acme").await;
+    let (_, globex_key) = app.new_key("globex").await;
+    let why = "Meta refused the token: (#200) the system user lost access to the dataset";
+    for asset in [&acme.0, &globex.0] {
+        app.store
+            .pause_asset(asset, why, now() * 1000)
+            .await
+            .unwrap();
+    }
+    // Held while paused: accepted, never sent.
+    app.send_with(&acme_key, &[purchase("acme-held", &acme.0)])
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        app.sim.accepted(None).is_empty(),
+        "a paused asset sends nothing"
+    );
+
+    let mut b = Browser::new(&app);
+    b.login(&acme_key).await;
+    let (status, page) = b.get("/ui/sources").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(why), "the page says why: {page}");
+    assert!(
+        page.contains(&format!("capi-relay assets resume --asset-id {}", acme.0)),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!("id=\"resume-{}\"", acme.0)),
+        "{page}"
+    );
+    assert!(!page.contains(&globex.0), "{page}");
+    let (_, sources) = app
+        .request(Method::GET, "/v1/stats/sources", &acme_key, None)
+        .await;
+    assert_eq!(
+        sources["assets"][0]["resume_command"],
+        format!("capi-relay assets resume --asset-id {}", acme.0),
+        "{sources}"
+    );
+    let resume = format!("/ui/sources/{}/resume", acme.0);
+    let paused = |app: &TestApp, asset: String| {
+        let store = app.store.clone();
+        async move {
+            store.get_asset(&asset).await.unwrap().unwrap().status
+                == relay_store::AssetStatus::Paused
+        }
+    };
+
+    // No token, a forged one, another site: refused, still paused.
+    let (status, _, _) = b.post(&resume, &[]).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = b.post(&resume, &[("csrf", "forged")]).await;
+    assert_eq!(status, 403);
+    let token = b.csrf("/ui/sources").await;
+    let request = b
+        .client
+        .post(format!("{}{resume}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "https://evil.example")
+        .body(form_body(&[("csrf", &token)]));
+    let (status, _, _) = b.send(request).await;
+    assert_eq!(status, 403);
+    assert!(paused(&app, acme.0.clone()).await);
+
+    // Another tenant cannot resume it, even with its own valid token; nor can acme resume
+    // globex's.
+    let mut g = Browser::new(&app);
+    g.login(&globex_key).await;
+    let globex_token = g.csrf("/ui/sources").await;
+    let (status, _, _) = g.post(&resume, &[("csrf", &globex_token)]).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = b
+        .post(
+            &format!("/ui/sources/{}/resume", globex.0),
+            &[("csrf", &token)],
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert!(paused(&app, acme.0.clone()).await);
+    assert!(paused(&app, globex.0.clone()).await);
+
+    // A read-only sign-in sees no button and is refused.
+    let link = session::create_link(
+        app.store.as_ref(),
+        "acme",
+        true,
+        Duration::from_secs(600),
+        "t",
+    )
+    .await
+    .unwrap();
+    let mut ro = Browser::new(&app);
+    let (status, _, _) = ro.post("/ui/link", &[("token", &link)]).await;
+    assert_eq!(status, 303);
+    let (_, page) = ro.get("/ui/sources").await;
+    assert!(!page.contains("id=\"resume-"), "{page}");
+    let ro_token = ro.csrf("/ui").await;
+    let (status, _, _) = ro.post(&resume, &[("csrf", &ro_token)]).await;
+    assert_eq!(status, 403);
+    assert!(paused(&app, acme.0.clone()).await);
+
+    // The owner resumes it: active again, the held event goes out, the audit trail has it.
+    let (status, _, location) = b.post(&resume, &[("csrf", &token)]).await;
+    assert_eq!((status, location.as_deref()), (303, Some("/ui/sources")));
+    assert!(!paused(&app, acme.0.clone()).await);
+    app.wait_for_state("acme-held", EventState::Delivered).await;
+    let (_, page) = b.get("/ui/sources").await;
+    assert!(!page.contains(why), "{page}");
+    let audit = app.store.list_audit(Some("acme"), 20).await.unwrap();
+    let entry = audit
+        .iter()
+        .find(|e| e.action == "asset.resume")
+        .expect("the resume is audited");
+    assert_eq!(entry.target.as_deref(), Some(acme.0.as_str()));
+    assert_eq!(entry.actor, format!("ui:{acme_key_id}"));
+    assert!(
+        entry
+            .detail
+            .as_deref()
+            .unwrap_or_default()
+            .contains("lost access"),
+        "{entry:?}"
+    );
+    assert!(
+        paused(&app, globex.0.clone()).await,
+        "only acme's asset resumed"
+    );
+
+    // The admin API does the same; a tenant key may not use it.
+    let path = format!("/v1/admin/assets/{}/resume", globex.0);
+    let (status, _) = app.request(Method::POST, &path, &globex_key, None).await;
+    assert_eq!(status, 403);
+    let (status, body) = app.request(Method::POST, &path, ADMIN_KEY, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["resumed"].as_bool(), body["asset"]["status"].as_str()),
+        (Some(true), Some("active")),
+        "{body}"
+    );
+    let (_, again) = app.request(Method::POST, &path, ADMIN_KEY, None).await;
+    assert_eq!(again["resumed"], false, "{again}");
+    let (status, _) = app
+        .request(Method::POST, "/v1/admin/assets/999/resume", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+const APP_SECRET: &str = "dashboard-app-secret";
+const CLICK_A: &str = "ARAk-click-of-customer-a";
+const CLICK_B: &str = "ARAk-click-of-customer-b";
+
+/// A WhatsApp message from `phone` (digits) to `WABA` an hour ago, from an ad with `click_id`
+/// or (with `None`) typed by the customer; waits until the relay processed it.
+async fn capture_message(app: &TestApp, phone: &str, message_id: &str, click_id: Option<&str>) {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/webhooks/whatsapp_cloud_referral.json",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .replace("__TS__", &(now() - 3600).to_string());
+    let mut body: Value = serde_json::from_str(&text).unwrap();
+    let value = &mut body["entry"][0]["changes"][0]["value"];
+    value["contacts"][0]["wa_id"] = json!(phone);
+    let message = &mut value["messages"][0];
+    message["from"] = json!(phone);
+    message["id"] = json!(message_id);
+    match click_id {
+        Some(c) => message["referral"]["ctwa_clid"] = json!(c),
+        None => {
+            message.as_object_mut().unwrap().remove("referral");
+        }
+    }
+    let body = body.to_string();
+    let response = app
+        .client
+        .post(format!("{}/webhooks/meta", app.base))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sign(APP_SECRET, body.as_bytes()))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let started = std::time::Instant::now();
+    while !app.store.pending_webhooks(1).await.unwrap().is_empty() {
+        assert!(started.elapsed() < WAIT, "the webhook is still pending");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn the_quality_page_counts_ad_started_conversations_converted_and_crm_event_coverage(
+    backend: Backend,
+) {
+    let Some(app) = spawn_app_with(backend, |c| {
+        c.meta_app_secret = Some(secrecy::SecretString::from(APP_SECRET.to_owned()));
+    })
+    .await
+    else {
+        return;
+    };
+    app.add_wabas("globex", 2, 1).await;
+    let (_, globex_key) = app.new_key("globex").await;
+    // Two conversations started from ads (A and B), one the customer started (C).
+    capture_message(&app, "5511987654321", "wamid.a1", Some(CLICK_A)).await;
+    capture_message(&app, "5511911112222", "wamid.b1", Some(CLICK_B)).await;
+    capture_message(&app, "5511933334444", "wamid.c1", None).await;
+    let (status, body) = app
+        .request(
+            Method::POST,
+            "/v1/admin/crm/rules",
+            ADMIN_KEY,
+            Some(
+                &json!({"tenant": DEFAULT_TENANT, "source": "generic", "pipeline_id": "any",
+                         "stage_id": "won", "event": "Purchase"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let change = |deal: &str, stage: &str, phone: &str| {
+        json!({"deal_id": deal, "pipeline_id": "sales", "stage_id": stage, "amount": "10.00",
+               "currency": "BRL", "occurred_at": now() - 60, "asset_id": WABA,
+               "contact": {"phone": phone}})
+    };
+    // A wins (produced, delivered); an unknown customer wins (mapped, no attribution); a stage
+    // no rule maps (not a conversion); C wins, but has no click id (mapped, no attribution).
+    let (status, body) = app
+        .post_json(
+            "/v1/crm/stage-changes",
+            &json!({"data": [
+                change("D-A", "won", "+55 11 98765-4321"),
+                change("D-X", "won", "+55 11 90000-0000"),
+                change("D-B", "demo", "+55 11 91111-2222"),
+                change("D-C", "won", "+55 11 93333-4444"),
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let outcomes: Vec<&str> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["produced", "no_attribution", "no_rule", "no_attribution"],
+        "{body}"
+    );
+    let event_id = body["results"][0]["event_id"].as_str().unwrap().to_owned();
+    app.wait_for_state(&event_id, EventState::Delivered).await;
+
+    let (status, q) = app
+        .request(Method::GET, "/v1/stats/quality?window=24h", API_KEY, None)
+        .await;
+    assert_eq!(status, 200, "{q}");
+    assert_eq!(
+        q["ad_started"],
+        json!([{"channel": "whatsapp", "started": 2, "converted": 1, "share_pct": 50.0}]),
+        "{q}"
+    );
+    let c = &q["event_coverage"];
+    assert_eq!(
+        (
+            c["computable"].as_bool(),
+            c["mapped"].as_i64(),
+            c["delivered"].as_i64(),
+            c["share_pct"].as_f64(),
+            c["meets_target"].as_bool(),
+            c["target_pct"].as_f64()
+        ),
+        (
+            Some(true),
+            Some(3),
+            Some(1),
+            Some(100.0 / 3.0),
+            Some(false),
+            Some(75.0)
+        ),
+        "{q}"
+    );
+    assert_eq!(c["by_event_name"][0]["event_name"], "Purchase", "{q}");
+    assert!(c["how"].as_str().unwrap().contains("stage changes"), "{q}");
+    let (_, o) = app
+        .request(Method::GET, "/v1/stats/quality?window=24h", ADMIN_KEY, None)
+        .await;
+    assert_eq!(
+        o["ad_started"][0]["started"], 2,
+        "the operator sees every tenant: {o}"
+    );
+
+    let mut b = Browser::new(&app);
+    b.login(API_KEY).await;
+    let (status, page) = b.get("/ui/quality?window=24h").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Ad-started conversations later converted"),
+        "{page}"
+    );
+    assert!(page.contains("50.0 %"), "{page}");
+    assert!(
+        page.contains("33.3 %") && page.contains("below 75 %"),
+        "{page}"
+    );
+    assert!(
+        page.contains("1 of 3 mapped stage changes delivered"),
+        "{page}"
+    );
+    assert!(!page.contains("not computable"), "{page}");
+
+    // Another tenant sees none of it, and is told why coverage is not computable.
+    let (_, g) = app
+        .request(
+            Method::GET,
+            "/v1/stats/quality?window=24h",
+            &globex_key,
+            None,
+        )
+        .await;
+    assert_eq!(g["ad_started"], json!([]), "{g}");
+    assert_eq!(g["event_coverage"]["computable"], false, "{g}");
+    assert!(
+        g["event_coverage"]["not_computable_because"]
+            .as_str()
+            .is_some(),
+        "{g}"
+    );
+    let mut gb = Browser::new(&app);
+    gb.login(&globex_key).await;
+    let (_, page) = gb.get("/ui/quality?window=24h").await;
+    assert!(page.contains("not computable"), "{page}");
+    assert!(!page.contains("50.0 %"), "{page}");
 }
