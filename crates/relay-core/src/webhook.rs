@@ -526,7 +526,8 @@ fn messaging(root: &Map<String, Value>, channel: Channel, parsed: &mut Parsed) {
         let items = indexed(entry, "messaging")
             .map(|(i, item)| (format!("entry[{e}].messaging[{i}]"), item))
             .chain(
-                indexed(entry, "standby").map(|(i, item)| (format!("entry[{e}].standby[{i}]"), item)),
+                indexed(entry, "standby")
+                    .map(|(i, item)| (format!("entry[{e}].standby[{i}]"), item)),
             );
         for (at, item) in items {
             let sender = item.get("sender").and_then(Value::as_object);

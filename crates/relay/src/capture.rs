@@ -390,11 +390,16 @@ impl Capture {
             },
             None if problems.is_empty() => WebhookFinish::Processed,
             None => {
-                error = format!("processed, but not everything was captured: {}", problems.join(" | "));
+                error = format!(
+                    "processed, but not everything was captured: {}",
+                    problems.join(" | ")
+                );
                 WebhookFinish::Failed { error: &error }
             }
         };
-        self.store.finish_webhook(w.id, channel, finish, now).await?;
+        self.store
+            .finish_webhook(w.id, channel, finish, now)
+            .await?;
         observability::webhook_processed(match finish {
             WebhookFinish::Processed => "processed",
             WebhookFinish::Failed { .. } => "failed",
@@ -614,7 +619,11 @@ async fn remove_raw_bodies(
 ) -> Result<u64, StoreError> {
     let before = |d: Duration| now_ms.saturating_sub(d.as_millis() as i64);
     store
-        .remove_webhook_bodies(before(raw_body_retention), before(failed_body_retention), now_ms)
+        .remove_webhook_bodies(
+            before(raw_body_retention),
+            before(failed_body_retention),
+            now_ms,
+        )
         .await
 }
 

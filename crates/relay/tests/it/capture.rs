@@ -147,7 +147,13 @@ impl TestApp {
 
     async fn wait_processed(&self) {
         let started = std::time::Instant::now();
-        while !self.store.pending_webhooks(i64::MAX, 1).await.unwrap().is_empty() {
+        while !self
+            .store
+            .pending_webhooks(i64::MAX, 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
             assert!(started.elapsed() < WAIT, "webhooks still pending");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1220,7 +1226,13 @@ async fn no_log_line_holds_a_phone_number_or_a_webhook_secret() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let started = std::time::Instant::now();
-    while !env.store.pending_webhooks(i64::MAX, 1).await.unwrap().is_empty() {
+    while !env
+        .store
+        .pending_webhooks(i64::MAX, 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(started.elapsed() < WAIT, "never processed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1376,17 +1388,26 @@ async fn one_bad_message_in_a_delivery_is_recorded_and_every_other_message_is_ca
         (other, "5511900000004", Some("ARA-LAST")),
     ] {
         let key = relay_store::capture::ContactKey::PhoneHash(relay_core::pii::sha256_hex(phone));
-        let contact = app.store.find_contact("whatsapp", waba, &key).await.unwrap();
+        let contact = app
+            .store
+            .find_contact("whatsapp", waba, &key)
+            .await
+            .unwrap();
         match clid {
             Some(clid) => {
                 let contact = contact.unwrap_or_else(|| panic!("{phone} of {waba} is captured"));
                 let touches = app.store.contact_touches(contact.id).await.unwrap();
                 assert_eq!(touches[0].touch.click_id.as_deref(), Some(clid));
             }
-            None => assert!(contact.is_none(), "{phone}: a skipped message makes no contact"),
+            None => assert!(
+                contact.is_none(),
+                "{phone}: a skipped message makes no contact"
+            ),
         }
     }
-    let (status, listed) = app.request(Method::GET, "/v1/webhooks", ADMIN_KEY, None).await;
+    let (status, listed) = app
+        .request(Method::GET, "/v1/webhooks", ADMIN_KEY, None)
+        .await;
     assert_eq!(status, 200, "{listed}");
     let record = &listed["webhooks"][0];
     assert_eq!(record["state"], "failed", "{record}");
@@ -1401,7 +1422,10 @@ async fn one_bad_message_in_a_delivery_is_recorded_and_every_other_message_is_ca
         ),
         "{error}"
     );
-    assert!(!error.contains("AAAAAAAA"), "values are never quoted: {error}");
+    assert!(
+        !error.contains("AAAAAAAA"),
+        "values are never quoted: {error}"
+    );
     app.stop().await;
 }
 
@@ -1410,11 +1434,17 @@ async fn rename_table(app: &TestApp, from: &str, to: &str) {
     let sql = format!("ALTER TABLE {from} RENAME TO {to}");
     if app.db.url.starts_with("sqlite:") {
         let pool = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     } else {
         let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
         pool.close().await;
     }
 }
@@ -1440,7 +1470,11 @@ impl TestApp {
 
     async fn touch_click_id(&self, waba: &str, phone: &str) -> Option<String> {
         let key = relay_store::capture::ContactKey::PhoneHash(relay_core::pii::sha256_hex(phone));
-        let contact = self.store.find_contact("whatsapp", waba, &key).await.unwrap()?;
+        let contact = self
+            .store
+            .find_contact("whatsapp", waba, &key)
+            .await
+            .unwrap()?;
         let touches = self.store.contact_touches(contact.id).await.unwrap();
         touches.first()?.touch.click_id.clone()
     }
@@ -1456,7 +1490,9 @@ async fn a_store_error_while_processing_is_retried_until_it_passes(backend: Back
     };
     rename_table(&app, "touches", "touches_away").await;
     let body = fixture("whatsapp_cloud_referral.json");
-    let (status, _) = app.post_webhook("", &body, Some(&sign(APP_SECRET, &body))).await;
+    let (status, _) = app
+        .post_webhook("", &body, Some(&sign(APP_SECRET, &body)))
+        .await;
     assert_eq!(status, 200);
     let waiting = app
         .webhook_when("the delivery is retried", |w| w.attempts >= 1)
@@ -1464,7 +1500,10 @@ async fn a_store_error_while_processing_is_retried_until_it_passes(backend: Back
     assert_eq!(waiting.state, "pending");
     assert!(waiting.next_attempt_at_ms.is_some());
     let error = waiting.error.unwrap();
-    assert!(error.contains("met a store error, retried later"), "{error}");
+    assert!(
+        error.contains("met a store error, retried later"),
+        "{error}"
+    );
     rename_table(&app, "touches_away", "touches").await;
     let done = app
         .webhook_when("the delivery is processed", |w| w.state != "pending")
@@ -1483,11 +1522,17 @@ async fn capture_reprocess_processes_a_failed_delivery_again(backend: Backend) {
         return;
     };
     rename_table(&app, "touches", "touches_away").await;
-    app.deliver("", &fixture("whatsapp_cloud_referral.json")).await;
-    let failed = app.webhook_when("the delivery fails", |w| w.state == "failed").await;
+    app.deliver("", &fixture("whatsapp_cloud_referral.json"))
+        .await;
+    let failed = app
+        .webhook_when("the delivery fails", |w| w.state == "failed")
+        .await;
     let error = failed.error.clone().unwrap();
     assert!(error.contains("gave up after 1 tries"), "{error}");
-    assert!(failed.body.is_some(), "a failed delivery keeps its body to be reprocessed");
+    assert!(
+        failed.body.is_some(),
+        "a failed delivery keeps its body to be reprocessed"
+    );
     rename_table(&app, "touches_away", "touches").await;
 
     let run = |args: &[&str]| {
@@ -1508,9 +1553,14 @@ async fn capture_reprocess_processes_a_failed_delivery_again(backend: Backend) {
     let out = run(&["capture", "reprocess", "--id", &id]).await;
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
-    assert!(shown.contains("1 failed deliveries queued again"), "{shown}");
+    assert!(
+        shown.contains("1 failed deliveries queued again"),
+        "{shown}"
+    );
     let done = app
-        .webhook_when("the delivery is processed again", |w| w.state == "processed")
+        .webhook_when("the delivery is processed again", |w| {
+            w.state == "processed"
+        })
         .await;
     assert_eq!(done.id, failed.id);
     assert_eq!(
@@ -1520,9 +1570,18 @@ async fn capture_reprocess_processes_a_failed_delivery_again(backend: Backend) {
 
     // The admin route does the same; nothing failed is left to requeue.
     let (status, body) = app
-        .request(Method::POST, "/v1/admin/webhooks/reprocess", ADMIN_KEY, Some(&json!({})))
+        .request(
+            Method::POST,
+            "/v1/admin/webhooks/reprocess",
+            ADMIN_KEY,
+            Some(&json!({})),
+        )
         .await;
-    assert_eq!((status, &body["code"]), (422, &json!("no_selector")), "{body}");
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (422, &json!("no_selector")),
+        "{body}"
+    );
     let (status, body) = app
         .request(
             Method::POST,
@@ -1549,18 +1608,26 @@ async fn every_stored_text(url: &str) -> Vec<(String, String)> {
         .await
         .unwrap();
         for table in tables {
-            let columns: Vec<String> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT name FROM pragma_table_info('{table}')")))
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
+            let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT name FROM pragma_table_info('{table}')"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
             for column in columns {
                 let sql = format!(
                     "SELECT CAST(\"{column}\" AS BLOB) FROM \"{table}\" WHERE \"{column}\" IS NOT NULL"
                 );
-                for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap() {
+                for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+                {
                     let bytes: Vec<u8> = row.try_get(0).unwrap();
-                    found.push((format!("{table}.{column}"), String::from_utf8_lossy(&bytes).into_owned()));
+                    found.push((
+                        format!("{table}.{column}"),
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ));
                 }
             }
         }
@@ -1581,9 +1648,16 @@ async fn every_stored_text(url: &str) -> Vec<(String, String)> {
                 format!("convert_to(\"{column}\"::text, 'UTF8')")
             };
             let sql = format!("SELECT {value} FROM \"{table}\" WHERE \"{column}\" IS NOT NULL");
-            for row in sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&pool).await.unwrap() {
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+            {
                 let bytes: Vec<u8> = row.try_get(0).unwrap();
-                found.push((format!("{table}.{column}"), String::from_utf8_lossy(&bytes).into_owned()));
+                found.push((
+                    format!("{table}.{column}"),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
             }
         }
         pool.close().await;
@@ -1615,7 +1689,8 @@ async fn no_raw_phone_name_or_message_text_is_left_in_the_database_after_process
         );
         app.deliver("", &body).await;
     }
-    app.webhook_when("bodies are removed", |w| w.body.is_none()).await;
+    app.webhook_when("bodies are removed", |w| w.body.is_none())
+        .await;
     let stored = app.store.list_webhooks(None, 10).await.unwrap();
     assert_eq!(stored.len(), 2);
     for w in &stored {
@@ -1628,10 +1703,16 @@ async fn no_raw_phone_name_or_message_text_is_left_in_the_database_after_process
         Some(CLICK_ID)
     );
     let texts = every_stored_text(&app.db.url).await;
-    assert!(texts.iter().any(|(c, _)| c == "touches.click_id"), "the scan reads the tables");
+    assert!(
+        texts.iter().any(|(c, _)| c == "touches.click_id"),
+        "the scan reads the tables"
+    );
     for (column, value) in &texts {
         for personal in PERSONAL {
-            assert!(!value.contains(personal), "{column} holds {personal:?}: {value}");
+            assert!(
+                !value.contains(personal),
+                "{column} holds {personal:?}: {value}"
+            );
         }
     }
     app.stop().await;
@@ -1641,7 +1722,11 @@ async fn no_raw_phone_name_or_message_text_is_left_in_the_database_after_process
 struct NoEvents;
 
 impl capi_relay::capture::EventSink for NoEvents {
-    async fn submit(&self, _: &str, _: Value) -> Result<Result<(), String>, relay_store::StoreError> {
+    async fn submit(
+        &self,
+        _: &str,
+        _: Value,
+    ) -> Result<Result<(), String>, relay_store::StoreError> {
         Ok(Ok(()))
     }
 }
@@ -1656,7 +1741,8 @@ async fn a_debug_raw_body_retention_keeps_the_body_then_removes_it(backend: Back
     capture_config(&mut config);
     config.webhooks.raw_body_retention = Duration::from_secs(3600);
     let clock = Arc::new(capi_relay::clock::ManualClock::new(1_800_000_000_000));
-    let capture = capi_relay::capture::Capture::new(store.clone(), &config).with_clock(clock.clone());
+    let capture =
+        capi_relay::capture::Capture::new(store.clone(), &config).with_clock(clock.clone());
     let body = fixture("whatsapp_cloud_referral.json");
     capture
         .receive(&body, Some(&sign(APP_SECRET, &body)), None)
@@ -1667,7 +1753,11 @@ async fn a_debug_raw_body_retention_keeps_the_body_then_removes_it(backend: Back
     let kept = || async { store.list_webhooks(None, 1).await.unwrap().remove(0) };
     let w = kept().await;
     assert_eq!(w.state, "processed");
-    assert_eq!(w.body.as_deref().map(str::as_bytes), Some(&body[..]), "kept for debugging");
+    assert_eq!(
+        w.body.as_deref().map(str::as_bytes),
+        Some(&body[..]),
+        "kept for debugging"
+    );
 
     clock.advance_ms(3_600_000 - 1);
     assert_eq!(capture.remove_raw_bodies().await.unwrap(), 0);
@@ -1675,6 +1765,9 @@ async fn a_debug_raw_body_retention_keeps_the_body_then_removes_it(backend: Back
     clock.advance_ms(1);
     assert_eq!(capture.remove_raw_bodies().await.unwrap(), 1);
     let w = kept().await;
-    assert_eq!((w.body, w.body_removed_at_ms), (None, Some(1_800_003_600_000)));
+    assert_eq!(
+        (w.body, w.body_removed_at_ms),
+        (None, Some(1_800_003_600_000))
+    );
     assert_eq!(w.channel.as_deref(), Some("whatsapp"));
 }
