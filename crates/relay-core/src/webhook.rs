@@ -9,6 +9,11 @@
 //! Unknown objects, fields and event kinds are skipped, never an error: Meta adds fields often.
 //! The only errors are a body that is not a JSON object, and an On-Premises payload without a
 //! WABA id to file it under.
+//!
+//! Each message (or automatic event, or user id change) stands alone: one with a NUL character
+//! or a field over its length limit ([`MAX_ID_BYTES`], [`MAX_TEXT_BYTES`]) is left out with
+//! the reason in [`Parsed::skipped`], and the others are kept. So nothing a database cannot
+//! store (PostgreSQL refuses NUL in text, and index rows over ~2.7 kB) gets past here.
 
 use serde_json::{Map, Value};
 
@@ -16,6 +21,12 @@ use crate::{Channel, event_name::BUSINESS_MESSAGING_EVENTS, money};
 
 /// Unix seconds beyond this are taken for milliseconds.
 const MILLIS_THRESHOLD: i64 = 100_000_000_000;
+
+/// Longest identifier kept (ids, click ids, event names), in bytes. Meta's are far shorter
+/// (a `ctwa_clid` is ~100 characters); three of these fit a PostgreSQL index row.
+pub const MAX_ID_BYTES: usize = 512;
+/// Longest descriptive text kept (headline, body, URLs, `ref`, `custom_data`), in bytes.
+pub const MAX_TEXT_BYTES: usize = 8192;
 
 /// Everything a webhook delivery said that attribution keeps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,6 +37,99 @@ pub struct Parsed {
     pub automatic_events: Vec<AutomaticEvent>,
     /// WhatsApp business-scoped user ids that changed (`user_id_update`).
     pub user_id_updates: Vec<UserIdUpdate>,
+    /// The channel of the delivery's `object` (On-Premises payloads: WhatsApp).
+    pub channel: Option<Channel>,
+    /// Items left out because a field cannot be kept, each with where and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// An item of a delivery left out, e.g. `entry[1].changes[0].value.messages[0]`: `ctwa_clid is
+/// 1048576 bytes, over the 512-byte limit`. Never quotes the value (it may be personal data).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where in the body: a JSON path.
+    pub at: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Skipped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.reason)
+    }
+}
+
+impl Parsed {
+    fn push_inbound(&mut self, at: String, inbound: Inbound) {
+        let r = inbound.referral.clone().unwrap_or_default();
+        let c = &inbound.customer;
+        match storable(&[
+            ("asset id", Some(&inbound.asset_id), MAX_ID_BYTES),
+            ("message id", Some(&inbound.message_id), MAX_ID_BYTES),
+            ("wa_id", c.wa_id.as_ref(), MAX_ID_BYTES),
+            ("user_id", c.user_id.as_ref(), MAX_ID_BYTES),
+            ("sender id", c.scoped_id.as_ref(), MAX_ID_BYTES),
+            ("ctwa_clid", r.click_id.as_ref(), MAX_ID_BYTES),
+            ("ad id", r.ad_id.as_ref(), MAX_ID_BYTES),
+            ("source type", r.source_type.as_ref(), MAX_ID_BYTES),
+            ("media type", r.media_type.as_ref(), MAX_ID_BYTES),
+            ("source_url", r.source_url.as_ref(), MAX_TEXT_BYTES),
+            ("headline", r.headline.as_ref(), MAX_TEXT_BYTES),
+            ("body", r.body.as_ref(), MAX_TEXT_BYTES),
+            ("media url", r.media_url.as_ref(), MAX_TEXT_BYTES),
+            ("ref", r.ref_param.as_ref(), MAX_TEXT_BYTES),
+        ]) {
+            Ok(()) => self.inbound.push(inbound),
+            Err(reason) => self.skipped.push(Skipped { at, reason }),
+        }
+    }
+
+    fn push_automatic_event(&mut self, at: String, event: AutomaticEvent) {
+        let custom = event.custom_data.as_ref().map(Value::to_string);
+        let checked = storable(&[
+            ("WABA id", Some(&event.waba_id), MAX_ID_BYTES),
+            ("id", Some(&event.message_id), MAX_ID_BYTES),
+            ("event_name", Some(&event.event_name), MAX_ID_BYTES),
+            ("ctwa_clid", event.ctwa_clid.as_ref(), MAX_ID_BYTES),
+            ("custom_data", custom.as_ref(), MAX_TEXT_BYTES),
+        ]);
+        // Serialised, a NUL inside `custom_data` is the escape `\u0000`.
+        let checked = checked.and_then(|()| match custom {
+            Some(c) if c.contains("\\u0000") => Err("custom_data contains a NUL character".into()),
+            _ => Ok(()),
+        });
+        match checked {
+            Ok(()) => self.automatic_events.push(event),
+            Err(reason) => self.skipped.push(Skipped { at, reason }),
+        }
+    }
+
+    fn push_user_id_update(&mut self, at: String, update: UserIdUpdate) {
+        match storable(&[
+            ("WABA id", Some(&update.waba_id), MAX_ID_BYTES),
+            ("previous user id", Some(&update.previous), MAX_ID_BYTES),
+            ("current user id", Some(&update.current), MAX_ID_BYTES),
+        ]) {
+            Ok(()) => self.user_id_updates.push(update),
+            Err(reason) => self.skipped.push(Skipped { at, reason }),
+        }
+    }
+}
+
+/// `Err` naming the first field that holds a NUL or is longer than its limit.
+fn storable(fields: &[(&str, Option<&String>, usize)]) -> Result<(), String> {
+    for (name, value, limit) in fields {
+        let Some(value) = value else { continue };
+        if value.contains('\0') {
+            return Err(format!("{name} contains a NUL character"));
+        }
+        if value.len() > *limit {
+            return Err(format!(
+                "{name} is {} bytes, over the {limit}-byte limit",
+                value.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A WhatsApp customer's business-scoped user id replaced by a new one.
@@ -130,24 +234,36 @@ pub fn parse(body: &[u8], waba_hint: Option<&str>) -> Result<Parsed, ParseError>
     };
     let mut parsed = Parsed::default();
     match root.get("object").and_then(Value::as_str) {
-        Some("whatsapp_business_account") => whatsapp_cloud(&root, &mut parsed),
-        Some("page") => messaging(&root, Channel::Messenger, &mut parsed),
-        Some("instagram") => messaging(&root, Channel::Instagram, &mut parsed),
+        Some("whatsapp_business_account") => {
+            parsed.channel = Some(Channel::WhatsApp);
+            whatsapp_cloud(&root, &mut parsed);
+        }
+        Some("page") => {
+            parsed.channel = Some(Channel::Messenger);
+            messaging(&root, Channel::Messenger, &mut parsed);
+        }
+        Some("instagram") => {
+            parsed.channel = Some(Channel::Instagram);
+            messaging(&root, Channel::Instagram, &mut parsed);
+        }
         Some(_) => {}
         // No `object`: the On-Premises client's shape, bare or wrapped in `data[]`.
         None => {
-            let parts: Vec<&Map<String, Value>> = match root.get("data") {
-                Some(Value::Array(items)) => items.iter().filter_map(Value::as_object).collect(),
-                _ => vec![&root],
+            let parts: Vec<(String, &Map<String, Value>)> = match root.get("data") {
+                Some(Value::Array(_)) => indexed(&root, "data")
+                    .map(|(i, part)| (format!("data[{i}]."), part))
+                    .collect(),
+                _ => vec![(String::new(), &root)],
             };
-            let has_messages = parts.iter().any(|p| p.get("messages").is_some());
+            let has_messages = parts.iter().any(|(_, p)| p.get("messages").is_some());
             if has_messages {
+                parsed.channel = Some(Channel::WhatsApp);
                 let waba = waba_hint
                     .map(str::trim)
                     .filter(|w| !w.is_empty())
                     .ok_or(ParseError::OnPremisesWithoutWaba)?;
-                for part in parts {
-                    whatsapp_value(waba, part, &mut parsed);
+                for (at, part) in parts {
+                    whatsapp_value(&at, waba, part, &mut parsed);
                 }
             }
         }
@@ -164,6 +280,16 @@ fn objects<'a>(
     key: &str,
 ) -> impl Iterator<Item = &'a Map<String, Value>> {
     array(map, key).filter_map(Value::as_object)
+}
+
+/// The objects of an array with their index in it (for `Skipped::at`).
+fn indexed<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+) -> impl Iterator<Item = (usize, &'a Map<String, Value>)> {
+    array(map, key)
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, v.as_object()?)))
 }
 
 /// A string or integer id, trimmed; empty is absent.
@@ -200,27 +326,29 @@ fn time_ms(map: &Map<String, Value>, key: &str) -> Option<i64> {
 }
 
 fn whatsapp_cloud(root: &Map<String, Value>, parsed: &mut Parsed) {
-    for entry in objects(root, "entry") {
+    for (e, entry) in indexed(root, "entry") {
         let Some(waba) = id(entry, "id") else {
             continue;
         };
-        for change in objects(entry, "changes") {
+        for (c, change) in indexed(entry, "changes") {
             let Some(value) = change.get("value").and_then(Value::as_object) else {
                 continue;
             };
+            let at = format!("entry[{e}].changes[{c}].value.");
             match change.get("field").and_then(Value::as_str) {
-                Some("messages") => whatsapp_value(&waba, value, parsed),
-                Some("automatic_events") => automatic_events(&waba, value, parsed),
+                Some("messages") => whatsapp_value(&at, &waba, value, parsed),
+                Some("automatic_events") => automatic_events(&at, &waba, value, parsed),
                 _ => {}
             }
             // Wherever it comes (its own field, or inside `messages`): the shape is assumed.
-            user_id_updates(&waba, change, value, parsed);
+            user_id_updates(&at, &waba, change, value, parsed);
         }
     }
 }
 
 /// The `value` of a Cloud API `messages` change, or one On-Premises payload: same inner shape.
-fn whatsapp_value(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
+/// `at` is its JSON path, for the items skipped.
+fn whatsapp_value(at: &str, waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
     let contacts: Vec<CustomerIds> = objects(value, "contacts")
         .map(|c| CustomerIds {
             wa_id: id(c, "wa_id"),
@@ -228,7 +356,7 @@ fn whatsapp_value(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
             scoped_id: None,
         })
         .collect();
-    for message in objects(value, "messages") {
+    for (m, message) in indexed(value, "messages") {
         let Some(message_id) = id(message, "id") else {
             continue;
         };
@@ -261,14 +389,17 @@ fn whatsapp_value(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
             .get("referral")
             .and_then(Value::as_object)
             .map(whatsapp_referral);
-        parsed.inbound.push(Inbound {
-            channel: Channel::WhatsApp,
-            asset_id: waba.to_owned(),
-            customer,
-            message_id,
-            timestamp_ms: time_ms(message, "timestamp").unwrap_or(0),
-            referral,
-        });
+        parsed.push_inbound(
+            format!("{at}messages[{m}]"),
+            Inbound {
+                channel: Channel::WhatsApp,
+                asset_id: waba.to_owned(),
+                customer,
+                message_id,
+                timestamp_ms: time_ms(message, "timestamp").unwrap_or(0),
+                referral,
+            },
+        );
     }
 }
 
@@ -294,8 +425,8 @@ fn whatsapp_referral(r: &Map<String, Value>) -> Referral {
     }
 }
 
-fn automatic_events(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
-    for event in objects(value, "automatic_events") {
+fn automatic_events(at: &str, waba: &str, value: &Map<String, Value>, parsed: &mut Parsed) {
+    for (i, event) in indexed(value, "automatic_events") {
         let (Some(message_id), Some(event_name)) = (id(event, "id"), text(event, "event_name"))
         else {
             continue;
@@ -303,14 +434,17 @@ fn automatic_events(waba: &str, value: &Map<String, Value>, parsed: &mut Parsed)
         let Some(timestamp_ms) = time_ms(event, "timestamp") else {
             continue;
         };
-        parsed.automatic_events.push(AutomaticEvent {
-            waba_id: waba.to_owned(),
-            message_id,
-            event_name: automatic_event_name(&event_name),
-            timestamp: timestamp_ms / 1000,
-            ctwa_clid: id(event, "ctwa_clid"),
-            custom_data: event.get("custom_data").filter(|v| v.is_object()).cloned(),
-        });
+        parsed.push_automatic_event(
+            format!("{at}automatic_events[{i}]"),
+            AutomaticEvent {
+                waba_id: waba.to_owned(),
+                message_id,
+                event_name: automatic_event_name(&event_name),
+                timestamp: timestamp_ms / 1000,
+                ctwa_clid: id(event, "ctwa_clid"),
+                custom_data: event.get("custom_data").filter(|v| v.is_object()).cloned(),
+            },
+        );
     }
 }
 
@@ -335,15 +469,20 @@ pub fn automatic_event_name(raw: &str) -> String {
 /// `new_user_id`), each a string or an object with a `user_id`. Meta's shape is not in the
 /// spec; this reads the plausible spellings and skips anything else.
 fn user_id_updates(
+    at: &str,
     waba: &str,
     change: &Map<String, Value>,
     value: &Map<String, Value>,
     parsed: &mut Parsed,
 ) {
-    let items: Vec<&Map<String, Value>> = match value.get("user_id_update") {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_object).collect(),
-        Some(Value::Object(item)) => vec![item],
-        _ if change.get("field").and_then(Value::as_str) == Some("user_id_update") => vec![value],
+    let items: Vec<(String, &Map<String, Value>)> = match value.get("user_id_update") {
+        Some(Value::Array(_)) => indexed(value, "user_id_update")
+            .map(|(i, item)| (format!("{at}user_id_update[{i}]"), item))
+            .collect(),
+        Some(Value::Object(item)) => vec![(format!("{at}user_id_update"), item)],
+        _ if change.get("field").and_then(Value::as_str) == Some("user_id_update") => {
+            vec![(at.trim_end_matches('.').to_owned(), value)]
+        }
         _ => return,
     };
     let user_id = |item: &Map<String, Value>, keys: &[&str]| {
@@ -352,7 +491,7 @@ fn user_id_updates(
             _ => id(item, key),
         })
     };
-    for item in items {
+    for (at, item) in items {
         let previous = user_id(
             item,
             &["previous", "previous_user_id", "old_user_id", "old"],
@@ -364,24 +503,33 @@ fn user_id_updates(
         if previous == current {
             continue;
         }
-        parsed.user_id_updates.push(UserIdUpdate {
-            waba_id: waba.to_owned(),
-            previous,
-            current,
-            timestamp_ms: time_ms(item, "timestamp")
-                .or_else(|| time_ms(value, "timestamp"))
-                .unwrap_or(0),
-        });
+        parsed.push_user_id_update(
+            at,
+            UserIdUpdate {
+                waba_id: waba.to_owned(),
+                previous,
+                current,
+                timestamp_ms: time_ms(item, "timestamp")
+                    .or_else(|| time_ms(value, "timestamp"))
+                    .unwrap_or(0),
+            },
+        );
     }
 }
 
 /// Messenger (`object: page`) and Instagram (`object: instagram`): `entry[].messaging[]` and
 /// `entry[].standby[]`.
 fn messaging(root: &Map<String, Value>, channel: Channel, parsed: &mut Parsed) {
-    for entry in objects(root, "entry") {
+    for (e, entry) in indexed(root, "entry") {
         let entry_id = id(entry, "id");
         // `standby`: the same events, delivered while another app owns the thread (handover).
-        for item in objects(entry, "messaging").chain(objects(entry, "standby")) {
+        let items = indexed(entry, "messaging")
+            .map(|(i, item)| (format!("entry[{e}].messaging[{i}]"), item))
+            .chain(
+                indexed(entry, "standby")
+                    .map(|(i, item)| (format!("entry[{e}].standby[{i}]"), item)),
+            );
+        for (at, item) in items {
             let sender = item.get("sender").and_then(Value::as_object);
             let recipient = item.get("recipient").and_then(Value::as_object);
             let (Some(sender), Some(asset)) = (
@@ -422,17 +570,20 @@ fn messaging(root: &Map<String, Value>, channel: Channel, parsed: &mut Parsed) {
                     };
                     format!("{kind}:{sender}:{timestamp_ms}")
                 });
-            parsed.inbound.push(Inbound {
-                channel,
-                asset_id: asset,
-                customer: CustomerIds {
-                    scoped_id: Some(sender),
-                    ..CustomerIds::default()
+            parsed.push_inbound(
+                at,
+                Inbound {
+                    channel,
+                    asset_id: asset,
+                    customer: CustomerIds {
+                        scoped_id: Some(sender),
+                        ..CustomerIds::default()
+                    },
+                    message_id,
+                    timestamp_ms,
+                    referral,
                 },
-                message_id,
-                timestamp_ms,
-                referral,
-            });
+            );
         }
     }
 }

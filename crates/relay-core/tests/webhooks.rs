@@ -669,3 +669,76 @@ fn a_brazilian_number_is_also_looked_up_without_or_with_its_ninth_digit() {
         )))
     );
 }
+
+/// A Cloud API message from `wa_id` under `waba` with `ctwa_clid`.
+fn cloud_message(waba: &str, wa_id: &str, message_id: &str, clid: &str) -> Value {
+    json!({"id": waba, "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "contacts": [{"wa_id": wa_id}],
+        "messages": [{"from": wa_id, "id": message_id, "timestamp": TS.to_string(), "type": "text",
+                      "referral": {"source_type": "ad", "source_id": "1202", "ctwa_clid": clid}}]}}]})
+}
+
+#[test]
+fn a_message_with_a_nul_or_an_over_long_field_is_skipped_with_the_reason_and_the_others_kept() {
+    let body = json!({"object": "whatsapp_business_account", "entry": [
+        cloud_message("111", "5511900000001", "wamid.good1", "ARA-good-1"),
+        cloud_message("111", "5511900000002", "wamid.nul", "ARA-\u{0}-nul"),
+        cloud_message("222", "5511900000003", "wamid.long", &"A".repeat(1 << 20)),
+        cloud_message("222", "5511900000004", "wamid.good2", "ARA-good-2"),
+        {"id": "222", "changes": [{"field": "automatic_events", "value": {"automatic_events": [
+            {"id": "wamid.ae", "event_name": "purchase", "timestamp": TS, "ctwa_clid": "ARA-ae",
+             "custom_data": {"currency": "USD\u{0}", "value": 25000}}]}}]},
+    ]});
+    let parsed = webhook::parse(body.to_string().as_bytes(), None).unwrap();
+    let ids: Vec<&str> = parsed
+        .inbound
+        .iter()
+        .map(|m| m.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["wamid.good1", "wamid.good2"]);
+    assert!(parsed.automatic_events.is_empty());
+    let skipped: Vec<String> = parsed.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        skipped,
+        [
+            "entry[1].changes[0].value.messages[0]: ctwa_clid contains a NUL character",
+            "entry[2].changes[0].value.messages[0]: ctwa_clid is 1048576 bytes, over the 512-byte limit",
+            "entry[4].changes[0].value.automatic_events[0]: custom_data contains a NUL character",
+        ]
+    );
+    assert_eq!(parsed.channel, Some(Channel::WhatsApp));
+}
+
+#[test]
+fn messenger_items_and_user_id_updates_with_unstorable_ids_are_skipped_by_path() {
+    let page = json!({"object": "page", "entry": [{"id": "9", "time": TS, "messaging": [
+        {"sender": {"id": "psid\u{0}"}, "recipient": {"id": "9"}, "timestamp": TS,
+         "message": {"mid": "m1", "text": "hi"}},
+        {"sender": {"id": "psid2"}, "recipient": {"id": "9"}, "timestamp": TS,
+         "message": {"mid": "m2", "text": "hi", "referral": {"ref": "r".repeat(9000), "source": "ADS"}}},
+        {"sender": {"id": "psid3"}, "recipient": {"id": "9"}, "timestamp": TS,
+         "message": {"mid": "m3", "text": "hi"}}]}]});
+    let parsed = webhook::parse(page.to_string().as_bytes(), None).unwrap();
+    assert_eq!(parsed.inbound.len(), 1);
+    assert_eq!(parsed.inbound[0].message_id, "m3");
+    let skipped: Vec<String> = parsed.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        skipped,
+        [
+            "entry[0].messaging[0]: sender id contains a NUL character",
+            "entry[0].messaging[1]: ref is 9000 bytes, over the 8192-byte limit",
+        ]
+    );
+
+    let update = json!({"object": "whatsapp_business_account", "entry": [{"id": "111", "changes": [
+        {"field": "user_id_update", "value": {"user_id_update": [
+            {"previous": "US.1", "current": "US.\u{0}2"}, {"previous": "US.3", "current": "US.4"}]}}]}]});
+    let parsed = webhook::parse(update.to_string().as_bytes(), None).unwrap();
+    assert_eq!(parsed.user_id_updates.len(), 1);
+    assert_eq!(parsed.user_id_updates[0].current, "US.4");
+    assert_eq!(
+        parsed.skipped[0].to_string(),
+        "entry[0].changes[0].value.user_id_update[0]: current user id contains a NUL character"
+    );
+}

@@ -41,6 +41,38 @@ pub struct PendingWebhook {
     pub body: Vec<u8>,
     pub waba_hint: Option<String>,
     pub received_at_ms: i64,
+    /// Processing tries so far (each ended by a transient error).
+    pub attempts: i32,
+}
+
+/// How processing a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFinish<'a> {
+    /// Everything in it was captured.
+    Processed,
+    /// Done, but something in it was not captured: `error` says what and why.
+    Failed { error: &'a str },
+    /// A transient error: tried again at `next_at_ms` (still `pending`).
+    Retry { next_at_ms: i64, error: &'a str },
+}
+
+/// Which failed deliveries to queue again. All fields empty: every failed delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReprocessFilter {
+    /// Only these ids.
+    pub ids: Vec<i64>,
+    /// Only deliveries received at or after this time.
+    pub since_ms: Option<i64>,
+}
+
+/// What `requeue_failed_webhooks` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Requeued {
+    /// Failed deliveries set back to `pending`.
+    pub requeued: u64,
+    /// Failed deliveries that matched but whose raw body is already removed: they cannot be
+    /// processed again.
+    pub without_body: u64,
 }
 
 /// A stored webhook as inspection shows it.
@@ -58,8 +90,17 @@ pub struct WebhookRecord {
     pub forward_state: Option<String>,
     pub forward_attempts: i32,
     pub forward_error: Option<String>,
-    /// The body, lossily decoded for display.
-    pub body: String,
+    /// Processing tries that met a transient error.
+    pub attempts: i32,
+    /// When a pending delivery is tried again (after a transient error).
+    pub next_attempt_at_ms: Option<i64>,
+    /// `whatsapp`, `messenger` or `instagram`, once processed.
+    pub channel: Option<String>,
+    /// The raw body, lossily decoded, while it is kept: until processed (and forwarded), then
+    /// for `webhooks.raw_body_retention`; a failed delivery's for `webhooks.failed_body_retention`.
+    pub body: Option<String>,
+    /// When the raw body was removed.
+    pub body_removed_at_ms: Option<i64>,
 }
 
 /// A webhook claimed for forwarding under a lease.
@@ -204,11 +245,32 @@ pub trait CaptureStore: Send + Sync + 'static {
     /// Stores a verified delivery (committed when this returns). An identical body is
     /// `Duplicate`.
     async fn insert_webhook(&self, webhook: &NewWebhook) -> Result<WebhookInsert>;
-    /// Webhooks not yet parsed, oldest first.
-    async fn pending_webhooks(&self, limit: i64) -> Result<Vec<PendingWebhook>>;
-    /// Marks a webhook processed, or failed with the reason (not understood, or an automatic
-    /// event in it not reported).
-    async fn finish_webhook(&self, id: i64, error: Option<&str>, now_ms: i64) -> Result<()>;
+    /// Webhooks not yet parsed and due at `now_ms` (not waiting for a retry), oldest first.
+    /// `i64::MAX` lists every pending one.
+    async fn pending_webhooks(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingWebhook>>;
+    /// Records how processing ended: processed, failed with the reason (not understood, or a
+    /// message or automatic event in it not captured), or pending again for a retry (counted in
+    /// `attempts`). `channel` is kept for the record once the body is removed.
+    async fn finish_webhook(
+        &self,
+        id: i64,
+        channel: Option<&str>,
+        finish: WebhookFinish<'_>,
+        now_ms: i64,
+    ) -> Result<()>;
+    /// Sets failed deliveries that `filter` selects and that still have their body back to
+    /// `pending` (attempts reset), to be processed again.
+    async fn requeue_failed_webhooks(&self, filter: &ReprocessFilter) -> Result<Requeued>;
+    /// Removes raw bodies no longer needed: processed deliveries finished at or before
+    /// `processed_before_ms`, failed ones finished at or before `failed_before_ms`, and in
+    /// either case not waiting to be forwarded. Metadata, sha256 and outcome stay. Returns how
+    /// many bodies were removed.
+    async fn remove_webhook_bodies(
+        &self,
+        processed_before_ms: i64,
+        failed_before_ms: i64,
+        now_ms: i64,
+    ) -> Result<u64>;
     /// Newest first, optionally only in `state`.
     async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> Result<Vec<WebhookRecord>>;
 
@@ -365,12 +427,14 @@ macro_rules! impl_capture_store {
                 })
             }
 
-            async fn pending_webhooks(&self, limit: i64) -> $crate::Result<Vec<$crate::capture::PendingWebhook>> {
+            async fn pending_webhooks(&self, now_ms: i64, limit: i64) -> $crate::Result<Vec<$crate::capture::PendingWebhook>> {
                 use sqlx::Row;
                 let sql = self.sql(
-                    "SELECT id, body, waba_hint, received_at_ms FROM webhooks WHERE state = 'pending' ORDER BY id LIMIT $1",
+                    "SELECT id, body, waba_hint, received_at_ms, attempts FROM webhooks WHERE state = 'pending' \
+                     AND (next_attempt_at_ms IS NULL OR next_attempt_at_ms <= $1) ORDER BY id LIMIT $2",
                 );
                 let rows = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(now_ms)
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await
@@ -382,19 +446,40 @@ macro_rules! impl_capture_store {
                             body: row.try_get("body")?,
                             waba_hint: row.try_get("waba_hint")?,
                             received_at_ms: row.try_get("received_at_ms")?,
+                            attempts: row.try_get("attempts")?,
                         })
                     })
                     .collect()
             }
 
-            async fn finish_webhook(&self, id: i64, error: Option<&str>, now_ms: i64) -> $crate::Result<()> {
-                let sql = self.sql(
-                    "UPDATE webhooks SET state = $1, error = $2, processed_at_ms = $3 WHERE id = $4",
-                );
+            async fn finish_webhook(
+                &self,
+                id: i64,
+                channel: Option<&str>,
+                finish: $crate::capture::WebhookFinish<'_>,
+                now_ms: i64,
+            ) -> $crate::Result<()> {
+                use $crate::capture::WebhookFinish;
+                let sql = match finish {
+                    WebhookFinish::Processed | WebhookFinish::Failed { .. } => self.sql(
+                        "UPDATE webhooks SET state = $1, error = $2, processed_at_ms = $3, \
+                         channel = COALESCE($4, channel), next_attempt_at_ms = NULL WHERE id = $5",
+                    ),
+                    WebhookFinish::Retry { .. } => self.sql(
+                        "UPDATE webhooks SET state = $1, error = $2, next_attempt_at_ms = $3, \
+                         channel = COALESCE($4, channel), attempts = attempts + 1 WHERE id = $5",
+                    ),
+                };
+                let (state, error, at) = match finish {
+                    WebhookFinish::Processed => ("processed", None, now_ms),
+                    WebhookFinish::Failed { error } => ("failed", Some(error), now_ms),
+                    WebhookFinish::Retry { next_at_ms, error } => ("pending", Some(error), next_at_ms),
+                };
                 sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
-                    .bind(if error.is_some() { "failed" } else { "processed" })
+                    .bind(state)
                     .bind(error)
-                    .bind(now_ms)
+                    .bind(at)
+                    .bind(channel)
                     .bind(id)
                     .execute(self.writer())
                     .await
@@ -402,11 +487,73 @@ macro_rules! impl_capture_store {
                 Ok(())
             }
 
+            async fn requeue_failed_webhooks(
+                &self,
+                filter: &$crate::capture::ReprocessFilter,
+            ) -> $crate::Result<$crate::capture::Requeued> {
+                // One statement per outcome, the same selection in both.
+                let select = |b: &mut sqlx::QueryBuilder<$db>| {
+                    b.push(" WHERE state = 'failed'");
+                    if let Some(since) = filter.since_ms {
+                        b.push(" AND received_at_ms >= ").push_bind(since);
+                    }
+                    if !filter.ids.is_empty() {
+                        b.push(" AND id IN (");
+                        let mut list = b.separated(", ");
+                        for id in &filter.ids {
+                            list.push_bind(*id);
+                        }
+                        b.push(")");
+                    }
+                };
+                let mut tx = self.begin_write().await?;
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE webhooks SET state = 'pending', attempts = 0, next_attempt_at_ms = NULL, \
+                     error = NULL, processed_at_ms = NULL",
+                );
+                select(&mut b);
+                b.push(" AND body_removed_at_ms IS NULL");
+                let requeued = b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?.rows_affected();
+                let mut b = sqlx::QueryBuilder::<$db>::new("SELECT COUNT(*) FROM webhooks");
+                select(&mut b);
+                b.push(" AND body_removed_at_ms IS NOT NULL");
+                let without_body: i64 = b
+                    .build_query_scalar()
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok($crate::capture::Requeued { requeued, without_body: without_body as u64 })
+            }
+
+            async fn remove_webhook_bodies(
+                &self,
+                processed_before_ms: i64,
+                failed_before_ms: i64,
+                now_ms: i64,
+            ) -> $crate::Result<u64> {
+                let sql = self.sql(
+                    "UPDATE webhooks SET body = $1, body_removed_at_ms = $2 \
+                     WHERE body_removed_at_ms IS NULL \
+                     AND ((state = 'processed' AND processed_at_ms <= $3) OR (state = 'failed' AND processed_at_ms <= $4)) \
+                     AND (forward_state IS NULL OR forward_state IN ('done', 'dead'))",
+                );
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
+                    .bind(Vec::<u8>::new())
+                    .bind(now_ms)
+                    .bind(processed_before_ms)
+                    .bind(failed_before_ms)
+                    .execute(self.writer())
+                    .await
+                    .map_err($crate::shared::map_err)?;
+                Ok(done.rows_affected())
+            }
+
             async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> $crate::Result<Vec<$crate::capture::WebhookRecord>> {
                 use sqlx::Row;
                 let mut b = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, received_at_ms, state, error, processed_at_ms, forward_state, forward_attempts, forward_error, body \
-                     FROM webhooks",
+                    "SELECT id, received_at_ms, state, error, processed_at_ms, forward_state, forward_attempts, forward_error, \
+                     attempts, next_attempt_at_ms, channel, body, body_removed_at_ms FROM webhooks",
                 );
                 if let Some(state) = state {
                     b.push(" WHERE state = ").push_bind(state.to_owned());
@@ -416,6 +563,7 @@ macro_rules! impl_capture_store {
                 rows.iter()
                     .map(|row| {
                         let body: Vec<u8> = row.try_get("body")?;
+                        let body_removed_at_ms: Option<i64> = row.try_get("body_removed_at_ms")?;
                         Ok($crate::capture::WebhookRecord {
                             id: row.try_get("id")?,
                             received_at_ms: row.try_get("received_at_ms")?,
@@ -425,7 +573,13 @@ macro_rules! impl_capture_store {
                             forward_state: row.try_get("forward_state")?,
                             forward_attempts: row.try_get("forward_attempts")?,
                             forward_error: row.try_get("forward_error")?,
-                            body: String::from_utf8_lossy(&body).into_owned(),
+                            attempts: row.try_get("attempts")?,
+                            next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
+                            channel: row.try_get("channel")?,
+                            body: body_removed_at_ms
+                                .is_none()
+                                .then(|| String::from_utf8_lossy(&body).into_owned()),
+                            body_removed_at_ms,
                         })
                     })
                     .collect()

@@ -179,7 +179,8 @@ pub trait CrmStore: Send + Sync + 'static {
     /// Pending bodies due by `now_ms` of active integrations, oldest first.
     async fn due_crm_webhooks(&self, now_ms: i64, limit: i64) -> Result<Vec<PendingCrmWebhook>>;
     /// `processed` (with a note of what was not used, if anything) or `failed` with the
-    /// reason (kept, never retried).
+    /// reason (kept, never retried). The raw body is removed: a finished body is never read
+    /// again, and its sha256 still recognises a redelivery.
     async fn finish_crm_webhook(
         &self,
         id: i64,
@@ -589,13 +590,16 @@ macro_rules! impl_crm_store {
 
             async fn finish_crm_webhook(&self, id: i64, state: &str, note: Option<&str>, now_ms: i64) -> $crate::Result<()> {
                 let sql = self.sql(
-                    "UPDATE crm_webhooks SET state = $1, error = $2, processed_at_ms = $3, attempts = attempts + 1 WHERE id = $4",
+                    // A finished body is never read again: only its sha256 stays (redeliveries).
+                    "UPDATE crm_webhooks SET state = $1, error = $2, processed_at_ms = $3, attempts = attempts + 1, \
+                     body = $5, body_removed_at_ms = $3 WHERE id = $4",
                 );
                 sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(state)
                     .bind(note)
                     .bind(now_ms)
                     .bind(id)
+                    .bind(Vec::<u8>::new())
                     .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;

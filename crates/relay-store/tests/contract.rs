@@ -10,7 +10,7 @@ use relay_store::{
     EventState, InsertOutcome, NewEvent, Resolution, Store, StoreError, Tenant,
     capture::{
         CaptureOptions, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook,
-        WebhookInsert,
+        ReprocessFilter, Requeued, WebhookFinish, WebhookInsert,
     },
 };
 
@@ -99,6 +99,8 @@ contract!(
     the_audit_trail_lists_newest_first,
     // Capture (issue #4).
     webhooks_are_stored_once_per_body_and_processed_or_kept_failed,
+    a_webhook_retried_waits_until_due_and_a_failed_one_is_requeued_while_it_has_its_body,
+    raw_bodies_are_removed_once_processed_and_forwarded_and_the_record_stays,
     forwards_are_claimed_once_retried_and_resolved,
     sightings_create_one_contact_per_customer_and_touches_never_overwrite,
     contacts_are_found_by_every_identity_and_linked_to_a_customer_id,
@@ -1277,22 +1279,227 @@ async fn webhooks_are_stored_once_per_body_and_processed_or_kept_failed(store: A
     else {
         panic!("another body is stored");
     };
-    let pending = store.pending_webhooks(10).await.unwrap();
+    let pending = store.pending_webhooks(i64::MAX, 10).await.unwrap();
     assert_eq!(
         pending.iter().map(|p| p.id).collect::<Vec<_>>(),
         [first, second]
     );
     assert_eq!(pending[0].body, raw.body);
-    store.finish_webhook(first, None, 3_000).await.unwrap();
     store
-        .finish_webhook(second, Some("the body is not JSON"), 3_000)
+        .finish_webhook(first, Some("whatsapp"), WebhookFinish::Processed, 3_000)
         .await
         .unwrap();
-    assert!(store.pending_webhooks(10).await.unwrap().is_empty());
+    store
+        .finish_webhook(
+            second,
+            None,
+            WebhookFinish::Failed {
+                error: "the body is not JSON",
+            },
+            3_000,
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .pending_webhooks(i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let failed = store.list_webhooks(Some("failed"), 10).await.unwrap();
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].error.as_deref(), Some("the body is not JSON"));
     assert_eq!(store.list_webhooks(None, 10).await.unwrap().len(), 2);
+}
+
+async fn a_webhook_retried_waits_until_due_and_a_failed_one_is_requeued_while_it_has_its_body(
+    store: Arc<dyn Store>,
+) {
+    let mut ids = Vec::new();
+    for (body, at) in [
+        ("{\"r\":1}", 1_000),
+        ("{\"r\":2}", 2_000),
+        ("{\"r\":3}", 3_000),
+    ] {
+        let WebhookInsert::Inserted(id) = store
+            .insert_webhook(&webhook(body, at, false))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        ids.push(id);
+    }
+    let retry = WebhookFinish::Retry {
+        next_at_ms: 10_000,
+        error: "try 1 met a store error",
+    };
+    store
+        .finish_webhook(ids[0], None, retry, 4_000)
+        .await
+        .unwrap();
+    let due = |now| {
+        let store = store.clone();
+        async move {
+            let pending = store.pending_webhooks(now, 10).await.unwrap();
+            pending
+                .iter()
+                .map(|p| (p.id, p.attempts))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        due(9_999).await,
+        [(ids[1], 0), (ids[2], 0)],
+        "waits until due"
+    );
+    assert_eq!(due(10_000).await, [(ids[0], 1), (ids[1], 0), (ids[2], 0)]);
+    let shown = store.list_webhooks(Some("pending"), 10).await.unwrap();
+    let first = shown.iter().find(|w| w.id == ids[0]).unwrap();
+    assert_eq!(
+        (first.attempts, first.next_attempt_at_ms),
+        (1, Some(10_000))
+    );
+    assert_eq!(first.error.as_deref(), Some("try 1 met a store error"));
+
+    for id in &ids {
+        let failed = WebhookFinish::Failed { error: "gave up" };
+        store
+            .finish_webhook(*id, Some("whatsapp"), failed, 11_000)
+            .await
+            .unwrap();
+    }
+    // Only the ones named, and only failed ones.
+    let only_second = ReprocessFilter {
+        ids: vec![ids[1], 999_999],
+        since_ms: None,
+    };
+    assert_eq!(
+        store.requeue_failed_webhooks(&only_second).await.unwrap(),
+        Requeued {
+            requeued: 1,
+            without_body: 0
+        }
+    );
+    assert_eq!(due(i64::MAX).await, [(ids[1], 0)]);
+    let requeued = &store.list_webhooks(Some("pending"), 10).await.unwrap()[0];
+    assert_eq!(
+        (requeued.error.as_deref(), requeued.processed_at_ms),
+        (None, None)
+    );
+    assert_eq!(requeued.channel.as_deref(), Some("whatsapp"));
+    // A failed body past its retention cannot be processed again: counted, not requeued.
+    assert_eq!(
+        store
+            .remove_webhook_bodies(0, 11_000, 12_000)
+            .await
+            .unwrap(),
+        2
+    );
+    let since = ReprocessFilter {
+        ids: Vec::new(),
+        since_ms: Some(1_500),
+    };
+    assert_eq!(
+        store.requeue_failed_webhooks(&since).await.unwrap(),
+        Requeued {
+            requeued: 0,
+            without_body: 1
+        }
+    );
+    assert_eq!(
+        store
+            .requeue_failed_webhooks(&ReprocessFilter::default())
+            .await
+            .unwrap(),
+        Requeued {
+            requeued: 0,
+            without_body: 2
+        }
+    );
+}
+
+async fn raw_bodies_are_removed_once_processed_and_forwarded_and_the_record_stays(
+    store: Arc<dyn Store>,
+) {
+    let insert = |body: &'static str, forward: bool| {
+        let store = store.clone();
+        async move {
+            match store
+                .insert_webhook(&webhook(body, 1_000, forward))
+                .await
+                .unwrap()
+            {
+                WebhookInsert::Inserted(id) => id,
+                WebhookInsert::Duplicate => panic!("{body} is new"),
+            }
+        }
+    };
+    let processed = insert("{\"wa_id\":\"5511987654321\"}", false);
+    let processed = processed.await;
+    let forwarded = insert("{\"fwd\":1}", true).await;
+    let failed = insert("{\"failed\":1}", false).await;
+    let pending = insert("{\"pending\":1}", false).await;
+    for (id, finish) in [
+        (processed, WebhookFinish::Processed),
+        (forwarded, WebhookFinish::Processed),
+        (failed, WebhookFinish::Failed { error: "not JSON" }),
+    ] {
+        store
+            .finish_webhook(id, Some("whatsapp"), finish, 2_000)
+            .await
+            .unwrap();
+    }
+    // Processed ones finished by 1_999 only: nothing yet (a debug retention still holds them).
+    assert_eq!(
+        store.remove_webhook_bodies(1_999, 0, 5_000).await.unwrap(),
+        0
+    );
+    // Processed and not waiting to be forwarded: removed. The failed one is kept for its
+    // own retention, the pending and the unforwarded ones until they are done.
+    assert_eq!(
+        store.remove_webhook_bodies(2_000, 0, 5_000).await.unwrap(),
+        1
+    );
+    let by_id = |list: &[relay_store::capture::WebhookRecord], id| {
+        list.iter().find(|w| w.id == id).cloned().unwrap()
+    };
+    let list = store.list_webhooks(None, 10).await.unwrap();
+    let gone = by_id(&list, processed);
+    assert_eq!((gone.body, gone.body_removed_at_ms), (None, Some(5_000)));
+    assert_eq!(
+        (gone.state.as_str(), gone.channel.as_deref()),
+        ("processed", Some("whatsapp"))
+    );
+    for id in [forwarded, failed, pending] {
+        assert!(by_id(&list, id).body.is_some(), "{id} keeps its body");
+    }
+    // The sha256 stays: a redelivery of the removed body is still a duplicate.
+    assert_eq!(
+        store
+            .insert_webhook(&webhook("{\"wa_id\":\"5511987654321\"}", 9_000, false))
+            .await
+            .unwrap(),
+        WebhookInsert::Duplicate
+    );
+    let jobs = store.claim_forwards("o", 2_000, 60_000, 10).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    store
+        .resolve_forward(forwarded, "o", &ForwardResolution::Done)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .remove_webhook_bodies(2_000, 2_000, 6_000)
+            .await
+            .unwrap(),
+        2
+    );
+    let list = store.list_webhooks(None, 10).await.unwrap();
+    assert!(by_id(&list, forwarded).body.is_none());
+    assert!(by_id(&list, failed).body.is_none());
+    assert!(by_id(&list, pending).body.is_some());
 }
 
 async fn forwards_are_claimed_once_retried_and_resolved(store: Arc<dyn Store>) {
@@ -1620,7 +1827,10 @@ async fn capture_retention_purges_old_touches_contacts_and_webhooks(store: Arc<d
     else {
         panic!()
     };
-    store.finish_webhook(done, None, 1_000).await.unwrap();
+    store
+        .finish_webhook(done, None, WebhookFinish::Processed, 1_000)
+        .await
+        .unwrap();
     store
         .insert_webhook(&webhook("{\"pending\":1}", 1_000, false))
         .await

@@ -2,7 +2,14 @@
 //!
 //! - Webhook deliveries are verified ([`verify_signature`]) and stored raw before Meta gets its
 //!   200; [`Capture::process_pending`] parses them afterwards (also after a crash: whatever is
-//!   still `pending` is processed at the next start).
+//!   still `pending` is processed at the next start). Each message stands alone: one that
+//!   cannot be kept is recorded on the delivery and the others are captured; a store error
+//!   leaves the delivery pending for another try ([`next_try_at_ms`]) until the tries run out.
+//! - Raw bodies (customers' numbers, names, messages) are removed once processed and
+//!   forwarded ([`Capture::remove_raw_bodies`]); what attribution needs is in contacts and
+//!   touches.
+//! - Automatic events go to ingestion through [`EventSink`], so this module never imports
+//!   ingestion (which calls in here to resolve conversions by contact).
 //! - [`Capture::resolve`] turns a conversion by contact into a normal event (pure rewrite in
 //!   `relay_core::contact`, store lookups here).
 //! - The forwarder relays verified webhooks upstream; the purge enforces retention.
@@ -10,7 +17,7 @@
 //! Processing is idempotent (touches are unique per message id, automatic events have derived
 //! event ids), so two relays on one PostgreSQL database may process the same delivery safely.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use hmac::{Hmac, Mac};
 use relay_core::{
@@ -23,7 +30,7 @@ use relay_store::{
     Store, StoreError,
     capture::{
         Contact, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook, PendingWebhook,
-        Touch, WebhookInsert,
+        ReprocessFilter, Requeued, Touch, WebhookFinish, WebhookInsert,
     },
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -34,12 +41,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    clock::now_ms,
+    clock::{self, SharedClock, now_ms},
     config::Config,
     delivery::retry,
-    ingest::{EventResult, Ingestor},
     observability,
-    tenancy::keys::Scope,
 };
 
 /// Stored webhooks parsed per round.
@@ -52,6 +57,28 @@ const FORWARD_POLL: Duration = Duration::from_millis(200);
 const FORWARD_BATCH: i64 = 50;
 /// How long a claimed forward is held before another worker may retry it.
 const FORWARD_LEASE: Duration = Duration::from_secs(60);
+/// How often raw bodies past their retention are looked for when nothing is processed.
+const BODY_SWEEP: Duration = Duration::from_secs(60);
+
+/// Where capture hands the conversions Meta detected (`automatic_events`): ingestion, seen
+/// from here. Ingestion resolves conversions by contact through [`Capture`], so capture knows
+/// it only by this trait and the modules depend one way.
+pub trait EventSink: Send + Sync {
+    /// Ingests `event` (a server event in the wire shape) for `tenant`. `Ok(Err(reason))` when
+    /// it is refused; a duplicate is `Ok(Ok(()))`.
+    fn submit(
+        &self,
+        tenant: &str,
+        event: Value,
+    ) -> impl Future<Output = Result<Result<(), String>, StoreError>> + Send;
+}
+
+/// When a delivery whose processing met a store error is tried next, after `tries` tries (the
+/// failed one included): `now_ms` plus the `schedule` entry for that try, jittered ±20% by
+/// `draw` (uniform in `[0, 1)`); `None` when the schedule is used up and the delivery fails.
+pub fn next_try_at_ms(tries: u32, schedule: &[Duration], draw: f64, now_ms: i64) -> Option<i64> {
+    retry::next_delay(tries, schedule, 0.2, draw, None).map(|wait| now_ms + wait.as_millis() as i64)
+}
 
 /// True when `header` (`sha256=<hex>`) is the HMAC-SHA256 of `body` under one of `secrets`.
 /// The comparison is constant-time (`verify_slice`); the body is never parsed first.
@@ -86,7 +113,14 @@ pub struct Capture {
     forward_url: Option<String>,
     pii: PiiContext,
     max_touch_age: Duration,
-    /// Wakes the processor after a delivery is stored.
+    /// Waits between processing tries after store errors (`webhooks.retry_schedule`).
+    retry_schedule: Vec<Duration>,
+    /// How long a processed (and forwarded) raw body is kept: 0 by default.
+    raw_body_retention: Duration,
+    /// How long a failed delivery's raw body is kept, for `capture reprocess`.
+    failed_body_retention: Duration,
+    clock: SharedClock,
+    /// Wakes the processor after a delivery is stored or re-queued.
     pub wake: Notify,
 }
 
@@ -141,8 +175,18 @@ impl Capture {
                 current_year: 2100,
             },
             max_touch_age: config.attribution.max_touch_age,
+            retry_schedule: config.webhooks.retry_schedule.clone(),
+            raw_body_retention: config.webhooks.raw_body_retention,
+            failed_body_retention: config.webhooks.failed_body_retention,
+            clock: clock::system(),
             wake: Notify::new(),
         }
+    }
+
+    /// The same service reading the time from `clock` (tests).
+    pub fn with_clock(mut self, clock: SharedClock) -> Capture {
+        self.clock = clock;
+        self
     }
 
     /// The handshake: `hub.challenge` back when the mode and the verify token are right.
@@ -182,7 +226,7 @@ impl Capture {
                 body_sha256: hex::encode(Sha256::digest(body)),
                 signature: signature.unwrap_or_default().to_owned(),
                 waba_hint,
-                received_at_ms: now_ms(),
+                received_at_ms: self.clock.now_ms(),
                 forward: self.forward_url.is_some(),
             })
             .await?;
@@ -199,44 +243,73 @@ impl Capture {
         }))
     }
 
-    /// Parses stored deliveries into contacts and touches, and reports automatic events.
-    /// Returns how many deliveries were handled.
-    pub async fn process_pending(&self, ingestor: &Ingestor) -> Result<usize, StoreError> {
-        let pending = self.store.pending_webhooks(PROCESS_BATCH).await?;
+    /// Parses due deliveries into contacts and touches, and reports automatic events.
+    /// Returns how many deliveries were handled. `Err` only when the outcome of one could not
+    /// be recorded (the database is down): it stays pending and is tried again.
+    pub async fn process_pending(&self, sink: &impl EventSink) -> Result<usize, StoreError> {
+        let pending = self
+            .store
+            .pending_webhooks(self.clock.now_ms(), PROCESS_BATCH)
+            .await?;
         let count = pending.len();
         for webhook in pending {
-            let id = webhook.id;
-            match self.process(webhook, ingestor).await {
-                Ok(()) => {}
-                // Busy database: stop here, the delivery stays pending and is retried.
-                Err(e @ StoreError::Unavailable(_)) => return Err(e),
-                // Anything else would fail again: keep the delivery with the reason rather
-                // than block every delivery behind it.
-                Err(e) => {
-                    tracing::error!(webhook = id, error = %e, "webhook processing failed; kept as failed");
-                    observability::webhook_processed("failed");
-                    self.store
-                        .finish_webhook(id, Some(&format!("processing failed: {e}")), now_ms())
-                        .await?;
-                }
-            }
+            self.process(webhook, sink).await?;
+        }
+        if count > 0 {
+            self.remove_raw_bodies().await?;
         }
         Ok(count)
     }
 
-    async fn process(&self, w: PendingWebhook, ingestor: &Ingestor) -> Result<(), StoreError> {
+    /// Sets failed deliveries back to pending and wakes the processor (`capture reprocess`).
+    pub async fn reprocess(&self, filter: &ReprocessFilter) -> Result<Requeued, StoreError> {
+        let requeued = self.store.requeue_failed_webhooks(filter).await?;
+        if requeued.requeued > 0 {
+            self.wake.notify_one();
+        }
+        Ok(requeued)
+    }
+
+    /// Removes the raw bodies past their retention (processed: `webhooks.raw_body_retention`;
+    /// failed: `webhooks.failed_body_retention`) that are not waiting to be forwarded.
+    pub async fn remove_raw_bodies(&self) -> Result<u64, StoreError> {
+        remove_raw_bodies(
+            self.store.as_ref(),
+            self.raw_body_retention,
+            self.failed_body_retention,
+            self.clock.now_ms(),
+        )
+        .await
+    }
+
+    async fn process(&self, w: PendingWebhook, sink: &impl EventSink) -> Result<(), StoreError> {
         let parsed = match webhook::parse(&w.body, w.waba_hint.as_deref()) {
             Ok(parsed) => parsed,
             Err(e) => {
                 // Signed by Meta but not understood: kept with the reason, never retried.
                 tracing::warn!(webhook = w.id, error = %e, "webhook kept unprocessed");
                 observability::webhook_processed("failed");
+                let error = e.to_string();
                 return self
                     .store
-                    .finish_webhook(w.id, Some(&e.to_string()), now_ms())
+                    .finish_webhook(
+                        w.id,
+                        None,
+                        WebhookFinish::Failed { error: &error },
+                        self.clock.now_ms(),
+                    )
                     .await;
             }
         };
+        let mut out = ItemOutcomes {
+            webhook: w.id,
+            problems: parsed.skipped.iter().map(ToString::to_string).collect(),
+            store_error: None,
+            unavailable: false,
+        };
+        for skipped in &parsed.skipped {
+            tracing::warn!(webhook = w.id, item = %skipped.at, reason = %skipped.reason, "webhook item skipped");
+        }
         // Re-keys first: a message under the new id in the same delivery then finds the contact.
         for update in &parsed.user_id_updates {
             let at_ms = if update.timestamp_ms > 0 {
@@ -253,75 +326,123 @@ impl Capture {
                     &update.current,
                     at_ms,
                 )
-                .await?;
-            if !rekeyed {
-                tracing::info!(waba = %update.waba_id, "user_id_update for a customer not captured");
+                .await;
+            match rekeyed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(waba = %update.waba_id, "user_id_update for a customer not captured")
+                }
+                Err(e) => out.store_failed(format!("user_id_update of WABA {}", update.waba_id), e),
+            }
+            if out.unavailable {
+                break;
             }
         }
         for inbound in &parsed.inbound {
+            if out.unavailable {
+                break;
+            }
             let sighting = sighting(inbound, &self.pii, w.received_at_ms);
-            if self.store.record_sighting(&sighting).await?.touch_inserted {
-                observability::touches_captured(inbound.channel.as_str(), 1);
+            match self.store.record_sighting(&sighting).await {
+                Ok(outcome) if outcome.touch_inserted => {
+                    observability::touches_captured(inbound.channel.as_str(), 1);
+                }
+                Ok(_) => {}
+                Err(e) => out.store_failed(format!("message {}", inbound.message_id), e),
             }
         }
-        // Automatic events the relay could not report: kept on the webhook record, where
-        // `GET /v1/webhooks?state=failed` and `capture webhooks` show them.
-        let mut not_reported: Vec<String> = Vec::new();
+        // Automatic events the relay could not report are kept on the webhook record too.
         for auto in &parsed.automatic_events {
-            if !self
-                .store
-                .capture_options(&auto.waba_id)
-                .await?
-                .automatic_events
-            {
-                continue;
+            if out.unavailable {
+                break;
             }
             let event_id = webhook::automatic_event_id(auto);
-            let Some(event) = webhook::automatic_event_json(auto) else {
-                tracing::info!(waba = %auto.waba_id, "automatic event without a click id not reported");
-                continue;
-            };
-            let Some(asset) = self.store.get_asset(&auto.waba_id).await? else {
-                tracing::warn!(waba = %auto.waba_id, "automatic event for an unregistered asset");
-                not_reported.push(format!(
-                    "automatic event {event_id} not reported: asset {} is not registered",
-                    auto.waba_id
-                ));
-                continue;
-            };
-            // Reported on behalf of the asset's own tenant.
-            let scope = Scope {
-                tenant: asset.tenant,
-                assets: None,
-                key_id: "automatic_events".into(),
-            };
-            let report = ingestor.ingest(&[event], &scope, None).await?;
-            for result in &report.results {
-                if let EventResult::Rejected { errors, .. } = result {
-                    let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    tracing::warn!(waba = %auto.waba_id, event_id = %event_id, errors = %why.join("; "), "automatic event refused");
-                    not_reported.push(format!(
-                        "automatic event {event_id} refused: {}",
-                        why.join("; ")
-                    ));
-                }
+            match self.report_automatic(auto, &event_id, sink).await {
+                Ok(None) => {}
+                Ok(Some(problem)) => out.problems.push(problem),
+                Err(e) => out.store_failed(format!("automatic event {event_id}"), e),
             }
         }
-        let error = (!not_reported.is_empty()).then(|| {
-            format!(
-                "processed, but not every automatic event was reported: {}",
-                not_reported.join(" | ")
-            )
-        });
+        let channel = parsed.channel.map(Channel::as_str);
+        let now = self.clock.now_ms();
+        let tries = w.attempts.max(0) as u32 + 1;
+        let ItemOutcomes {
+            mut problems,
+            store_error,
+            ..
+        } = out;
+        let retry_error;
+        let error;
+        let finish = match store_error {
+            Some(e) => match next_try_at_ms(tries, &self.retry_schedule, rand::random(), now) {
+                Some(next_at_ms) => {
+                    retry_error = format!("try {tries} met a store error, retried later: {e}");
+                    WebhookFinish::Retry {
+                        next_at_ms,
+                        error: &retry_error,
+                    }
+                }
+                None => {
+                    problems.push(format!("gave up after {tries} tries: {e}"));
+                    error = problems.join(" | ");
+                    WebhookFinish::Failed { error: &error }
+                }
+            },
+            None if problems.is_empty() => WebhookFinish::Processed,
+            None => {
+                error = format!(
+                    "processed, but not everything was captured: {}",
+                    problems.join(" | ")
+                );
+                WebhookFinish::Failed { error: &error }
+            }
+        };
         self.store
-            .finish_webhook(w.id, error.as_deref(), now_ms())
+            .finish_webhook(w.id, channel, finish, now)
             .await?;
-        observability::webhook_processed(if error.is_some() {
-            "failed"
-        } else {
-            "processed"
+        observability::webhook_processed(match finish {
+            WebhookFinish::Processed => "processed",
+            WebhookFinish::Failed { .. } => "failed",
+            WebhookFinish::Retry { .. } => "retry",
         });
         Ok(())
+    }
+
+    /// Reports one automatic event through `sink`: `Ok(Some(why))` when it was not reported for
+    /// a reason worth showing, `Ok(None)` when reported or not wanted.
+    async fn report_automatic(
+        &self,
+        auto: &webhook::AutomaticEvent,
+        event_id: &str,
+        sink: &impl EventSink,
+    ) -> Result<Option<String>, StoreError> {
+        if !self
+            .store
+            .capture_options(&auto.waba_id)
+            .await?
+            .automatic_events
+        {
+            return Ok(None);
+        }
+        let Some(event) = webhook::automatic_event_json(auto) else {
+            tracing::info!(waba = %auto.waba_id, "automatic event without a click id not reported");
+            return Ok(None);
+        };
+        let Some(asset) = self.store.get_asset(&auto.waba_id).await? else {
+            tracing::warn!(waba = %auto.waba_id, "automatic event for an unregistered asset");
+            return Ok(Some(format!(
+                "automatic event {event_id} not reported: asset {} is not registered",
+                auto.waba_id
+            )));
+        };
+        // Reported on behalf of the asset's own tenant.
+        Ok(match sink.submit(&asset.tenant, event).await? {
+            Ok(()) => None,
+            Err(why) => {
+                tracing::warn!(waba = %auto.waba_id, event_id = %event_id, errors = %why, "automatic event refused");
+                Some(format!("automatic event {event_id} refused: {why}"))
+            }
+        })
     }
 
     /// What a submitted event asks to look up: `Ok(None)` when it names no contact.
@@ -461,6 +582,51 @@ fn store_key(customer: &CustomerRef) -> ContactKey {
     }
 }
 
+/// What became of a delivery's items while it is processed.
+struct ItemOutcomes {
+    webhook: i64,
+    /// What was not captured, each with its reason; shown on the webhook record.
+    problems: Vec<String>,
+    /// The first store error that may pass: the delivery is tried again (processing is
+    /// idempotent).
+    store_error: Option<String>,
+    /// The database is unreachable: the rest of the delivery waits for the next try.
+    unavailable: bool,
+}
+
+impl ItemOutcomes {
+    fn store_failed(&mut self, what: String, e: StoreError) {
+        tracing::warn!(webhook = self.webhook, item = %what, error = %e, "webhook item not captured");
+        match e {
+            // Would repeat as it is: recorded, not retried.
+            StoreError::NotFound(_) | StoreError::Conflict(_) => {
+                self.problems.push(format!("{what}: {e}"));
+            }
+            _ => {
+                self.unavailable |= matches!(e, StoreError::Unavailable(_));
+                self.store_error.get_or_insert(format!("{what}: {e}"));
+            }
+        }
+    }
+}
+
+/// Removes raw bodies past their retention at `now_ms` (see [`Capture::remove_raw_bodies`]).
+async fn remove_raw_bodies(
+    store: &dyn Store,
+    raw_body_retention: Duration,
+    failed_body_retention: Duration,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    let before = |d: Duration| now_ms.saturating_sub(d.as_millis() as i64);
+    store
+        .remove_webhook_bodies(
+            before(raw_body_retention),
+            before(failed_body_retention),
+            now_ms,
+        )
+        .await
+}
+
 /// The store row for one inbound message. The phone is hashed here and nowhere kept in clear.
 fn sighting(inbound: &Inbound, pii: &PiiContext, received_at_ms: i64) -> NewSighting {
     let phone_hash = inbound
@@ -519,15 +685,23 @@ fn sighting(inbound: &Inbound, pii: &PiiContext, received_at_ms: i64) -> NewSigh
     }
 }
 
-/// Parses stored deliveries as they arrive, and at start whatever a crash left pending.
-pub async fn process_loop(
+/// Parses stored deliveries as they arrive (and as retries fall due), and at start whatever a
+/// crash left pending; removes raw bodies past their retention.
+pub async fn process_loop<S: EventSink>(
     capture: Arc<Capture>,
-    ingestor: Arc<Ingestor>,
+    sink: Arc<S>,
     wake_delivery: Arc<Notify>,
     cancel: CancellationToken,
 ) {
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
-        match capture.process_pending(&ingestor).await {
+        if last_sweep.elapsed() >= BODY_SWEEP {
+            last_sweep = tokio::time::Instant::now();
+            if let Err(e) = capture.remove_raw_bodies().await {
+                tracing::warn!(error = %e, "cannot remove raw webhook bodies");
+            }
+        }
+        match capture.process_pending(sink.as_ref()).await {
             Ok(0) => {}
             Ok(n) => {
                 wake_delivery.notify_waiters();
@@ -629,6 +803,17 @@ pub async fn forward_loop(
             }
         }
         if !jobs.is_empty() {
+            // Forwarded: processed bodies are no longer needed.
+            let w = &config.webhooks;
+            let removed = remove_raw_bodies(
+                store.as_ref(),
+                w.raw_body_retention,
+                w.failed_body_retention,
+                now_ms(),
+            );
+            if let Err(e) = removed.await {
+                tracing::warn!(error = %e, "cannot remove raw webhook bodies");
+            }
             continue;
         }
         tokio::select! {
@@ -730,6 +915,19 @@ mod tests {
             );
         }
         assert!(!verify_signature(&[], Some(&good), body));
+    }
+
+    #[test]
+    fn a_processing_retry_waits_its_schedule_entry_and_gives_up_after_the_last() {
+        let schedule = [1, 10, 60].map(Duration::from_secs);
+        let now = 1_000_000;
+        // The middle draw is no jitter; the extremes are ±20%.
+        assert_eq!(next_try_at_ms(1, &schedule, 0.5, now), Some(now + 1_000));
+        assert_eq!(next_try_at_ms(2, &schedule, 0.5, now), Some(now + 10_000));
+        assert_eq!(next_try_at_ms(3, &schedule, 0.0, now), Some(now + 48_000));
+        assert_eq!(next_try_at_ms(3, &schedule, 1.0, now), Some(now + 72_000));
+        assert_eq!(next_try_at_ms(4, &schedule, 0.5, now), None);
+        assert_eq!(next_try_at_ms(1, &[], 0.5, now), None);
     }
 
     proptest! {

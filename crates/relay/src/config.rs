@@ -127,6 +127,18 @@ pub struct WebhooksConfig {
     /// Timeout of one forward request.
     #[serde(with = "humantime_serde")]
     pub forward_timeout: Duration,
+    /// Waits before each new try of a delivery whose processing met a database error; the
+    /// number of entries is the number of retries, then the delivery is `failed` with the reason.
+    #[serde(with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    /// How long a raw body (customers' numbers, names, messages) is kept once processed and
+    /// forwarded, for debugging. 0: removed at once.
+    #[serde(with = "humantime_serde")]
+    pub raw_body_retention: Duration,
+    /// How long a failed delivery's raw body is kept, so that `capture reprocess` can
+    /// process it again.
+    #[serde(with = "humantime_serde")]
+    pub failed_body_retention: Duration,
 }
 
 /// One Meta app: its secret signs the webhooks, its verify token answers the handshake.
@@ -256,6 +268,9 @@ impl Default for WebhooksConfig {
             max_body_bytes: 4 * 1024 * 1024,
             forward_url: None,
             forward_timeout: Duration::from_secs(10),
+            retry_schedule: [1, 10, 60, 600, 3600].map(Duration::from_secs).to_vec(),
+            raw_body_retention: Duration::ZERO,
+            failed_body_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }

@@ -1,9 +1,11 @@
-//! `capi-relay capture …`: per-asset capture switches, and the contacts and webhooks captured.
+//! `capi-relay capture …`: per-asset capture switches, the contacts and webhooks captured, and
+//! failed deliveries queued again.
 
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::{Args, Subcommand};
 use relay_core::Channel;
+use relay_store::capture::ReprocessFilter;
 
 use super::DbArgs;
 use crate::{capture::Capture, clock::now_ms, config::Config};
@@ -16,6 +18,24 @@ pub enum CaptureCommand {
     Show(ShowArgs),
     /// List stored webhook deliveries, newest first.
     Webhooks(WebhooksArgs),
+    /// Queue failed webhook deliveries again; a running relay processes them at once. Needs
+    /// --id, --since or --all.
+    Reprocess(ReprocessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReprocessArgs {
+    /// Only this delivery (repeatable; ids as `capture webhooks` lists them).
+    #[arg(long = "id")]
+    pub ids: Vec<i64>,
+    /// Only deliveries received within this long before now (e.g. `2h`, `3days`).
+    #[arg(long, value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub since: Option<Duration>,
+    /// Every failed delivery.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +122,30 @@ pub async fn run(command: CaptureCommand) -> anyhow::Result<ExitCode> {
                 )?
             );
         }
+        CaptureCommand::Reprocess(args) => {
+            anyhow::ensure!(
+                !args.ids.is_empty() || args.since.is_some() || args.all,
+                "name --id or --since, or pass --all to reprocess every failed delivery"
+            );
+            let store = args.db.open().await?;
+            let filter = ReprocessFilter {
+                ids: args.ids,
+                since_ms: args
+                    .since
+                    .map(|d| now_ms().saturating_sub(d.as_millis() as i64)),
+            };
+            let done = store.requeue_failed_webhooks(&filter).await?;
+            println!(
+                "{} failed deliveries queued again; a running relay processes them",
+                done.requeued
+            );
+            if done.without_body > 0 {
+                println!(
+                    "{} more cannot be: their raw body was removed after webhooks.failed_body_retention",
+                    done.without_body
+                );
+            }
+        }
         CaptureCommand::Webhooks(args) => {
             let store = args.db.open().await?;
             for w in store
@@ -109,10 +153,11 @@ pub async fn run(command: CaptureCommand) -> anyhow::Result<ExitCode> {
                 .await?
             {
                 println!(
-                    "{:<8} {:<14} {:<10} forward={:<8} {}",
+                    "{:<8} {:<14} {:<10} tries={:<2} forward={:<8} {}",
                     w.id,
                     w.received_at_ms,
                     w.state,
+                    w.attempts,
                     w.forward_state.unwrap_or_else(|| "-".into()),
                     w.error.unwrap_or_default()
                 );

@@ -852,7 +852,11 @@ pub async fn sources(store: &dyn Store, who: &Who) -> Result<Sources, StoreError
     let webhooks = if who.tenant.is_none() {
         let mut by_channel: BTreeMap<String, WebhookHealth> = BTreeMap::new();
         for w in store.list_webhooks(None, WEBHOOKS_SAMPLED).await? {
-            let channel = webhook_channel(&w.body);
+            // Kept on the record once processed; the body (removed then) says it before.
+            let channel = w
+                .channel
+                .clone()
+                .unwrap_or_else(|| webhook_channel(w.body.as_deref().unwrap_or_default()));
             let h = by_channel
                 .entry(channel.clone())
                 .or_insert_with(|| WebhookHealth {

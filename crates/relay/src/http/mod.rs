@@ -88,6 +88,7 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         )
         .route("/v1/admin/keys/{id}", delete(admin::revoke_key))
         .route("/v1/admin/audit", get(admin::audit))
+        .route("/v1/admin/webhooks/reprocess", post(webhooks::reprocess))
         .route(
             "/v1/crm/stage-changes",
             post(crm::stage_changes).get(crm::list_stage_changes),

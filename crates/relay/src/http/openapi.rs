@@ -112,6 +112,7 @@ impl Modify for Security {
         super::crm::kommo_webhook,
         super::webhooks::verify,
         super::webhooks::receive,
+        super::webhooks::reprocess,
         super::ops::healthz,
         super::ops::readyz,
         super::ops::metrics,

@@ -78,3 +78,40 @@ pub async fn receive(
         )),
     }
 }
+
+/// Which failed deliveries to process again: `ids`, `since_ms` (received at or after), or
+/// `all: true`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReprocessRequest {
+    ids: Option<Vec<i64>>,
+    since_ms: Option<i64>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /v1/admin/webhooks/reprocess`: failed deliveries back to pending (`capture reprocess`).
+#[utoipa::path(post, path = "/v1/admin/webhooks/reprocess", tag = "webhooks", security(("admin_key" = [])), request_body(content = ReprocessRequest, example = json!({"ids": [42]})), responses((status = 200, description = "{requeued, without_body}: how many were queued again, and how many matched but no longer have their raw body", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value / no_selector", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+pub async fn reprocess(
+    State(state): State<AppState>,
+    _admin: super::auth::AdminKey,
+    super::body::JsonBody(request): super::body::JsonBody<ReprocessRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let ids = request.ids.unwrap_or_default();
+    if ids.is_empty() && request.since_ms.is_none() && !request.all {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no_selector",
+            "name ids or since_ms, or pass \"all\": true to reprocess every failed delivery",
+        ));
+    }
+    let filter = relay_store::capture::ReprocessFilter {
+        ids,
+        since_ms: request.since_ms,
+    };
+    let done = state.capture.reprocess(&filter).await?;
+    Ok(axum::Json(serde_json::json!({
+        "requeued": done.requeued,
+        "without_body": done.without_body,
+    })))
+}

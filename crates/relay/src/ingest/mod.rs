@@ -71,6 +71,38 @@ pub struct IngestReport {
     pub results: Vec<EventResult>,
 }
 
+/// Capture hands Meta-detected conversions (`automatic_events`) over here, ingested on behalf
+/// of the asset's tenant like any other event.
+impl crate::capture::EventSink for Ingestor {
+    async fn submit(&self, tenant: &str, event: Value) -> Result<Result<(), String>, StoreError> {
+        let scope = Scope {
+            tenant: tenant.to_owned(),
+            assets: None,
+            key_id: "automatic_events".into(),
+        };
+        let report = self.ingest(&[event], &scope, None).await?;
+        let refused: Vec<String> = report
+            .results
+            .iter()
+            .filter_map(|r| match r {
+                EventResult::Rejected { errors, .. } => Some(
+                    errors
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                ),
+                _ => None,
+            })
+            .collect();
+        Ok(if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(refused.join("; "))
+        })
+    }
+}
+
 /// An event that passed validation and routing, waiting for the insert.
 struct Routed {
     index: usize,

@@ -54,6 +54,11 @@ both_backends!(
     verified_webhooks_are_forwarded_upstream_with_their_signature_and_retried,
     a_forward_error_names_the_forward_url_without_its_credentials,
     retention_purges_old_attribution_data,
+    one_bad_message_in_a_delivery_is_recorded_and_every_other_message_is_captured,
+    a_store_error_while_processing_is_retried_until_it_passes,
+    capture_reprocess_processes_a_failed_delivery_again,
+    no_raw_phone_name_or_message_text_is_left_in_the_database_after_processing,
+    a_debug_raw_body_retention_keeps_the_body_then_removes_it,
 );
 
 /// A fixture body with `__TS__`/`__TS_MS__` set to `at` (Unix seconds).
@@ -142,7 +147,13 @@ impl TestApp {
 
     async fn wait_processed(&self) {
         let started = std::time::Instant::now();
-        while !self.store.pending_webhooks(1).await.unwrap().is_empty() {
+        while !self
+            .store
+            .pending_webhooks(i64::MAX, 1)
+            .await
+            .unwrap()
+            .is_empty()
+        {
             assert!(started.elapsed() < WAIT, "webhooks still pending");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1215,7 +1226,13 @@ async fn no_log_line_holds_a_phone_number_or_a_webhook_secret() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let started = std::time::Instant::now();
-    while !env.store.pending_webhooks(1).await.unwrap().is_empty() {
+    while !env
+        .store
+        .pending_webhooks(i64::MAX, 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(started.elapsed() < WAIT, "never processed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1329,4 +1346,428 @@ async fn the_sandbox_captures_webhooks_signed_with_its_demo_secret() {
     }
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+}
+
+// ---- Issue 12 A.2 and D.9: one bad message fails only itself; raw bodies kept only as needed ----
+
+/// A Cloud API `messages` entry: `wa_id` wrote to `waba` through the ad click `clid`.
+fn message_entry(waba: &str, wa_id: &str, message_id: &str, clid: &str) -> Value {
+    json!({"id": waba, "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "contacts": [{"profile": {"name": "Cliente"}, "wa_id": wa_id}],
+        "messages": [{"from": wa_id, "id": message_id, "timestamp": (now() - 60).to_string(),
+                      "type": "text", "text": {"body": "oi"},
+                      "referral": {"source_type": "ad", "source_id": "120226305854810726",
+                                   "ctwa_clid": clid}}]}}]})
+}
+
+async fn one_bad_message_in_a_delivery_is_recorded_and_every_other_message_is_captured(
+    backend: Backend,
+) {
+    let Some(mut app) = spawn(backend, |c| c.webhooks.max_body_bytes = 4 * 1024 * 1024).await
+    else {
+        return;
+    };
+    // The last entries belong to another tenant's asset.
+    let other = app.add_wabas("beta", 1, 1).await.remove(0).0;
+    let other = other.as_str();
+    let body = json!({"object": "whatsapp_business_account", "entry": [
+        message_entry(WABA, "5511900000001", "wamid.first", "ARA-FIRST"),
+        // PostgreSQL cannot store a NUL in text.
+        message_entry(WABA, "5511900000002", "wamid.nul", "ARA-\u{0}-NUL"),
+        // Over PostgreSQL's B-tree row limit, were it indexed.
+        message_entry(other, "5511900000003", "wamid.huge", &"A".repeat(1 << 20)),
+        message_entry(other, "5511900000004", "wamid.last", "ARA-LAST"),
+    ]});
+    app.deliver("", body.to_string().as_bytes()).await;
+
+    for (waba, phone, clid) in [
+        (WABA, "5511900000001", Some("ARA-FIRST")),
+        (WABA, "5511900000002", None),
+        (other, "5511900000003", None),
+        (other, "5511900000004", Some("ARA-LAST")),
+    ] {
+        let key = relay_store::capture::ContactKey::PhoneHash(relay_core::pii::sha256_hex(phone));
+        let contact = app
+            .store
+            .find_contact("whatsapp", waba, &key)
+            .await
+            .unwrap();
+        match clid {
+            Some(clid) => {
+                let contact = contact.unwrap_or_else(|| panic!("{phone} of {waba} is captured"));
+                let touches = app.store.contact_touches(contact.id).await.unwrap();
+                assert_eq!(touches[0].touch.click_id.as_deref(), Some(clid));
+            }
+            None => assert!(
+                contact.is_none(),
+                "{phone}: a skipped message makes no contact"
+            ),
+        }
+    }
+    let (status, listed) = app
+        .request(Method::GET, "/v1/webhooks", ADMIN_KEY, None)
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    let record = &listed["webhooks"][0];
+    assert_eq!(record["state"], "failed", "{record}");
+    let error = record["error"].as_str().unwrap();
+    assert!(
+        error.contains("entry[1].changes[0].value.messages[0]: ctwa_clid contains a NUL character"),
+        "{error}"
+    );
+    assert!(
+        error.contains(
+            "entry[2].changes[0].value.messages[0]: ctwa_clid is 1048576 bytes, over the 512-byte limit"
+        ),
+        "{error}"
+    );
+    assert!(
+        !error.contains("AAAAAAAA"),
+        "values are never quoted: {error}"
+    );
+    app.stop().await;
+}
+
+/// Renames a table behind the relay's back: statements on it fail until it is renamed back.
+async fn rename_table(app: &TestApp, from: &str, to: &str) {
+    let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+    if app.db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&app.db.url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&app.db.url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+}
+
+impl TestApp {
+    /// The newest stored delivery, once `done` holds for it.
+    async fn webhook_when(
+        &self,
+        what: &str,
+        done: impl Fn(&relay_store::capture::WebhookRecord) -> bool,
+    ) -> relay_store::capture::WebhookRecord {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(w) = self.store.list_webhooks(None, 1).await.unwrap().pop()
+                && done(&w)
+            {
+                return w;
+            }
+            assert!(started.elapsed() < WAIT, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn touch_click_id(&self, waba: &str, phone: &str) -> Option<String> {
+        let key = relay_store::capture::ContactKey::PhoneHash(relay_core::pii::sha256_hex(phone));
+        let contact = self
+            .store
+            .find_contact("whatsapp", waba, &key)
+            .await
+            .unwrap()?;
+        let touches = self.store.contact_touches(contact.id).await.unwrap();
+        touches.first()?.touch.click_id.clone()
+    }
+}
+
+async fn a_store_error_while_processing_is_retried_until_it_passes(backend: Backend) {
+    let Some(mut app) = spawn(backend, |c| {
+        c.webhooks.retry_schedule = vec![Duration::from_millis(200); 100];
+    })
+    .await
+    else {
+        return;
+    };
+    rename_table(&app, "touches", "touches_away").await;
+    let body = fixture("whatsapp_cloud_referral.json");
+    let (status, _) = app
+        .post_webhook("", &body, Some(&sign(APP_SECRET, &body)))
+        .await;
+    assert_eq!(status, 200);
+    let waiting = app
+        .webhook_when("the delivery is retried", |w| w.attempts >= 1)
+        .await;
+    assert_eq!(waiting.state, "pending");
+    assert!(waiting.next_attempt_at_ms.is_some());
+    let error = waiting.error.unwrap();
+    assert!(
+        error.contains("met a store error, retried later"),
+        "{error}"
+    );
+    rename_table(&app, "touches_away", "touches").await;
+    let done = app
+        .webhook_when("the delivery is processed", |w| w.state != "pending")
+        .await;
+    assert_eq!(done.state, "processed", "{:?}", done.error);
+    assert_eq!(
+        app.touch_click_id(WABA, "5511987654321").await.as_deref(),
+        Some(CLICK_ID)
+    );
+    app.stop().await;
+}
+
+async fn capture_reprocess_processes_a_failed_delivery_again(backend: Backend) {
+    // No retries: the first store error fails the delivery.
+    let Some(mut app) = spawn(backend, |c| c.webhooks.retry_schedule = Vec::new()).await else {
+        return;
+    };
+    rename_table(&app, "touches", "touches_away").await;
+    app.deliver("", &fixture("whatsapp_cloud_referral.json"))
+        .await;
+    let failed = app
+        .webhook_when("the delivery fails", |w| w.state == "failed")
+        .await;
+    let error = failed.error.clone().unwrap();
+    assert!(error.contains("gave up after 1 tries"), "{error}");
+    assert!(
+        failed.body.is_some(),
+        "a failed delivery keeps its body to be reprocessed"
+    );
+    rename_table(&app, "touches_away", "touches").await;
+
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let url = app.db.url.clone();
+        async move {
+            tokio::process::Command::new(crate::helpers::binary())
+                .args(args)
+                .args(["--database-url", &url])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = run(&["capture", "reprocess"]).await;
+    assert!(!refused.status.success(), "no selector, no --all");
+    let id = failed.id.to_string();
+    let out = run(&["capture", "reprocess", "--id", &id]).await;
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        shown.contains("1 failed deliveries queued again"),
+        "{shown}"
+    );
+    let done = app
+        .webhook_when("the delivery is processed again", |w| {
+            w.state == "processed"
+        })
+        .await;
+    assert_eq!(done.id, failed.id);
+    assert_eq!(
+        app.touch_click_id(WABA, "5511987654321").await.as_deref(),
+        Some(CLICK_ID)
+    );
+
+    // The admin route does the same; nothing failed is left to requeue.
+    let (status, body) = app
+        .request(
+            Method::POST,
+            "/v1/admin/webhooks/reprocess",
+            ADMIN_KEY,
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (422, &json!("no_selector")),
+        "{body}"
+    );
+    let (status, body) = app
+        .request(
+            Method::POST,
+            "/v1/admin/webhooks/reprocess",
+            ADMIN_KEY,
+            Some(&json!({"all": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"requeued": 0, "without_body": 0}));
+    app.stop().await;
+}
+
+/// Every text and blob value of every table, lossily decoded.
+async fn every_stored_text(url: &str) -> Vec<(String, String)> {
+    use sqlx::Row;
+    let mut found = Vec::new();
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for table in tables {
+            let columns: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT name FROM pragma_table_info('{table}')"
+            )))
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+            for column in columns {
+                let sql = format!(
+                    "SELECT CAST(\"{column}\" AS BLOB) FROM \"{table}\" WHERE \"{column}\" IS NOT NULL"
+                );
+                for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap()
+                {
+                    let bytes: Vec<u8> = row.try_get(0).unwrap();
+                    found.push((
+                        format!("{table}.{column}"),
+                        String::from_utf8_lossy(&bytes).into_owned(),
+                    ));
+                }
+            }
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        let columns: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema()",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        for (table, column, data_type) in columns {
+            let value = if data_type == "bytea" {
+                format!("\"{column}\"")
+            } else {
+                format!("convert_to(\"{column}\"::text, 'UTF8')")
+            };
+            let sql = format!("SELECT {value} FROM \"{table}\" WHERE \"{column}\" IS NOT NULL");
+            for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+            {
+                let bytes: Vec<u8> = row.try_get(0).unwrap();
+                found.push((
+                    format!("{table}.{column}"),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+        pool.close().await;
+    }
+    found
+}
+
+/// What a customer's webhook says about them in clear, as sent and as decoded.
+const PERSONAL: [&str; 5] = [
+    "5511987654321",
+    "José Conceição",
+    "Jos\\u00e9",
+    "Quero saber mais",
+    "vi o an",
+];
+
+async fn no_raw_phone_name_or_message_text_is_left_in_the_database_after_processing(
+    backend: Backend,
+) {
+    let Some(mut app) = spawn(backend, |_| {}).await else {
+        return;
+    };
+    for name in ["whatsapp_cloud_referral.json", "messenger.json"] {
+        let body = fixture(name);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert!(
+            PERSONAL.iter().any(|p| text.contains(p)),
+            "{name} holds personal data to look for"
+        );
+        app.deliver("", &body).await;
+    }
+    app.webhook_when("bodies are removed", |w| w.body.is_none())
+        .await;
+    let stored = app.store.list_webhooks(None, 10).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    for w in &stored {
+        assert_eq!(w.state, "processed", "{:?}", w.error);
+        assert!(w.body.is_none() && w.body_removed_at_ms.is_some(), "{w:?}");
+    }
+    // What attribution needs is kept: the contact by hashed phone, its click id.
+    assert_eq!(
+        app.touch_click_id(WABA, "5511987654321").await.as_deref(),
+        Some(CLICK_ID)
+    );
+    let texts = every_stored_text(&app.db.url).await;
+    assert!(
+        texts.iter().any(|(c, _)| c == "touches.click_id"),
+        "the scan reads the tables"
+    );
+    for (column, value) in &texts {
+        for personal in PERSONAL {
+            assert!(
+                !value.contains(personal),
+                "{column} holds {personal:?}: {value}"
+            );
+        }
+    }
+    app.stop().await;
+}
+
+/// Capture's sink for automatic events, unused here.
+struct NoEvents;
+
+impl capi_relay::capture::EventSink for NoEvents {
+    async fn submit(
+        &self,
+        _: &str,
+        _: Value,
+    ) -> Result<Result<(), String>, relay_store::StoreError> {
+        Ok(Ok(()))
+    }
+}
+
+async fn a_debug_raw_body_retention_keeps_the_body_then_removes_it(backend: Backend) {
+    let Some(db) = crate::app::TestDb::new(backend).await else {
+        return;
+    };
+    let store = relay_store::connect(&db.url).await.unwrap();
+    store.migrate().await.unwrap();
+    let mut config = Config::default();
+    capture_config(&mut config);
+    config.webhooks.raw_body_retention = Duration::from_secs(3600);
+    let clock = Arc::new(capi_relay::clock::ManualClock::new(1_800_000_000_000));
+    let capture =
+        capi_relay::capture::Capture::new(store.clone(), &config).with_clock(clock.clone());
+    let body = fixture("whatsapp_cloud_referral.json");
+    capture
+        .receive(&body, Some(&sign(APP_SECRET, &body)), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(capture.process_pending(&NoEvents).await.unwrap(), 1);
+    let kept = || async { store.list_webhooks(None, 1).await.unwrap().remove(0) };
+    let w = kept().await;
+    assert_eq!(w.state, "processed");
+    assert_eq!(
+        w.body.as_deref().map(str::as_bytes),
+        Some(&body[..]),
+        "kept for debugging"
+    );
+
+    clock.advance_ms(3_600_000 - 1);
+    assert_eq!(capture.remove_raw_bodies().await.unwrap(), 0);
+    assert!(kept().await.body.is_some(), "still within the retention");
+    clock.advance_ms(1);
+    assert_eq!(capture.remove_raw_bodies().await.unwrap(), 1);
+    let w = kept().await;
+    assert_eq!(
+        (w.body, w.body_removed_at_ms),
+        (None, Some(1_800_003_600_000))
+    );
+    assert_eq!(w.channel.as_deref(), Some("whatsapp"));
 }

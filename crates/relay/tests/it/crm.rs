@@ -223,7 +223,13 @@ async fn capture_click(app: &TestApp, waba: &str, click_id: &str) {
         .unwrap();
     assert_eq!(response.status(), 200);
     let started = Instant::now();
-    while !app.store.pending_webhooks(1).await.unwrap().is_empty() {
+    while !app
+        .store
+        .pending_webhooks(i64::MAX, 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(
             started.elapsed() < WAIT,
             "the Meta webhook is still pending"
