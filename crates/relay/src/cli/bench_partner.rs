@@ -85,8 +85,9 @@ impl PartnerArgs {
     }
 }
 
-const BULK_KEY: &str = "crk_bench-bulk-key";
-const OTHER_KEY: &str = "crk_bench-other-key";
+// Shaped like generated keys (43 characters after the prefix): others are refused unasked.
+const BULK_KEY: &str = "crk_bench-bulk-key00000000000000000000000000000";
+const OTHER_KEY: &str = "crk_bench-other-key0000000000000000000000000000";
 
 fn waba(n: usize) -> String {
     format!("{}", 500_000_000_000_000u64 + n as u64)
