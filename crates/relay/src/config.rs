@@ -568,6 +568,30 @@ mod tests {
         assert_eq!(config.delivery.retry_schedule.len(), 10);
         assert_eq!(config.retention.finished_events, MIN_DEDUP_WINDOW);
         assert_eq!(config.default_phone_region.as_deref(), Some("BR"));
+        let defaults = HttpConfig::default();
+        assert_eq!(
+            config.http.header_read_timeout,
+            defaults.header_read_timeout
+        );
+        assert_eq!(config.http.body_budget_bytes, defaults.body_budget_bytes);
+        assert_eq!(
+            config.http.unauthenticated_budget_bytes,
+            defaults.unauthenticated_budget_bytes
+        );
+    }
+
+    #[test]
+    fn a_body_budget_smaller_than_the_largest_body_is_refused() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok());
+        config.http.body_budget_bytes = config.max_body_bytes - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.http.unauthenticated_budget_bytes = config.webhooks.max_body_bytes - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.http.header_read_timeout = Duration::ZERO;
+        assert!(config.validate().is_err());
     }
 
     #[test]

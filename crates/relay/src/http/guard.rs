@@ -12,7 +12,7 @@ use axum::{
 
 use super::ApiError;
 
-/// Meta's endpoint (`graph.rs`).
+/// Meta's endpoint (`graph.rs`; the router names it literally, for the OpenAPI route scan).
 pub const GRAPH_ROUTE: &str = "/{version}/{dataset_id}/events";
 
 /// Longest path parameter, in bytes (ids, names, a phone number, a webhook secret). Event ids

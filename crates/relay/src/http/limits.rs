@@ -207,6 +207,9 @@ pub fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     .into_response()
 }
 
+/// The route of [`test_panic`].
+pub const TEST_PANIC_PATH: &str = "/v1/test/panic";
+
 /// `GET /v1/test/panic` (only with `http.test_panic_route`, which tests set).
 pub async fn test_panic() -> Response {
     panic!("test panic (http.test_panic_route)");
