@@ -29,7 +29,10 @@ use axum::{
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_store::Store;
 use tokio::sync::Notify;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    trace::{DefaultOnFailure, TraceLayer},
+};
 
 pub use self::{error::ApiError, openapi::ApiDoc};
 
@@ -146,7 +149,12 @@ pub fn router(
         .layer(middleware::from_fn_with_state(limits, limits::shed))
         .layer(CatchPanicLayer::custom(limits::panic_response))
         // The span names the route, never the URI: contact lookups carry phone numbers.
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // A 5xx is logged where it is made (store errors, panics); shedding is not an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }
 

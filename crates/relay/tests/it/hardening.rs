@@ -35,6 +35,9 @@ both_backends!(
     unknown_keys_are_remembered_apart_and_never_evict_valid_ones,
 );
 
+/// A hostile request: method, path, key, body, the status it must get, the field it must name.
+type Hostile<'a> = (Method, String, &'a str, Option<Value>, u16, &'a str);
+
 fn beta_event(asset: &str, i: usize) -> Value {
     json!({
         "event_name": "Purchase",
@@ -99,8 +102,7 @@ async fn hostile_values_everywhere_get_a_4xx_naming_the_field_and_never_fail_ano
         change[field] = json!(value);
         change
     };
-    // (method, path, key, body, status, the field the answer must name)
-    let hostile: Vec<(Method, String, &str, Option<Value>, u16, &str)> = vec![
+    let hostile: Vec<Hostile<'_>> = vec![
         (
             Method::GET,
             "/v1/events/a%00b".into(),
