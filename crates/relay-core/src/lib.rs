@@ -15,6 +15,7 @@ pub mod issue;
 pub mod kommo;
 pub mod money;
 pub mod pii;
+pub mod storable;
 pub mod validate;
 pub mod webhook;
 

@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod crm;
 pub mod dashboard;
+pub mod pages;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -20,8 +21,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::{
-    capture::CaptureStore, crm::CrmStore, dashboard::DashboardStore, postgres::PostgresStore,
-    sqlite::SqliteStore,
+    capture::CaptureStore, crm::CrmStore, dashboard::DashboardStore, pages::PageStore,
+    postgres::PostgresStore, sqlite::SqliteStore,
 };
 
 /// Errors from the store. Pool and lock timeouts are `Unavailable` (HTTP 503 upstream).
@@ -301,7 +302,9 @@ pub struct QueueStats {
 /// Capture (webhooks, contacts, touches), CRM storage and the dashboard's reads are
 /// supertraits, so `dyn Store` has them too.
 #[async_trait]
-pub trait Store: CaptureStore + CrmStore + DashboardStore + Send + Sync + 'static {
+pub trait Store:
+    CaptureStore + CrmStore + DashboardStore + PageStore + Send + Sync + 'static
+{
     /// Applies this backend's migrations (idempotent).
     async fn migrate(&self) -> Result<()>;
     /// Cheap round trip for `/readyz`.

@@ -105,3 +105,4 @@ impl_store!(PostgresStore, Postgres);
 impl_capture_store!(PostgresStore, Postgres);
 impl_crm_store!(PostgresStore, Postgres);
 impl_dashboard_store!(PostgresStore, Postgres);
+crate::pages::impl_page_store!(PostgresStore, Postgres);

@@ -50,6 +50,10 @@ pub(crate) use {asset_columns, finished, unfinished};
 /// A dataset's due events (`$1` = now, `$5` = the dataset): the predicate of the `events_due`
 /// partial index, then the due time. A claimed event's due time is the end of its lease, so an
 /// event whose sender died is due again when its lease runs out, with no separate reaper.
+/// Values bound in one statement at most when a list of ids is matched: below SQLite's limit
+/// of variables (32,766) and PostgreSQL's (65,535) with room for the other conditions.
+pub const BIND_CHUNK: usize = 500;
+
 pub const DUE_CONDITION: &str = concat!(
     unfinished!(),
     " AND dataset_id = $5 AND next_attempt_at_ms <= $1 \
@@ -748,11 +752,27 @@ macro_rules! impl_store {
             }
 
             async fn replay_dead_letters(&self, filter: &$crate::DeadLetterFilter, now_ms: i64) -> $crate::Result<u64> {
-                let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET state = 'queued', attempts = 0, dead_reason = NULL, dead_at_ms = NULL, next_attempt_at_ms = ");
-                b.push_bind(now_ms).push(" WHERE state = 'dead'");
-                Self::push_filter(&mut b, filter);
-                let done = b.build().execute(self.writer()).await.map_err($crate::shared::map_err)?;
-                Ok(done.rows_affected())
+                // Many event ids are bound a chunk at a time (each backend caps the variables
+                // of one statement), all in one transaction.
+                let chunks: Vec<Option<Vec<String>>> = match &filter.event_ids {
+                    Some(ids) if !ids.is_empty() => ids
+                        .chunks($crate::shared::BIND_CHUNK)
+                        .map(|c| Some(c.to_vec()))
+                        .collect(),
+                    other => vec![other.clone()],
+                };
+                let mut tx = self.begin_write().await?;
+                let mut replayed = 0;
+                for event_ids in chunks {
+                    let chunk = $crate::DeadLetterFilter { event_ids, ..filter.clone() };
+                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET state = 'queued', attempts = 0, dead_reason = NULL, dead_at_ms = NULL, next_attempt_at_ms = ");
+                    b.push_bind(now_ms).push(" WHERE state = 'dead'");
+                    Self::push_filter(&mut b, &chunk);
+                    let done = b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
+                    replayed += done.rows_affected();
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok(replayed)
             }
 
             async fn queue_stats(&self) -> $crate::Result<$crate::QueueStats> {

@@ -256,6 +256,7 @@ impl_store!(SqliteStore, Sqlite);
 impl_capture_store!(SqliteStore, Sqlite);
 impl_crm_store!(SqliteStore, Sqlite);
 impl_dashboard_store!(SqliteStore, Sqlite);
+crate::pages::impl_page_store!(SqliteStore, Sqlite);
 
 #[cfg(test)]
 mod tests {

@@ -176,13 +176,14 @@ pub async fn run_with_store(
         });
         tracing::info!(%address, "metrics served on their own listener");
     }
-    let app = http::router(state, config.max_body_bytes, config.webhooks.max_body_bytes);
+    let app = http::router(
+        state,
+        &config.http,
+        config.max_body_bytes,
+        config.webhooks.max_body_bytes,
+    );
     tracing::info!(address = %listener.local_addr()?, delivery = config.delivery.workers > 0, max_in_flight = config.delivery.max_in_flight, "capi-relay serving");
-    // The peer address feeds the dashboard's login rate limit.
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let served = http::server::serve(listener, app, &config.http, shutdown).await;
 
     // HTTP has stopped taking events; let workers finish the sends in flight.
     cancel.cancel();

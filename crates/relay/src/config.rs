@@ -56,6 +56,8 @@ pub struct Config {
     pub default_phone_region: Option<String>,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Connection timeouts and load limits of the HTTP listener.
+    pub http: HttpConfig,
     /// Verify token of Meta's webhook handshake (`CAPI_RELAY_META_VERIFY_TOKEN`); pairs with
     /// `meta_app_secret`. More apps go in `webhooks.apps`.
     #[serde(skip_serializing)]
@@ -66,6 +68,54 @@ pub struct Config {
     pub attribution: AttributionConfig,
     pub metrics: MetricsConfig,
     pub crm: CrmConfig,
+}
+
+/// Timeouts and caps of the HTTP listener: a slow or greedy client is cut off or shed (503 with
+/// `Retry-After`) before it can cost other clients memory or time.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Time allowed for a request's headers, counted from the moment the connection waits for
+    /// one: a slow sender of headers, and a keep-alive connection idle this long, are closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time allowed for a whole request body (after that: 408 and the connection closed).
+    /// 60 s reads an 8 MiB body at 140 KiB/s.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Open connections at most; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests handled at once at most (health checks excepted); more are answered 503.
+    pub max_requests_in_flight: usize,
+    /// Declared bytes of request bodies larger than 64 KiB read and handled at once; a body
+    /// that does not fit waits up to `body_budget_wait`, then is answered 503. Parsed JSON
+    /// takes several times its size, so this bounds the memory of large batches.
+    pub body_budget_bytes: usize,
+    /// How long a large body waits for `body_budget_bytes`.
+    #[serde(with = "humantime_serde")]
+    pub body_budget_wait: Duration,
+    /// Bytes of webhook bodies (read whole before their signature can be checked) in flight
+    /// at once; a webhook that does not fit is answered 503 at once (Meta retries it).
+    pub unauthenticated_budget_bytes: usize,
+    /// Adds `GET /v1/test/panic`, whose handler panics (tests only; not settable from a file
+    /// or the environment).
+    #[serde(skip)]
+    pub test_panic_route: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_requests_in_flight: 256,
+            body_budget_bytes: 24 * 1024 * 1024,
+            body_budget_wait: Duration::from_secs(10),
+            unauthenticated_budget_bytes: 8 * 1024 * 1024,
+            test_panic_route: false,
+        }
+    }
 }
 
 /// Who may scrape `/metrics`, and how often a scrape reads the database.
@@ -249,6 +299,7 @@ impl Default for Config {
             allow_custom_event_names: false,
             default_phone_region: None,
             max_body_bytes: 8 * 1024 * 1024,
+            http: HttpConfig::default(),
             meta_verify_token: None,
             delivery: DeliveryConfig::default(),
             retention: RetentionConfig::default(),
@@ -407,6 +458,26 @@ impl Config {
                 relay_store::redact_url(url)
             ));
         }
+        let h = &self.http;
+        if h.header_read_timeout.is_zero() || h.body_read_timeout.is_zero() {
+            return fail(
+                "http.header_read_timeout and http.body_read_timeout must be above 0".into(),
+            );
+        }
+        if h.max_connections == 0 || h.max_requests_in_flight == 0 {
+            return fail(
+                "http.max_connections and http.max_requests_in_flight must be at least 1".into(),
+            );
+        }
+        // A body of the largest accepted size must fit in its budget, or it could never be read.
+        if h.body_budget_bytes < self.max_body_bytes {
+            return fail("http.body_budget_bytes must be at least max_body_bytes".into());
+        }
+        if h.unauthenticated_budget_bytes < self.webhooks.max_body_bytes {
+            return fail(
+                "http.unauthenticated_budget_bytes must be at least webhooks.max_body_bytes".into(),
+            );
+        }
         self.validation_options()?;
         Ok(())
     }
@@ -512,6 +583,30 @@ mod tests {
         assert_eq!(config.delivery.retry_schedule.len(), 10);
         assert_eq!(config.retention.finished_events, MIN_DEDUP_WINDOW);
         assert_eq!(config.default_phone_region.as_deref(), Some("BR"));
+        let defaults = HttpConfig::default();
+        assert_eq!(
+            config.http.header_read_timeout,
+            defaults.header_read_timeout
+        );
+        assert_eq!(config.http.body_budget_bytes, defaults.body_budget_bytes);
+        assert_eq!(
+            config.http.unauthenticated_budget_bytes,
+            defaults.unauthenticated_budget_bytes
+        );
+    }
+
+    #[test]
+    fn a_body_budget_smaller_than_the_largest_body_is_refused() {
+        let mut config = Config::default();
+        assert!(config.validate().is_ok());
+        config.http.body_budget_bytes = config.max_body_bytes - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.http.unauthenticated_budget_bytes = config.webhooks.max_body_bytes - 1;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.http.header_read_timeout = Duration::ZERO;
+        assert!(config.validate().is_err());
     }
 
     #[test]

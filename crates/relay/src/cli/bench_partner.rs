@@ -11,6 +11,10 @@
 //!    tenant has `--backlog` events queued; the other tenants' p50/p99;
 //! 4. flood: one tenant posts 1,000-event batches on `--flood-connections` connections for
 //!    `--flood-secs`; another tenant's single-event POST latency;
+//!    also the relay's peak RSS during the flood;
+//! 7. big bodies: the same with 8 MB bodies (1,000 events padded to 8 KB each);
+//! 8. webhooks: unsigned 4 MiB webhooks on `--flood-connections` connections (read whole before
+//!    their signature can be checked); the relay's peak RSS and another tenant's latency;
 //! 6. scrape: `--scrapers` clients read `/metrics` in a loop for `--flood-secs` while another
 //!    tenant's `--backlog` events wait on a throttled dataset; another tenant's single-event POST
 //!    latency, and scrapes per second;
@@ -48,6 +52,8 @@ pub enum Phase {
     Steady,
     Noisy,
     Flood,
+    BigBodies,
+    Webhooks,
     Scrape,
 }
 
@@ -85,8 +91,9 @@ impl PartnerArgs {
     }
 }
 
-const BULK_KEY: &str = "crk_bench-bulk-key";
-const OTHER_KEY: &str = "crk_bench-other-key";
+// Shaped like generated keys (43 characters after the prefix): others are refused unasked.
+const BULK_KEY: &str = "crk_bench-bulk-key00000000000000000000000000000";
+const OTHER_KEY: &str = "crk_bench-other-key0000000000000000000000000000";
 
 fn waba(n: usize) -> String {
     format!("{}", 500_000_000_000_000u64 + n as u64)
@@ -473,6 +480,7 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     if p.runs(Phase::Flood) {
         // 4. Flood: 1,000-event batches on many connections vs another tenant's single events.
         simulator.reset();
+        reset_peak_rss(pid);
         let stop_at = Instant::now() + Duration::from_secs(p.flood_secs);
         let mut flooders = Vec::new();
         for c in 0..p.flood_connections {
@@ -511,12 +519,130 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
         }
         singles.sort();
         println!(
-            "  flood:                {} connections of 1,000-event batches: another tenant's single-event POST p50 {} ms, p99 {} ms (target ≤ 500), {} of {s} accepted",
+            "  flood:                {} connections of 1,000-event batches: another tenant's single-event POST p50 {} ms, p99 {} ms (target ≤ 500), {} of {s} accepted; relay peak RSS {} (target < 300 MiB)",
             p.flood_connections,
             ms(percentile(&singles, 0.5)),
             ms(percentile(&singles, 0.99)),
-            singles.len()
+            singles.len(),
+            rss_text(pid)
         );
+    }
+
+    for (phase, what) in [
+        (Phase::BigBodies, "8 MB bodies"),
+        (Phase::Webhooks, "unsigned 4 MiB webhooks"),
+    ] {
+        if !p.runs(phase) {
+            continue;
+        }
+        // 7 and 8. Large bodies, authenticated or not, vs another tenant's single events.
+        simulator.reset();
+        let webhook = phase == Phase::Webhooks;
+        let body = if webhook {
+            let mut body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[]}],"pad":""#.to_vec();
+            body.resize(4 * 1024 * 1024 - 64, b'x');
+            body.extend_from_slice(b"\"}");
+            body
+        } else {
+            let pad = "x".repeat(7_800);
+            let events: Vec<Value> = (0..1_000)
+                .map(|k| {
+                    let mut e = event(&waba(0), &format!("big-{k}"), secs);
+                    e["custom_data"]["content_name"] = json!(pad);
+                    e
+                })
+                .collect();
+            serde_json::to_vec(&json!({ "data": events }))?
+        };
+        // Built once; each clone shares the bytes.
+        let body = axum::body::Bytes::from(body);
+        let target = if webhook {
+            format!("{base}/webhooks/meta")
+        } else {
+            url.clone()
+        };
+        reset_peak_rss(pid);
+        let stop_at = Instant::now() + Duration::from_secs(p.flood_secs);
+        let statuses: Arc<Mutex<HashMap<u16, usize>>> = Arc::default();
+        let mut flooders = Vec::new();
+        for _ in 0..p.flood_connections {
+            let (client, target, body, statuses) = (
+                client.clone(),
+                target.clone(),
+                body.clone(),
+                statuses.clone(),
+            );
+            flooders.push(tokio::spawn(async move {
+                while Instant::now() < stop_at {
+                    let mut request = client
+                        .post(&target)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    if webhook {
+                        request = request.header("x-hub-signature-256", "sha256=00");
+                    } else {
+                        request = request.bearer_auth(BULK_KEY);
+                    }
+                    let status = match request.send().await {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let _ = r.bytes().await;
+                            status
+                        }
+                        Err(_) => 0,
+                    };
+                    *statuses
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(status)
+                        .or_default() += 1;
+                    if status == 503 {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }));
+        }
+        let mut singles = Vec::new();
+        let mut sent = 0usize;
+        // The other tenant has connections of its own (not ones the flood's 503s close).
+        let own = reqwest::Client::new();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while Instant::now() < stop_at {
+            let started = Instant::now();
+            let accepted = post(
+                &own,
+                &url,
+                OTHER_KEY,
+                vec![event(&waba(n + 1), &format!("single-{what}-{sent}"), secs)],
+            )
+            .await;
+            if accepted {
+                singles.push(started.elapsed());
+            }
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for f in flooders {
+            f.await?;
+        }
+        singles.sort();
+        let mut statuses: Vec<(u16, usize)> = statuses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        statuses.sort();
+        println!(
+            "  {what}: {} connections for {} s: relay peak RSS {} (target < 300 MiB); another tenant's single-event POST p50 {} ms, p99 {} ms, {} of {sent} accepted; the flood's answers (status, count; 0 = connection error) {statuses:?}",
+            p.flood_connections,
+            p.flood_secs,
+            rss_text(pid),
+            ms(percentile(&singles, 0.5)),
+            ms(percentile(&singles, 0.99)),
+            singles.len(),
+        );
+        wait_drained(store.as_ref(), Duration::from_secs(600)).await?;
     }
 
     if p.runs(Phase::Scrape) {
@@ -602,6 +728,15 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     relay.start_kill()?;
     relay.wait().await?;
     Ok(ok)
+}
+
+/// Restarts the peak-RSS count of `pid` (Linux: writing 5 to `clear_refs` resets `VmHWM`).
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+fn rss_text(pid: u32) -> String {
+    peak_rss_mib(pid).map_or("unavailable (no /proc)".into(), |m| format!("{m:.1} MiB"))
 }
 
 /// CPU used since `start` by the relay child and by this process (clients and simulator), in ms.

@@ -132,6 +132,8 @@ pub(super) async fn start_relay(
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("CAPI_RELAY_DELIVERY__WORKERS", workers.to_string())
         .env("CAPI_RELAY_API_KEY", API_KEY)
+        // Webhooks are verified (the partner scenario floods unsigned ones).
+        .env("CAPI_RELAY_META_APP_SECRET", "bench-app-secret")
         .env("CAPI_RELAY_MASTER_KEY", master_key.expose_secret())
         .env("CAPI_RELAY_DATABASE_URL", db_url)
         .env("CAPI_RELAY_GRAPH_URL", graph_url)

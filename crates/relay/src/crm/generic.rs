@@ -91,6 +91,9 @@ pub fn read(item: &Value) -> Result<GenericChange, Vec<Issue>> {
             "a stage change is a JSON object",
         )]);
     };
+    if let Some(bad) = relay_core::storable::find_unstorable(item) {
+        return Err(vec![issue(IssueCode::InvalidValue, &bad.path, bad.reason)]);
+    }
     let mut errors = Vec::new();
     for key in obj.keys() {
         if !FIELDS.contains(&key.as_str()) {

@@ -95,19 +95,32 @@ pub async fn link_customer_id(
 pub struct WebhookQuery {
     state: Option<String>,
     limit: Option<i64>,
+    /// Only deliveries older than this id: the `next_before` of the previous page.
+    before: Option<i64>,
 }
+
+/// Most bytes of webhook bodies in one page of `GET /v1/webhooks`; a page cut short by it says
+/// where the next starts (`next_before`).
+pub const WEBHOOK_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// `GET /v1/webhooks?state=failed`: stored deliveries, e.g. those kept because they could not
 /// be understood. Admin only: one delivery may concern several tenants.
-#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("admin_key" = [])), params(WebhookQuery), responses((status = 200, description = "stored webhook deliveries", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("admin_key" = [])), params(WebhookQuery), responses((status = 200, description = "stored webhook deliveries, newest first, at most `limit` (100; up to 1,000) and at most 8 MiB of bodies; `next_before` is the `before` of the next page, null at the end", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
     _admin: AdminKey,
     QueryParams(q): QueryParams<WebhookQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let records = state
+    let page = state
         .store
-        .list_webhooks(q.state.as_deref(), q.limit.unwrap_or(100).clamp(1, 1000))
+        .list_webhooks_page(
+            q.state.as_deref(),
+            q.before,
+            q.limit.unwrap_or(100).clamp(1, 1000),
+            WEBHOOK_PAGE_BYTES,
+        )
         .await?;
-    Ok(Json(json!({"webhooks": records})))
+    Ok(Json(
+        json!({"webhooks": page.items, "next_before": page.next_before}),
+    ))
 }

@@ -143,7 +143,9 @@ pub async fn add_rule(
             format!("the body is not the expected JSON: {e}"),
         )
     };
-    let body: NewRuleBody = serde_json::from_slice(&body).map_err(invalid)?;
+    let body: Value = serde_json::from_slice(&body).map_err(invalid)?;
+    super::body::check_strings(&body)?;
+    let body: NewRuleBody = serde_json::from_value(body).map_err(invalid)?;
     let rule: rules::NewRule = serde_json::from_value(body.rule).map_err(invalid)?;
     let stored = rules::add(state.store.as_ref(), &body.tenant, &rule, ACTOR).await?;
     Ok((StatusCode::CREATED, Json(json!(stored))))
@@ -191,9 +193,27 @@ pub async fn kommo_webhook(
                 "the webhook body is larger than webhooks.max_body_bytes",
             )
         } else {
-            ApiError::new(e.status(), "bad_body", e.body_text())
+            ApiError::from(e)
         }
     })?;
+    // Kommo's fields are stored and then read into stage changes: a NUL would fail there for
+    // good, so it is refused now.
+    if let Some((field, _)) =
+        form_urlencoded::parse(&body).find(|(k, v)| k.contains('\0') || v.contains('\0'))
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_value",
+            format!(
+                "{}: contains a NUL character (%00), which cannot be stored",
+                field
+                    .replace('\0', "%00")
+                    .chars()
+                    .take(120)
+                    .collect::<String>()
+            ),
+        ));
+    }
     match kommo::receive(state.store.as_ref(), &secret, &body).await? {
         Ok(_) => {
             state.kommo.wake.notify_one();

@@ -72,6 +72,12 @@ impl From<axum::extract::rejection::BytesRejection> for ApiError {
                 "body_too_large",
                 "the request body is larger than max_body_bytes; send at most 1,000 events per request",
             )
+        } else if e.body_text().contains(super::limits::BODY_TIMEOUT_MESSAGE) {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                super::limits::BODY_TIMEOUT_MESSAGE,
+            )
         } else {
             ApiError::new(e.status(), "unreadable_body", e.body_text())
         }

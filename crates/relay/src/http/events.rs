@@ -5,7 +5,7 @@ use axum::{
     extract::{Path, State},
     http::StatusCode,
 };
-use relay_core::MAX_EVENTS_PER_REQUEST;
+use relay_core::{MAX_EVENTS_PER_REQUEST, storable::MAX_STRING_BYTES};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::IntoParams;
@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use super::{
     ApiError, AppState,
     auth::TenantKey,
-    body::{JsonBody, QueryParams},
+    body::{JsonObject, QueryParams},
     openapi::ErrorBody,
 };
 use crate::ingest::IngestReport;
@@ -34,7 +34,7 @@ pub struct EventsRequest {
 pub async fn submit(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
-    JsonBody(request): JsonBody<Value>,
+    JsonObject(request): JsonObject,
 ) -> Result<(StatusCode, Json<IngestReport>), ApiError> {
     let events = request
         .get("data")
@@ -67,11 +67,13 @@ pub async fn submit(
             ));
         }
     };
-    if test_event_code.is_some_and(|code| code.contains('\0')) {
+    if let Some(why) = test_event_code
+        .and_then(|code| relay_core::storable::unstorable_reason(code, MAX_STRING_BYTES))
+    {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_value",
-            "test_event_code contains a NUL character (\\u0000), which cannot be stored or sent",
+            format!("test_event_code: {why}"),
         ));
     }
     let report = state

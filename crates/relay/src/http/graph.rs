@@ -16,7 +16,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::{
-    AppState, graph_request,
+    AppState, graph_request, guard,
     openapi::{GraphErrorBody, GraphSuccess},
 };
 use crate::{
@@ -60,6 +60,11 @@ async fn handle(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(usize, Vec<String>), GraphError> {
+    // The router-wide check of paths and queries answers in the relay's shape; this route
+    // answers in Meta's.
+    guard::check_param("dataset_id", dataset_id)
+        .and_then(|()| guard::check_query(query.unwrap_or("")))
+        .map_err(|e| GraphError::invalid(e.message))?;
     graph_request::check_version(version)?;
     let body = body.map_err(|e| {
         GraphError::new(
@@ -73,10 +78,11 @@ async fn handle(
     let request = graph_request::parse(content_type, &body, query)?;
     let scope = authenticate(state, headers, request.text("access_token")).await?;
     let test_event_code = request.text("test_event_code");
-    if test_event_code.is_some_and(|code| code.contains('\0')) {
+    if let Some(why) = test_event_code.and_then(|code| {
+        relay_core::storable::unstorable_reason(code, relay_core::storable::MAX_STRING_BYTES)
+    }) {
         return Err(
-            GraphError::invalid("test_event_code contains a NUL character (\\u0000)")
-                .blame(&["test_event_code"]),
+            GraphError::invalid(format!("test_event_code {why}")).blame(&["test_event_code"])
         );
     }
     let outcome = state

@@ -10,8 +10,11 @@ mod error;
 mod events;
 mod graph;
 mod graph_request;
+mod guard;
+pub mod limits;
 mod openapi;
 pub mod ops;
+pub mod server;
 mod stats;
 mod webhooks;
 
@@ -20,12 +23,16 @@ use std::sync::Arc;
 use axum::{
     Router,
     extract::DefaultBodyLimit,
+    middleware,
     routing::{delete, get, post, put},
 };
 use metrics_exporter_prometheus::PrometheusHandle;
 use relay_store::Store;
 use tokio::sync::Notify;
-use tower_http::trace::TraceLayer;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    trace::{DefaultOnFailure, TraceLayer},
+};
 
 pub use self::{error::ApiError, openapi::ApiDoc};
 
@@ -52,9 +59,15 @@ pub struct AppState {
     pub ui: Arc<crate::dashboard::UiState>,
 }
 
-/// All routes, with the body limits and request tracing.
-pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) -> Router {
-    let api = Router::new()
+/// All routes, with the body limits, load limits (`http.*`) and request tracing.
+pub fn router(
+    state: AppState,
+    http: &crate::config::HttpConfig,
+    max_body_bytes: usize,
+    max_webhook_bytes: usize,
+) -> Router {
+    let limits = limits::Limits::new(http, max_body_bytes, max_webhook_bytes);
+    let mut api = Router::new()
         .route("/v1/events", post(events::submit))
         .route("/v1/events/{event_id}", get(events::show))
         .route("/v1/dead-letters", get(dead_letters::list))
@@ -107,14 +120,22 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         .route("/v1/stats/sources", get(stats::sources))
         .route("/v1/stats/quality", get(stats::quality))
         // Meta's own endpoint, for code written against Graph (its SDKs included).
-        .route("/{version}/{dataset_id}/events", post(graph::submit))
-        .layer(DefaultBodyLimit::max(max_body_bytes));
+        .route("/{version}/{dataset_id}/events", post(graph::submit));
+    if http.test_panic_route {
+        // Not in the OpenAPI document: tests alone switch it on.
+        api = api.route(limits::TEST_PANIC_PATH, get(limits::test_panic));
+    }
+    let api = api.layer(DefaultBodyLimit::max(max_body_bytes));
     let webhooks = Router::new()
         .route(
             "/webhooks/meta",
             get(webhooks::verify).post(webhooks::receive),
         )
         .route("/webhooks/kommo/{secret}", post(crm::kommo_webhook))
+        .route_layer(middleware::from_fn_with_state(
+            limits.clone(),
+            limits::unauthenticated_budget,
+        ))
         .layer(DefaultBodyLimit::max(max_webhook_bytes));
     let on_api_listener = state.metrics_access.on_api_listener;
     let mut routes = Router::new()
@@ -128,8 +149,17 @@ pub fn router(state: AppState, max_body_bytes: usize, max_webhook_bytes: usize) 
         routes = routes.merge(metrics_routes());
     }
     routes
+        // Layers run bottom to top: trace, catch a panic, shed load, check paths and queries.
+        .layer(middleware::from_fn(guard::check_path_and_query))
+        .layer(middleware::from_fn_with_state(limits, limits::shed))
+        .layer(CatchPanicLayer::custom(limits::panic_response))
         // The span names the route, never the URI: contact lookups carry phone numbers.
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // A 5xx is logged where it is made (store errors, panics); shedding is not an error.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .with_state(state)
 }
 

@@ -74,6 +74,99 @@ impl Modify for Security {
     }
 }
 
+/// The answers the router-wide layers can give on any route (`guard.rs`, `limits.rs`): 503
+/// `overloaded` with `Retry-After` (not on the health checks), 408 `body_timeout` where a body
+/// is read, 404 where a path parameter is, 400 `invalid_query` where a query parameter is.
+struct Limits;
+
+impl Modify for Limits {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{
+            Content, Ref, RefOr, ResponseBuilder,
+            header::HeaderBuilder,
+            path::{Operation, ParameterIn},
+            schema::{ObjectBuilder, Type},
+        };
+        let error = |what: &str| {
+            ResponseBuilder::new().description(what).content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+            )
+        };
+        let add = |op: &mut Operation, status: &str, response: ResponseBuilder| {
+            op.responses
+                .responses
+                .entry(status.to_owned())
+                .or_insert(RefOr::T(response.build()));
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if matches!(path.as_str(), "/healthz" | "/readyz") {
+                continue;
+            }
+            let graph = path == super::guard::GRAPH_ROUTE;
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                // Meta's route documents its own 503; the relay's shape is only for the others.
+                if !graph {
+                    let retry_after = HeaderBuilder::new()
+                        .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                        .description(Some("seconds to wait before retrying"))
+                        .build();
+                    const SHED: &str = "overloaded: a load limit (http.*) was reached; retry after Retry-After seconds";
+                    match op.responses.responses.get_mut("503") {
+                        Some(RefOr::T(existing)) => {
+                            existing.description = format!("{}; or {SHED}", existing.description);
+                            existing.headers.insert("Retry-After".into(), retry_after);
+                        }
+                        _ => add(op, "503", error(SHED).header("Retry-After", retry_after)),
+                    }
+                }
+                let has = |place: ParameterIn| {
+                    op.parameters
+                        .as_ref()
+                        .is_some_and(|ps| ps.iter().any(|p| p.parameter_in == place))
+                };
+                let (in_path, in_query) = (has(ParameterIn::Path), has(ParameterIn::Query));
+                if op.request_body.is_some() && !graph {
+                    add(
+                        op,
+                        "408",
+                        error(
+                            "body_timeout: the body did not arrive within http.body_read_timeout",
+                        ),
+                    );
+                }
+                if in_path && !graph {
+                    add(
+                        op,
+                        "404",
+                        error(
+                            "not_found (a path parameter with a NUL character or over 256 bytes included)",
+                        ),
+                    );
+                }
+                if in_query && !graph {
+                    add(
+                        op,
+                        "400",
+                        error(
+                            "invalid_query (a query value with a NUL character or over 2,048 bytes included)",
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "capi-relay", description = "Relay for Meta's Conversions API for Business Messaging"),
@@ -118,7 +211,7 @@ impl Modify for Security {
         super::ops::metrics,
         document,
     ),
-    modifiers(&Security)
+    modifiers(&Security, &Limits)
 )]
 pub struct ApiDoc;
 

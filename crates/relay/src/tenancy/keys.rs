@@ -19,8 +19,15 @@ pub const KEY_PREFIX: &str = "crk_";
 /// How long a looked-up key is trusted before the database is asked again; a key revoked from
 /// another process stops working within this time (at once when revoked through this process).
 const KEY_CACHE_TTL: Duration = Duration::from_secs(1);
-/// Cached lookups kept at most (the cache is cleared when full; lookups are cheap).
+/// Valid keys cached at most (the cache is cleared when full; only valid keys enter it).
 const KEY_CACHE_MAX: usize = 10_000;
+/// Unknown keys remembered at most, in a cache of their own, so that a flood of made-up keys
+/// can neither evict valid ones nor make a query each when repeated. When full, the oldest
+/// half is dropped. Entries live `KEY_CACHE_TTL`, so a key created by another process works
+/// within that time.
+const UNKNOWN_KEY_CACHE_MAX: usize = 4_096;
+/// The length of every key `generate` makes: the prefix and 32 bytes in unpadded base64url.
+const KEY_LEN: usize = KEY_PREFIX.len() + 43;
 
 /// What a request may touch: one tenant, optionally only some of its assets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +106,12 @@ pub struct Authenticator {
     store: Arc<dyn Store>,
     default_key: Option<SecretString>,
     admin_key: Option<SecretString>,
-    cache: Mutex<HashMap<String, (Instant, Option<Scope>)>>,
+    cache: Mutex<HashMap<String, (Instant, Scope)>>,
+    /// Hashes of keys the store did not know (or knew revoked), with when it was asked.
+    unknown: Mutex<HashMap<String, Instant>>,
+    /// Key lookups that reached the store (for tests and metrics).
+    store_lookups: std::sync::atomic::AtomicU64,
+    ttl: Duration,
 }
 
 impl Authenticator {
@@ -113,7 +125,22 @@ impl Authenticator {
             default_key,
             admin_key,
             cache: Mutex::default(),
+            unknown: Mutex::default(),
+            store_lookups: Default::default(),
+            ttl: KEY_CACHE_TTL,
         }
+    }
+
+    /// The same with cached lookups trusted for `ttl` (tests).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How many key lookups have reached the store so far.
+    pub fn store_lookups(&self) -> u64 {
+        self.store_lookups
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_admin(&self, presented: &str) -> bool {
@@ -129,18 +156,35 @@ impl Authenticator {
         {
             return Ok(Some(Scope::default_tenant()));
         }
-        if !presented.starts_with(KEY_PREFIX) {
+        // Not a key this relay could have made: no need to ask the store.
+        if !presented.starts_with(KEY_PREFIX)
+            || presented.len() != KEY_LEN
+            || !presented[KEY_PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return Ok(None);
         }
         let hashed = hash(presented);
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((at, scope)) = cache.get(&hashed)
-                && at.elapsed() < KEY_CACHE_TTL
+                && at.elapsed() < self.ttl
             {
-                return Ok(scope.clone());
+                return Ok(Some(scope.clone()));
             }
         }
+        {
+            let unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+            if unknown
+                .get(&hashed)
+                .is_some_and(|at| at.elapsed() < self.ttl)
+            {
+                return Ok(None);
+            }
+        }
+        self.store_lookups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let scope = self
             .store
             .find_api_key(&hashed)
@@ -151,17 +195,44 @@ impl Authenticator {
                 assets: k.assets.map(Arc::from),
                 key_id: k.id,
             });
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= KEY_CACHE_MAX {
-            cache.clear();
+        match &scope {
+            Some(scope) => {
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= KEY_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(hashed.clone(), (Instant::now(), scope.clone()));
+                self.unknown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&hashed);
+            }
+            None => {
+                let mut unknown = self.unknown.lock().unwrap_or_else(|p| p.into_inner());
+                if unknown.len() >= UNKNOWN_KEY_CACHE_MAX {
+                    unknown.retain(|_, at| at.elapsed() < self.ttl);
+                }
+                if unknown.len() >= UNKNOWN_KEY_CACHE_MAX {
+                    // Still full of fresh entries: forget the older half (O(n) once per n/2
+                    // inserts, so constant per lookup on average).
+                    let mut ages: Vec<Instant> = unknown.values().copied().collect();
+                    let (_, median, _) = ages.select_nth_unstable(UNKNOWN_KEY_CACHE_MAX / 2);
+                    let median = *median;
+                    unknown.retain(|_, at| *at > median);
+                }
+                unknown.insert(hashed, Instant::now());
+            }
         }
-        cache.insert(hashed, (Instant::now(), scope.clone()));
         Ok(scope)
     }
 
-    /// Drops every cached lookup (after a revocation through this process).
+    /// Drops every cached lookup (after a revocation or a new key through this process).
     pub fn forget(&self) {
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.unknown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 }
 

@@ -899,7 +899,13 @@ async fn capture_message(app: &TestApp, phone: &str, message_id: &str, click_id:
         .unwrap();
     assert_eq!(response.status(), 200);
     let started = std::time::Instant::now();
-    while !app.store.pending_webhooks(i64::MAX, 1).await.unwrap().is_empty() {
+    while !app
+        .store
+        .pending_webhooks(i64::MAX, 1)
+        .await
+        .unwrap()
+        .is_empty()
+    {
         assert!(started.elapsed() < WAIT, "the webhook is still pending");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

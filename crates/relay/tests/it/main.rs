@@ -25,6 +25,7 @@ mod delivery;
 mod errors;
 mod graph;
 mod graph_client;
+mod hardening;
 mod helpers;
 mod openapi;
 mod payload_acceptance;
