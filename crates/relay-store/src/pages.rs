@@ -26,6 +26,16 @@ pub trait PageStore: Send + Sync + 'static {
         limit: i64,
         max_bytes: usize,
     ) -> Result<Page<WebhookRecord>>;
+
+    /// Dead letters matching `filter`, newest first (by `dead_at_ms`, then id), only those after
+    /// the row `before` in that order: at most `filter.limit` (1,000 if unset) rows, and rows
+    /// only while their payloads total at most `max_chars` characters (always at least one).
+    async fn list_dead_letters_page(
+        &self,
+        filter: &crate::DeadLetterFilter,
+        before: Option<i64>,
+        max_chars: usize,
+    ) -> Result<Page<crate::EventRecord>>;
 }
 
 macro_rules! impl_page_store {
@@ -106,6 +116,65 @@ macro_rules! impl_page_store {
                 Ok($crate::pages::Page {
                     items,
                     next_before: more.then_some(oldest),
+                })
+            }
+
+            async fn list_dead_letters_page(
+                &self,
+                filter: &$crate::DeadLetterFilter,
+                before: Option<i64>,
+                max_chars: usize,
+            ) -> $crate::Result<$crate::pages::Page<$crate::EventRecord>> {
+                use sqlx::Row;
+                let limit = filter.limit.unwrap_or(1000);
+                // Sizes first, as for webhooks; a row-value comparison continues after `before`.
+                let mut b = sqlx::QueryBuilder::<$db>::new(
+                    "SELECT id, CAST(length(payload) AS BIGINT) AS size FROM events WHERE state = 'dead'",
+                );
+                Self::push_filter(&mut b, filter);
+                if let Some(before) = before {
+                    b.push(" AND (dead_at_ms, id) < (SELECT dead_at_ms, id FROM events WHERE id = ")
+                        .push_bind(before)
+                        .push(")");
+                }
+                b.push(" ORDER BY dead_at_ms DESC, id DESC LIMIT ").push_bind(limit);
+                let sizes = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                let mut total = 0usize;
+                let mut taken: Vec<i64> = Vec::new();
+                for row in &sizes {
+                    total += row.try_get::<Option<i64>, _>("size")?.unwrap_or(0).max(0) as usize;
+                    if !taken.is_empty() && total > max_chars {
+                        break;
+                    }
+                    taken.push(row.try_get("id")?);
+                }
+                let Some(&last) = taken.last() else {
+                    return Ok($crate::pages::Page { items: Vec::new(), next_before: None });
+                };
+                let more = taken.len() < sizes.len() || sizes.len() as i64 == limit;
+                let mut records = Vec::with_capacity(taken.len());
+                for chunk in taken.chunks($crate::shared::BIND_CHUNK) {
+                    let mut b = sqlx::QueryBuilder::<$db>::new(format!(
+                        "SELECT {} FROM events WHERE id IN (",
+                        $crate::shared::RECORD_COLUMNS
+                    ));
+                    let mut sep = b.separated(", ");
+                    for id in chunk {
+                        sep.push_bind(*id);
+                    }
+                    b.push(")");
+                    let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
+                    for row in &rows {
+                        records.push($crate::shared::record_from_row(row)?);
+                    }
+                }
+                let order: std::collections::HashMap<i64, usize> =
+                    taken.iter().enumerate().map(|(n, id)| (*id, n)).collect();
+                records.sort_by_key(|r| order.get(&r.id).copied().unwrap_or(usize::MAX));
+                let items = self.with_attempts(records).await?;
+                Ok($crate::pages::Page {
+                    items,
+                    next_before: more.then_some(last),
                 })
             }
         }

@@ -90,6 +90,7 @@ contract!(
     each_resolution_sets_state_and_records_the_attempt,
     an_event_keeps_every_attempt_through_retries_and_replays,
     dead_letters_are_listed_and_replayed_by_filter,
+    dead_letter_pages_are_bounded_by_payload_size_and_continue_after_their_cursor,
     queue_stats_and_retention_purge,
     payloads_and_times_round_trip_exactly,
     tenants_own_their_assets_and_events,
@@ -829,6 +830,75 @@ async fn dead_letters_are_listed_and_replayed_by_filter(store: Arc<dyn Store>) {
     };
     assert_eq!(store.replay_dead_letters(&rest, 7_000).await.unwrap(), 2);
     assert_eq!(store.queue_stats().await.unwrap().dead, 0);
+}
+
+async fn dead_letter_pages_are_bounded_by_payload_size_and_continue_after_their_cursor(
+    store: Arc<dyn Store>,
+) {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    // Five dead letters of 3,000 payload characters; e3 died last, e0 first.
+    let events: Vec<NewEvent> = (0..5)
+        .map(|i| NewEvent {
+            payload: format!("{{\"pad\":\"{}\"}}", "x".repeat(2_990)).into(),
+            ..event("d1", "100", &format!("e{i}"), 1_000 + i as i64)
+        })
+        .collect();
+    store.insert_events(&events).await.unwrap();
+    let claimed = claim_due(&store, "w", 5_000, 50_000, 10).await.unwrap();
+    for (n, e) in claimed.iter().enumerate() {
+        let dead_at = if e.event_id == "e3" {
+            9_000
+        } else {
+            6_000 + n as i64
+        };
+        let dead = Resolution::Dead {
+            reason: "refused".into(),
+            dead_at_ms: dead_at,
+        };
+        store
+            .resolve("w", &[e.id], &attempt("permanent:other", dead_at), &dead)
+            .await
+            .unwrap();
+    }
+    let filter = DeadLetterFilter::default();
+    let mut seen = Vec::new();
+    let mut before = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_dead_letters_page(&filter, before, 7_000)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 2, "7,000 characters hold two payloads");
+        seen.extend(page.items.iter().map(|r| r.event_id.clone()));
+        pages += 1;
+        match page.next_before {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        seen,
+        ["e3", "e4", "e2", "e1", "e0"],
+        "newest death first, each once"
+    );
+    // One row always comes back, however large; `limit` still counts rows.
+    let one = store
+        .list_dead_letters_page(&filter, None, 10)
+        .await
+        .unwrap();
+    assert_eq!((one.items.len(), one.next_before.is_some()), (1, true));
+    let limited = DeadLetterFilter {
+        limit: Some(3),
+        ..Default::default()
+    };
+    let page = store
+        .list_dead_letters_page(&limited, None, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 3);
+    assert!(page.items[0].attempts.len() == 1, "with their attempts");
 }
 
 async fn queue_stats_and_retention_purge(store: Arc<dyn Store>) {

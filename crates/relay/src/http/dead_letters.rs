@@ -22,9 +22,14 @@ pub struct ListQuery {
     dataset_id: Option<String>,
     asset_id: Option<String>,
     limit: Option<i64>,
+    /// `next_before` of the previous page.
+    before: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/dead-letters", operation_id = "list_dead_letters", tag = "events", security(("tenant_key" = [])), params(ListQuery), responses((status = 200, description = "dead letters, newest first", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
+/// Payload characters one page of dead letters holds at most (besides `limit` rows).
+const DEAD_LETTER_PAGE_CHARS: usize = 8 << 20;
+
+#[utoipa::path(get, path = "/v1/dead-letters", operation_id = "list_dead_letters", tag = "events", security(("tenant_key" = [])), params(ListQuery), responses((status = 200, description = "dead letters, newest first: at most `limit` (100; up to 1,000) and at most 8 MiB of payload characters; `next_before` is the `before` of the next page, null at the end", body = Object), (status = 400, description = "invalid_json / invalid_query", body = ErrorBody), (status = 401, description = "unauthorized", body = ErrorBody), (status = 403, description = "the wrong kind of key", body = ErrorBody), (status = 413, description = "body_too_large", body = ErrorBody), (status = 422, description = "invalid_body / invalid_value", body = ErrorBody), (status = 503, description = "unavailable", body = ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     TenantKey(scope): TenantKey,
@@ -38,9 +43,14 @@ pub async fn list(
         limit: Some(q.limit.unwrap_or(100).clamp(1, 1_000)),
         ..DeadLetterFilter::default()
     };
-    let records = state.store.list_dead_letters(&filter).await?;
-    let data: Vec<Value> = records.into_iter().map(record_json).collect();
-    Ok(Json(json!({ "count": data.len(), "data": data })))
+    let page = state
+        .store
+        .list_dead_letters_page(&filter, q.before, DEAD_LETTER_PAGE_CHARS)
+        .await?;
+    let data: Vec<Value> = page.items.into_iter().map(record_json).collect();
+    Ok(Json(
+        json!({ "count": data.len(), "data": data, "next_before": page.next_before }),
+    ))
 }
 
 /// Which dead letters to replay. At least one selector, or `all: true`, is required.

@@ -227,6 +227,7 @@ async fn a_poison_event_is_dead_lettered_and_its_999_neighbours_delivered(backen
     let (_, dead) = app.get_json("/v1/dead-letters").await;
     assert_eq!(dead["count"], 1, "{dead}");
     assert_eq!(dead["data"][0]["event_id"], "wa-617");
+    assert!(dead["next_before"].is_null(), "one page holds it: {dead}");
     let reason = dead["data"][0]["dead_reason"].as_str().unwrap();
     assert!(
         reason.contains("An event in this request was refused"),
