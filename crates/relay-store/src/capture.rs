@@ -550,39 +550,9 @@ macro_rules! impl_capture_store {
             }
 
             async fn list_webhooks(&self, state: Option<&str>, limit: i64) -> $crate::Result<Vec<$crate::capture::WebhookRecord>> {
-                use sqlx::Row;
-                let mut b = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, received_at_ms, state, error, processed_at_ms, forward_state, forward_attempts, forward_error, \
-                     attempts, next_attempt_at_ms, channel, body, body_removed_at_ms FROM webhooks",
-                );
-                if let Some(state) = state {
-                    b.push(" WHERE state = ").push_bind(state.to_owned());
-                }
-                b.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
-                let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
-                rows.iter()
-                    .map(|row| {
-                        let body: Vec<u8> = row.try_get("body")?;
-                        let body_removed_at_ms: Option<i64> = row.try_get("body_removed_at_ms")?;
-                        Ok($crate::capture::WebhookRecord {
-                            id: row.try_get("id")?,
-                            received_at_ms: row.try_get("received_at_ms")?,
-                            state: row.try_get("state")?,
-                            error: row.try_get("error")?,
-                            processed_at_ms: row.try_get("processed_at_ms")?,
-                            forward_state: row.try_get("forward_state")?,
-                            forward_attempts: row.try_get("forward_attempts")?,
-                            forward_error: row.try_get("forward_error")?,
-                            attempts: row.try_get("attempts")?,
-                            next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
-                            channel: row.try_get("channel")?,
-                            body: body_removed_at_ms
-                                .is_none()
-                                .then(|| String::from_utf8_lossy(&body).into_owned()),
-                            body_removed_at_ms,
-                        })
-                    })
-                    .collect()
+                // One row mapping for both listings: the page's, with no byte bound.
+                let page = $crate::pages::PageStore::list_webhooks_page(self, state, None, limit, usize::MAX).await?;
+                Ok(page.items)
             }
 
             async fn claim_forwards(

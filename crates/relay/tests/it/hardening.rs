@@ -761,7 +761,9 @@ async fn webhook_pages_are_bounded_by_bytes_and_give_a_cursor(backend: Backend) 
                 body,
                 signature: "sha256=x".into(),
                 waba_hint: None,
-                received_at_ms: 0,
+                // Received now: at time 0 they were past every retention, and the relay's
+                // purge could delete one between two pages.
+                received_at_ms: chrono::Utc::now().timestamp_millis(),
                 forward: false,
             })
             .await
