@@ -121,7 +121,6 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut fetched_at = i64::MIN;
     let mut idle = config.idle_poll_min;
     let mut failures = 0u32;
-    let mut recheck_at: Option<tokio::time::Instant> = None;
     loop {
         // Listening before looking, so a wake-up during the look is not lost.
         let mut woken = pin!(ctx.wake.notified());
@@ -230,22 +229,15 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
             continue;
         }
         let free = shared.scheduler().free() > 0;
-        let recheck = async {
-            match recheck_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             () = shared.sender_done.notified() => {}
             () = woken => {
-                // New events are claimable once `linger` old (`due_datasets`): look again then.
-                // Not a sleep: a sender that ends meanwhile starts the next claim at once.
-                recheck_at.get_or_insert(tokio::time::Instant::now() + config.linger);
+                // New events: give the ones right behind them the linger to join one request.
+                tokio::select! {
+                    () = tokio::time::sleep(config.linger) => {}
+                    () = cancel.cancelled() => return,
+                }
                 idle = config.idle_poll_min;
-            }
-            () = recheck => {
-                recheck_at = None;
                 due.clear();
             }
             () = tokio::time::sleep(idle), if free => {
