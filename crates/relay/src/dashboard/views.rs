@@ -1224,6 +1224,28 @@ pub async fn refused(
     })
 }
 
+/// The checks every dashboard action passes first: the CSRF token and origin, then a
+/// session that may write; `action` names what a read-only one cannot do.
+fn may_act(
+    viewer: &Viewer,
+    form: &CsrfForm,
+    headers: &HeaderMap,
+    action: &str,
+) -> Result<(), Response> {
+    session::check_csrf(viewer, &form.csrf, headers).map_err(|r| *r)?;
+    if !viewer.may_write() {
+        return Err((
+            StatusCode::FORBIDDEN,
+            Html(message_page(
+                "Read-only",
+                &format!("this sign-in is read-only: it cannot {action}"),
+            )),
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
 pub async fn replay(
     State(state): State<AppState>,
     viewer: Viewer,
@@ -1231,18 +1253,8 @@ pub async fn replay(
     Path(id): Path<i64>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = session::check_csrf(&viewer, &form.csrf, &headers) {
-        return *r;
-    }
-    if !viewer.may_write() {
-        return (
-            StatusCode::FORBIDDEN,
-            Html(message_page(
-                "Read-only",
-                "this sign-in is read-only: it cannot replay events",
-            )),
-        )
-            .into_response();
+    if let Err(r) = may_act(&viewer, &form, &headers, "replay events") {
+        return r;
     }
     let record = match state.store.get_event_row(id).await {
         Ok(Some(r)) if visible(&viewer.who, &r.tenant, Some(&r.asset_id)) => r,
@@ -1468,18 +1480,8 @@ pub async fn resume_asset(
     Path(asset_id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if let Err(r) = session::check_csrf(&viewer, &form.csrf, &headers) {
-        return *r;
-    }
-    if !viewer.may_write() {
-        return (
-            StatusCode::FORBIDDEN,
-            Html(message_page(
-                "Read-only",
-                "this sign-in is read-only: it cannot resume assets",
-            )),
-        )
-            .into_response();
+    if let Err(r) = may_act(&viewer, &form, &headers, "resume assets") {
+        return r;
     }
     // Another tenant's asset (or one outside a limited key) looks absent.
     match state.store.get_asset(&asset_id).await {
