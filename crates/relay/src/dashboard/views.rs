@@ -1231,17 +1231,19 @@ fn may_act(
     form: &CsrfForm,
     headers: &HeaderMap,
     action: &str,
-) -> Result<(), Response> {
-    session::check_csrf(viewer, &form.csrf, headers).map_err(|r| *r)?;
+) -> Result<(), Box<Response>> {
+    session::check_csrf(viewer, &form.csrf, headers)?;
     if !viewer.may_write() {
-        return Err((
-            StatusCode::FORBIDDEN,
-            Html(message_page(
-                "Read-only",
-                &format!("this sign-in is read-only: it cannot {action}"),
-            )),
-        )
-            .into_response());
+        return Err(Box::new(
+            (
+                StatusCode::FORBIDDEN,
+                Html(message_page(
+                    "Read-only",
+                    &format!("this sign-in is read-only: it cannot {action}"),
+                )),
+            )
+                .into_response(),
+        ));
     }
     Ok(())
 }
@@ -1254,7 +1256,7 @@ pub async fn replay(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = may_act(&viewer, &form, &headers, "replay events") {
-        return r;
+        return *r;
     }
     let record = match state.store.get_event_row(id).await {
         Ok(Some(r)) if visible(&viewer.who, &r.tenant, Some(&r.asset_id)) => r,
@@ -1481,7 +1483,7 @@ pub async fn resume_asset(
     Form(form): Form<CsrfForm>,
 ) -> Response {
     if let Err(r) = may_act(&viewer, &form, &headers, "resume assets") {
-        return r;
+        return *r;
     }
     // Another tenant's asset (or one outside a limited key) looks absent.
     match state.store.get_asset(&asset_id).await {
