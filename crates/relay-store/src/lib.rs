@@ -248,6 +248,23 @@ pub enum Resolution {
     },
 }
 
+/// One claim of [`Store::claim_datasets`].
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    pub owner: String,
+    pub dataset_id: String,
+    pub limit: i64,
+}
+
+/// One send's answer for [`Store::resolve_many`].
+#[derive(Debug, Clone)]
+pub struct ResolveRequest {
+    pub owner: String,
+    pub ids: Vec<i64>,
+    pub attempt: Attempt,
+    pub resolution: Resolution,
+}
+
 /// An event with its history, for `GET /v1/events/{event_id}` and the dashboard.
 #[derive(Debug, Clone, Serialize)]
 pub struct EventRecord {
@@ -348,7 +365,26 @@ pub trait Store:
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
-    ) -> Result<Vec<ClaimedEvent>>;
+    ) -> Result<Vec<ClaimedEvent>> {
+        let claim = ClaimRequest {
+            owner: owner.to_owned(),
+            dataset_id: dataset_id.to_owned(),
+            limit,
+        };
+        let mut claimed = self
+            .claim_datasets(std::slice::from_ref(&claim), now_ms, lease_until_ms)
+            .await?;
+        Ok(claimed.pop().unwrap_or_default())
+    }
+
+    /// [`Store::claim_dataset`] for several claims in one transaction (one commit for many
+    /// datasets). One list of events per claim, in order.
+    async fn claim_datasets(
+        &self,
+        claims: &[ClaimRequest],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<Vec<ClaimedEvent>>>;
 
     /// Extends the leases of every event held by one of `owners` to `lease_until_ms` (the
     /// heartbeat). Returns how many events.
@@ -370,7 +406,20 @@ pub trait Store:
         ids: &[i64],
         attempt: &Attempt,
         resolution: &Resolution,
-    ) -> Result<u64>;
+    ) -> Result<u64> {
+        let send = ResolveRequest {
+            owner: owner.to_owned(),
+            ids: ids.to_vec(),
+            attempt: attempt.clone(),
+            resolution: resolution.clone(),
+        };
+        let mut updated = self.resolve_many(std::slice::from_ref(&send)).await?;
+        Ok(updated.pop().unwrap_or_default())
+    }
+
+    /// [`Store::resolve`] for several sends in one transaction (one commit for many requests'
+    /// answers). How many events each send updated, in order.
+    async fn resolve_many(&self, sends: &[ResolveRequest]) -> Result<Vec<u64>>;
 
     /// Holds a dataset's deliveries until `until_ms` (Meta's throttling).
     async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> Result<()>;

@@ -518,31 +518,37 @@ macro_rules! impl_store {
                     .collect()
             }
 
-            async fn claim_dataset(
+            async fn claim_datasets(
                 &self,
-                owner: &str,
-                dataset_id: &str,
+                claims: &[$crate::ClaimRequest],
                 now_ms: i64,
                 lease_until_ms: i64,
-                limit: i64,
-            ) -> $crate::Result<Vec<$crate::ClaimedEvent>> {
-                let claim = Self::claim_sql();
-                let sql = self.sql(&claim);
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
-                    .bind(now_ms)
-                    .bind(limit)
-                    .bind(owner)
-                    .bind(lease_until_ms)
-                    .bind(dataset_id)
-                    .fetch_all(self.writer())
-                    .await
-                    .map_err($crate::shared::map_err)?;
-                let mut claimed = rows
-                    .iter()
-                    .map($crate::shared::claimed_from_row)
-                    .collect::<$crate::Result<Vec<_>>>()?;
-                claimed.sort_by_key(|e| e.id);
-                Ok(claimed)
+            ) -> $crate::Result<Vec<Vec<$crate::ClaimedEvent>>> {
+                if claims.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = self.sql(&Self::claim_sql()).into_owned();
+                let mut tx = self.begin_write().await?;
+                let mut all = Vec::with_capacity(claims.len());
+                for claim in claims {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(now_ms)
+                        .bind(claim.limit)
+                        .bind(claim.owner.as_str())
+                        .bind(lease_until_ms)
+                        .bind(claim.dataset_id.as_str())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    let mut claimed = rows
+                        .iter()
+                        .map($crate::shared::claimed_from_row)
+                        .collect::<$crate::Result<Vec<_>>>()?;
+                    claimed.sort_by_key(|e| e.id);
+                    all.push(claimed);
+                }
+                tx.commit().await.map_err($crate::shared::map_err)?;
+                Ok(all)
             }
 
             async fn renew_leases(&self, owners: &[String], lease_until_ms: i64) -> $crate::Result<u64> {
@@ -598,101 +604,112 @@ macro_rules! impl_store {
                 Ok(done.rows_affected())
             }
 
-            async fn resolve(
-                &self,
-                owner: &str,
-                ids: &[i64],
-                attempt: &$crate::Attempt,
-                resolution: &$crate::Resolution,
-            ) -> $crate::Result<u64> {
+            async fn resolve_many(&self, sends: &[$crate::ResolveRequest]) -> $crate::Result<Vec<u64>> {
                 use sqlx::Row;
-                if ids.is_empty() {
-                    return Ok(0);
+                if sends.iter().all(|s| s.ids.is_empty()) {
+                    return Ok(vec![0; sends.len()]);
                 }
                 let mut tx = self.begin_write().await?;
-                // One attempt row for the whole request; each event names it as its latest.
-                let insert_attempt = self.sql(
-                    "INSERT INTO send_attempts (dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
-                     SELECT dataset_id, $2, $3, $4, $5, $6, $7 FROM events WHERE id = $1 RETURNING id",
-                );
-                let attempt_id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(insert_attempt.into_owned()))
-                    .bind(ids[0])
-                    .bind(attempt.attempted_at_ms)
-                    .bind(attempt.outcome.clone())
-                    .bind(attempt.http_status)
-                    .bind(attempt.fbtrace_id.clone())
-                    .bind(attempt.message.clone())
-                    .bind(attempt.latency_ms)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err($crate::shared::map_err)?;
-                let Some(attempt_id) = attempt_id else {
-                    // The events are gone (purged): nothing to resolve.
-                    tx.rollback().await.map_err($crate::shared::map_err)?;
-                    return Ok(0);
-                };
-                let mut updated: Vec<i64> = Vec::with_capacity(ids.len());
+                let mut counts = Vec::with_capacity(sends.len());
                 let mut deltas = $crate::dashboard::StatDeltas::default();
-                for chunk in ids.chunks(1000) {
-                    // The attempt an event names now moves to its history (a retry, a replay):
-                    // a first send finds none, at the cost of a lookup.
-                    let mut b = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO event_attempts (event_row_id, attempt_id) SELECT id, last_attempt_id FROM events \
-                         WHERE last_attempt_id IS NOT NULL AND state = 'sending' AND lease_owner = ",
+                for send in sends {
+                    let (owner, ids, attempt, resolution) = (send.owner.as_str(), &send.ids, &send.attempt, &send.resolution);
+                    if ids.is_empty() {
+                        counts.push(0);
+                        continue;
+                    }
+                    // One attempt row for the whole request; each event names it as its latest.
+                    let insert_attempt = self.sql(
+                        "INSERT INTO send_attempts (dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
+                         SELECT dataset_id, $2, $3, $4, $5, $6, $7 FROM events WHERE id = $1 RETURNING id",
                     );
-                    b.push_bind(owner).push(" AND id IN (");
-                    let mut sep = b.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(*id);
-                    }
-                    b.push(") ON CONFLICT DO NOTHING");
-                    b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
-                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = ");
-                    b.push_bind(attempt_id).push(", ");
-                    match resolution {
-                        $crate::Resolution::Delivered { delivered_at_ms } => {
-                            b.push("state = 'delivered', delivered_at_ms = ").push_bind(*delivered_at_ms);
-                        }
-                        $crate::Resolution::Retry { next_attempt_at_ms } => {
-                            b.push("state = 'retrying', next_attempt_at_ms = ").push_bind(*next_attempt_at_ms);
-                        }
-                        $crate::Resolution::Dead { reason, dead_at_ms } => {
-                            b.push("state = 'dead', dead_reason = ")
-                                .push_bind(reason.clone())
-                                .push(", dead_at_ms = ")
-                                .push_bind(*dead_at_ms);
-                        }
-                        $crate::Resolution::Release { now_ms } => {
-                            b.push("state = 'queued', attempts = attempts - 1, next_attempt_at_ms = ").push_bind(*now_ms);
-                        }
-                    }
-                    b.push(" WHERE state = 'sending' AND lease_owner = ").push_bind(owner).push(" AND id IN (");
-                    let mut sep = b.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(*id);
-                    }
-                    b.push(") RETURNING id, tenant, dataset_id, channel, event_name, accepted_at_ms");
-                    let rows = b.build().fetch_all(&mut *tx).await.map_err($crate::shared::map_err)?;
-                    for row in rows {
-                        updated.push(row.try_get("id")?);
-                        let (tenant, dataset, channel, name): (String, String, String, String) = (
-                            row.try_get("tenant")?,
-                            row.try_get("dataset_id")?,
-                            row.try_get("channel")?,
-                            row.try_get("event_name")?,
+                    let attempt_id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(insert_attempt.into_owned()))
+                        .bind(ids[0])
+                        .bind(attempt.attempted_at_ms)
+                        .bind(attempt.outcome.clone())
+                        .bind(attempt.http_status)
+                        .bind(attempt.fbtrace_id.clone())
+                        .bind(attempt.message.clone())
+                        .bind(attempt.latency_ms)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err($crate::shared::map_err)?;
+                    let Some(attempt_id) = attempt_id else {
+                        // The events are gone (purged): nothing to resolve.
+                        counts.push(0);
+                        continue;
+                    };
+                    let mut updated = 0u64;
+                    for chunk in ids.chunks(1000) {
+                        // The attempt an event names now moves to its history (a retry, a replay):
+                        // a first send finds none, at the cost of a lookup.
+                        let mut b = sqlx::QueryBuilder::<$db>::new(
+                            "INSERT INTO event_attempts (event_row_id, attempt_id) SELECT id, last_attempt_id FROM events \
+                             WHERE last_attempt_id IS NOT NULL AND state = 'sending' AND lease_owner = ",
                         );
-                        let accepted_at: i64 = row.try_get("accepted_at_ms")?;
-                        $crate::shared::count_resolution(&mut deltas, (&tenant, &dataset, &channel, &name), accepted_at, attempt.attempted_at_ms, resolution);
+                        b.push_bind(owner).push(" AND id IN (");
+                        let mut sep = b.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(*id);
+                        }
+                        b.push(") ON CONFLICT DO NOTHING");
+                        b.build().execute(&mut *tx).await.map_err($crate::shared::map_err)?;
+                        let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = ");
+                        b.push_bind(attempt_id).push(", ");
+                        match resolution {
+                            $crate::Resolution::Delivered { delivered_at_ms } => {
+                                b.push("state = 'delivered', delivered_at_ms = ").push_bind(*delivered_at_ms);
+                            }
+                            $crate::Resolution::Retry { next_attempt_at_ms } => {
+                                b.push("state = 'retrying', next_attempt_at_ms = ").push_bind(*next_attempt_at_ms);
+                            }
+                            $crate::Resolution::Dead { reason, dead_at_ms } => {
+                                b.push("state = 'dead', dead_reason = ")
+                                    .push_bind(reason.clone())
+                                    .push(", dead_at_ms = ")
+                                    .push_bind(*dead_at_ms);
+                            }
+                            $crate::Resolution::Release { now_ms } => {
+                                b.push("state = 'queued', attempts = attempts - 1, next_attempt_at_ms = ").push_bind(*now_ms);
+                            }
+                        }
+                        b.push(" WHERE state = 'sending' AND lease_owner = ").push_bind(owner).push(" AND id IN (");
+                        let mut sep = b.separated(", ");
+                        for id in chunk {
+                            sep.push_bind(*id);
+                        }
+                        b.push(") RETURNING tenant, dataset_id, channel, event_name, accepted_at_ms");
+                        let rows = b.build().fetch_all(&mut *tx).await.map_err($crate::shared::map_err)?;
+                        for row in rows {
+                            updated += 1;
+                            let (tenant, dataset, channel, name): (String, String, String, String) = (
+                                row.try_get("tenant")?,
+                                row.try_get("dataset_id")?,
+                                row.try_get("channel")?,
+                                row.try_get("event_name")?,
+                            );
+                            let accepted_at: i64 = row.try_get("accepted_at_ms")?;
+                            $crate::shared::count_resolution(&mut deltas, (&tenant, &dataset, &channel, &name), accepted_at, attempt.attempted_at_ms, resolution);
+                        }
                     }
+                    if updated == 0 {
+                        // Every lease was lost: no attempt to record.
+                        let drop_attempt = self.sql("DELETE FROM send_attempts WHERE id = $1");
+                        sqlx::query(sqlx::AssertSqlSafe(drop_attempt.into_owned()))
+                            .bind(attempt_id)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err($crate::shared::map_err)?;
+                    }
+                    counts.push(updated);
                 }
-                if updated.is_empty() {
-                    // Every lease was lost: the attempt row goes with the rollback.
+                if counts.iter().all(|&n| n == 0) {
                     tx.rollback().await.map_err($crate::shared::map_err)?;
-                    return Ok(0);
+                    return Ok(counts);
                 }
                 Self::bump_stats(&mut tx, &deltas).await?;
                 tx.commit().await.map_err($crate::shared::map_err)?;
-                Ok(updated.len() as u64)
+                Ok(counts)
             }
 
             async fn pause_dataset(&self, dataset_id: &str, until_ms: i64) -> $crate::Result<()> {

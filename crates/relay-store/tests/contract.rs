@@ -6,8 +6,9 @@
 use std::{collections::HashSet, sync::Arc};
 
 use relay_store::{
-    ApiKeyRecord, Asset, AssetStatus, Attempt, AuditEntry, DEFAULT_TENANT, DeadLetterFilter,
-    EventState, InsertOutcome, NewEvent, Resolution, Store, StoreError, Tenant,
+    ApiKeyRecord, Asset, AssetStatus, Attempt, AuditEntry, ClaimRequest, DEFAULT_TENANT,
+    DeadLetterFilter, EventState, InsertOutcome, NewEvent, Resolution, ResolveRequest, Store,
+    StoreError, Tenant,
     capture::{
         CaptureOptions, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook,
         ReprocessFilter, Requeued, WebhookFinish, WebhookInsert,
@@ -87,6 +88,7 @@ contract!(
     due_datasets_are_listed_once_each_with_their_earliest_due_time,
     a_claim_takes_only_its_own_dataset_oldest_first,
     leases_are_renewed_counted_and_released_by_owner,
+    many_claims_and_many_answers_commit_together_each_with_its_own_result,
     each_resolution_sets_state_and_records_the_attempt,
     an_event_keeps_every_attempt_through_retries_and_replays,
     dead_letters_are_listed_and_replayed_by_filter,
@@ -589,6 +591,95 @@ async fn leases_are_renewed_counted_and_released_by_owner(store: Arc<dyn Store>)
         again.iter().all(|e| e.attempts == 1),
         "a release does not count an attempt"
     );
+}
+
+async fn many_claims_and_many_answers_commit_together_each_with_its_own_result(
+    store: Arc<dyn Store>,
+) {
+    for (asset_id, dataset) in [("100", "d1"), ("200", "d2"), ("300", "d3")] {
+        store.upsert_asset(&asset(asset_id, dataset)).await.unwrap();
+    }
+    let events = [
+        event("d1", "100", "a", 1_000),
+        event("d1", "100", "b", 1_001),
+        event("d1", "100", "c", 1_002),
+        event("d2", "200", "x", 1_003),
+        event("d2", "200", "y", 1_004),
+    ];
+    store.insert_events(&events).await.unwrap();
+    let claims =
+        [("o1", "d1", 10), ("o2", "d2", 1), ("o3", "d3", 5)].map(|(o, d, limit)| ClaimRequest {
+            owner: o.into(),
+            dataset_id: d.into(),
+            limit,
+        });
+    let claimed = store.claim_datasets(&claims, 5_000, 50_000).await.unwrap();
+    let names = |list: &[relay_store::ClaimedEvent]| -> Vec<String> {
+        list.iter().map(|e| e.event_id.clone()).collect()
+    };
+    assert_eq!(claimed.len(), 3, "one list per claim, in order");
+    assert_eq!(names(&claimed[0]), ["a", "b", "c"]);
+    assert_eq!(names(&claimed[1]), ["x"], "its own limit, oldest first");
+    assert!(claimed[2].is_empty(), "d3 has nothing due");
+
+    let y = store.find_events("y", Some("d2"), None).await.unwrap()[0].id;
+    let send = |owner: &str, ids: Vec<i64>, outcome: &str, resolution: Resolution| ResolveRequest {
+        owner: owner.into(),
+        ids,
+        attempt: attempt(outcome, 6_000),
+        resolution,
+    };
+    let delivered = Resolution::Delivered {
+        delivered_at_ms: 6_000,
+    };
+    let sends = [
+        send(
+            "o1",
+            claimed[0].iter().map(|e| e.id).collect(),
+            "delivered",
+            delivered.clone(),
+        ),
+        send(
+            "o2",
+            vec![claimed[1][0].id],
+            "retryable:transient",
+            Resolution::Retry {
+                next_attempt_at_ms: 9_000,
+            },
+        ),
+        // y was never claimed: this owner holds nothing, so nothing changes for it.
+        send("stale", vec![y], "delivered", delivered.clone()),
+        send("o3", Vec::new(), "delivered", delivered),
+    ];
+    let counts = store.resolve_many(&sends).await.unwrap();
+    assert_eq!(counts, [3, 1, 0, 0], "each send's own count, in order");
+
+    for id in ["a", "b", "c"] {
+        let e = &store.find_events(id, Some("d1"), None).await.unwrap()[0];
+        assert_eq!(e.state, EventState::Delivered);
+        assert_eq!(e.attempts.len(), 1);
+        assert_eq!(e.attempts[0].outcome, "delivered");
+    }
+    let x = &store.find_events("x", Some("d2"), None).await.unwrap()[0];
+    assert_eq!(x.state, EventState::Retrying);
+    assert_eq!(x.attempts[0].outcome, "retryable:transient");
+    let y = &store.find_events("y", Some("d2"), None).await.unwrap()[0];
+    assert_eq!(y.state, EventState::Queued);
+    assert!(
+        y.attempts.is_empty(),
+        "a send that held nothing records no attempt"
+    );
+
+    // A group whose every send lost its lease changes nothing.
+    let lost = [send(
+        "gone",
+        vec![y.id],
+        "delivered",
+        Resolution::Delivered {
+            delivered_at_ms: 7_000,
+        },
+    )];
+    assert_eq!(store.resolve_many(&lost).await.unwrap(), [0]);
 }
 
 async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store>) {

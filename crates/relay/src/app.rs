@@ -18,6 +18,7 @@ use crate::{
     },
     delivery::{
         GraphClient, dispatcher,
+        resolver::Resolver,
         sender::{self, DeliveryContext},
     },
     http::{self, AppState},
@@ -92,6 +93,7 @@ pub async fn run_with_store(
         vault: vault.clone(),
         clock: clock::system(),
         graph_calls: Default::default(),
+        resolver: Resolver::spawn(store.clone()),
     };
     if config.delivery.workers > 0 {
         tasks.spawn(dispatcher::run(ctx.clone(), owner.clone(), cancel.clone()));

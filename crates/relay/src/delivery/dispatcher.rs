@@ -1,5 +1,6 @@
-//! The delivery loop of one process: finds the datasets with due events, claims one dataset's
-//! events at a time under a lease of the claim's own, and hands each claim to a sender task.
+//! The delivery loop of one process: finds the datasets with due events, claims each picked
+//! dataset's events under a lease of the claim's own (all picks of a pass in one transaction),
+//! and hands each claim to a sender task.
 //!
 //! - Up to `max_in_flight` claims (and `max_events_in_flight` events) are in flight at once, at
 //!   most `per_dataset_in_flight` of one dataset; the [`Scheduler`] picks the least recently
@@ -18,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use relay_store::DueDataset;
+use relay_store::{ClaimRequest, DueDataset};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -35,6 +36,12 @@ const DUE_LIST_TTL_MS: i64 = 50;
 const EMPTY_CLAIM_BACKOFF_MS: i64 = 250;
 /// Longest wait after repeated database errors or restarts.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A pick with its permits, waiting for the pass's one claim transaction.
+struct Ready {
+    claim: ClaimRequest,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
 
 struct Shared {
     ctx: DeliveryContext,
@@ -150,9 +157,14 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
             } else {
                 shared.scheduler().pick(&due, now)
             };
+            // The event budget is shared out among this pass's picks, so every pick gets a
+            // claim; a dataset with more due comes back as deep for more.
+            let available = shared.event_budget.available_permits() as i64;
+            let share = (available / picks.len().max(1) as i64).clamp(1, config.claim_limit);
             let mut picks = picks.into_iter();
+            let mut ready: Vec<Ready> = Vec::new();
             while let Some(dataset_id) = picks.next() {
-                let room = (shared.event_budget.available_permits() as i64).min(config.claim_limit);
+                let room = share.min(shared.event_budget.available_permits() as i64);
                 let permits = shared.permits.clone().try_acquire_owned().ok().zip(
                     (room > 0)
                         .then(|| {
@@ -164,53 +176,74 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                         })
                         .flatten(),
                 );
-                let Some((permit, budget)) = permits else {
-                    // Enough in flight: this and the rest of the picks wait for the next pass.
+                let Some(permits) = permits else {
+                    // Enough in flight: this and the rest of the picks wait for the next pass,
+                    // keeping their place in the queue.
                     let mut scheduler = shared.scheduler();
-                    scheduler.finished(&dataset_id);
+                    scheduler.unpick(&dataset_id);
                     for rest in picks.by_ref() {
-                        scheduler.finished(&rest);
+                        scheduler.unpick(&rest);
                     }
                     break;
                 };
-                let owner = shared.leases.next_owner();
+                ready.push(Ready {
+                    claim: ClaimRequest {
+                        owner: shared.leases.next_owner(),
+                        dataset_id,
+                        limit: room,
+                    },
+                    permits,
+                });
+            }
+            if !ready.is_empty() {
+                // Every pick of this pass in one transaction: one commit, not one per dataset.
+                let now = ctx.clock.now_ms();
                 let until = now + lease_ms;
-                shared.leases.claimed(&owner, until);
-                let claimed = ctx
-                    .store
-                    .claim_dataset(&owner, &dataset_id, now, until, room)
-                    .await;
-                match claimed {
-                    Ok(events) if events.is_empty() => {
-                        shared.leases.forget(&owner);
-                        let mut scheduler = shared.scheduler();
-                        scheduler.finished(&dataset_id);
-                        scheduler.back_off(&dataset_id, now + EMPTY_CLAIM_BACKOFF_MS);
-                        due.retain(|d| d.dataset_id != dataset_id);
-                    }
-                    Ok(events) => {
-                        let full = events.len() as i64 >= room;
-                        shared.scheduler().claimed(&dataset_id, full);
-                        if !full {
-                            // All of its due events are taken: not due until read again.
-                            due.retain(|d| d.dataset_id != dataset_id);
+                for r in &ready {
+                    shared.leases.claimed(&r.claim.owner, until);
+                }
+                let requests: Vec<ClaimRequest> = ready.iter().map(|r| r.claim.clone()).collect();
+                match ctx.store.claim_datasets(&requests, now, until).await {
+                    Ok(lists) => {
+                        for (r, events) in ready.into_iter().zip(lists) {
+                            let Ready {
+                                claim,
+                                permits: (permit, budget),
+                            } = r;
+                            let (owner, dataset_id, room) =
+                                (claim.owner, claim.dataset_id, claim.limit);
+                            if events.is_empty() {
+                                shared.leases.forget(&owner);
+                                let mut scheduler = shared.scheduler();
+                                scheduler.finished(&dataset_id);
+                                scheduler.back_off(&dataset_id, now + EMPTY_CLAIM_BACKOFF_MS);
+                                due.retain(|d| d.dataset_id != dataset_id);
+                                continue;
+                            }
+                            let full = events.len() as i64 >= room;
+                            shared.scheduler().claimed(&dataset_id, full);
+                            if !full {
+                                // All of its due events are taken: not due until read again.
+                                due.retain(|d| d.dataset_id != dataset_id);
+                            }
+                            let mut budget = budget;
+                            drop(budget.split(room as usize - events.len()));
+                            started += 1;
+                            spawn_sender(
+                                &shared,
+                                dataset_id,
+                                Claim { owner, events },
+                                (permit, budget),
+                            );
                         }
-                        let mut budget = budget;
-                        drop(budget.split(room as usize - events.len()));
-                        started += 1;
-                        spawn_sender(
-                            &shared,
-                            dataset_id,
-                            Claim { owner, events },
-                            (permit, budget),
-                        );
                     }
                     Err(e) => {
-                        shared.leases.forget(&owner);
-                        shared.scheduler().finished(&dataset_id);
+                        for r in ready {
+                            shared.leases.forget(&r.claim.owner);
+                            shared.scheduler().finished(&r.claim.dataset_id);
+                        }
                         failed = true;
                         database_error(&e, failures);
-                        break;
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! set of outcomes, the retry policy, batching, and the outbox loop that drives them:
 //! [`dispatcher`] (which dataset to claim, supervised), [`scheduler`] (fairness and in-flight
 //! limits, pure), [`lease`] (leases that cannot run out under a live sender), [`sender`] (one
-//! claim's requests and their records).
+//! claim's requests and their records), [`resolver`] (their records group-committed).
 
 pub mod batch;
 pub mod dispatcher;
@@ -11,6 +11,7 @@ pub mod graph_client;
 pub mod hooks;
 pub mod lease;
 pub mod outcome;
+pub mod resolver;
 pub mod retry;
 pub mod scheduler;
 pub mod sender;

@@ -25,6 +25,8 @@ pub struct Scheduler {
 struct DatasetState {
     in_flight: usize,
     last_served: u64,
+    /// `last_served` before the latest pick, restored by [`Scheduler::unpick`].
+    previous_served: u64,
     /// Not picked before this time (its last claim found nothing to take).
     not_before_ms: i64,
     /// Its last claim took all it was allowed: more events are probably waiting.
@@ -77,10 +79,23 @@ impl Scheduler {
             self.sequence += 1;
             let state = self.datasets.entry(id.clone()).or_default();
             state.in_flight += 1;
+            state.previous_served = state.last_served;
             state.last_served = self.sequence;
             self.total += 1;
         }
         picked
+    }
+
+    /// A pick that could not start (no room left in this pass): it keeps its place in the
+    /// queue, as if it had not been picked.
+    pub fn unpick(&mut self, dataset_id: &str) {
+        if let Some(state) = self.datasets.get_mut(dataset_id)
+            && state.in_flight > 0
+        {
+            state.in_flight -= 1;
+            state.last_served = state.previous_served;
+            self.total = self.total.saturating_sub(1);
+        }
     }
 
     /// A picked dataset's claim took `full` = as many events as it was allowed.
@@ -109,11 +124,20 @@ impl Scheduler {
             .not_before_ms = until_ms;
     }
 
-    /// Forgets idle datasets not in `due`, so the map stays as large as the live datasets.
+    /// Forgets idle datasets that would sort before every due dataset anyway (served longer
+    /// ago than all of them), so the map stays about as large as the live datasets. A dataset
+    /// served more recently is kept even while it is not due: forgetting it would put it back
+    /// at the front of the queue, ahead of datasets that have been waiting (under saturation
+    /// that starves them).
     pub fn prune(&mut self, due: &[DueDataset], now_ms: i64) {
-        self.datasets.retain(|id, s| {
-            s.in_flight > 0 || s.not_before_ms > now_ms || due.iter().any(|d| &d.dataset_id == id)
-        });
+        let floor = due
+            .iter()
+            .filter_map(|d| self.datasets.get(&d.dataset_id))
+            .map(|s| s.last_served)
+            .min()
+            .unwrap_or(u64::MAX);
+        self.datasets
+            .retain(|_, s| s.in_flight > 0 || s.not_before_ms > now_ms || s.last_served >= floor);
     }
 }
 
@@ -221,5 +245,40 @@ mod tests {
                 prop_assert!(live.values().all(|n| *n <= per));
             }
         }
+    }
+
+    #[test]
+    fn a_dataset_idle_for_a_moment_does_not_jump_ahead_of_one_that_kept_waiting() {
+        let mut s = Scheduler::new(1, 1);
+        // "waiting" was served first and has had events due ever since.
+        assert_eq!(s.pick(&due(&[("waiting", 0)]), 0), ["waiting"]);
+        s.finished("waiting");
+        assert_eq!(s.pick(&due(&[("brief", 0)]), 10), ["brief"]);
+        s.finished("brief");
+        // "brief" is not due when the list is read again, then is due once more.
+        s.prune(&due(&[("waiting", 5)]), 20);
+        let picked = s.pick(&due(&[("brief", 30), ("waiting", 5)]), 40);
+        assert_eq!(
+            picked,
+            ["waiting"],
+            "served longer ago, waiting longer: it goes first"
+        );
+    }
+
+    #[test]
+    fn a_pick_that_could_not_start_keeps_its_place() {
+        let mut s = Scheduler::new(4, 1);
+        let list = due(&[("a", 0), ("b", 1), ("c", 2)]);
+        assert_eq!(s.pick(&list, 10), ["a", "b", "c"]);
+        s.finished("a");
+        // b and c found no room this pass.
+        s.unpick("b");
+        s.unpick("c");
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(
+            s.pick(&list, 20),
+            ["b", "c", "a"],
+            "a was served; b and c were not"
+        );
     }
 }

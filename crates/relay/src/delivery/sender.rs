@@ -45,6 +45,8 @@ pub struct DeliveryContext {
     pub clock: SharedClock,
     /// Meta's answers, counted for the dashboard.
     pub graph_calls: Arc<super::graph_calls::GraphCallLog>,
+    /// Records the answers, many sends to one commit.
+    pub resolver: super::resolver::Resolver,
 }
 
 /// How long a dataset waits when its asset's token cannot be opened with this relay's key.
@@ -142,7 +144,7 @@ async fn release(ctx: &DeliveryContext, owner: &str, ids: &[i64]) {
     let now = ctx.clock.now_ms();
     let attempt = local_attempt(now, "released", "not sent: the claim stopped; queued again");
     if let Err(e) = ctx
-        .store
+        .resolver
         .resolve(owner, ids, &attempt, &Resolution::Release { now_ms: now })
         .await
     {
@@ -199,7 +201,7 @@ async fn deliver_batch(
             ctx.store.pause_dataset(&batch.dataset_id, hold).await?;
             let attempt = local_attempt(now, "token_unreadable", &e.to_string());
             let updated = ctx
-                .store
+                .resolver
                 .resolve(
                     owner,
                     &ids(&batch.events),
@@ -266,7 +268,7 @@ async fn deliver_batch(
                     delivered_at_ms: now,
                 };
                 let updated = ctx
-                    .store
+                    .resolver
                     .resolve(owner, &ids(&events), &attempt, &resolution)
                     .await?;
                 for e in &events {
@@ -318,7 +320,7 @@ async fn deliver_batch(
                         .map(|e| e.id)
                         .collect();
                     let updated = ctx
-                        .store
+                        .resolver
                         .resolve(owner, &all, &attempt, &Resolution::Release { now_ms: now })
                         .await?;
                     return check_held(all.len(), updated);
@@ -380,7 +382,7 @@ async fn schedule_retry(
                     next_attempt_at_ms: now + delay.as_millis() as i64,
                 };
                 let updated = ctx
-                    .store
+                    .resolver
                     .resolve(owner, &group_ids, attempt, &resolution)
                     .await?;
                 count_by_channel(&owned, |c, n| {
@@ -410,7 +412,7 @@ async fn dead_letter(
         dead_at_ms: attempt.attempted_at_ms,
     };
     let updated = ctx
-        .store
+        .resolver
         .resolve(owner, &ids(events), attempt, &resolution)
         .await?;
     tracing::warn!(events = events.len(), reason = %reason, "events dead-lettered");
@@ -437,7 +439,7 @@ pub async fn recover_after_panic(ctx: &DeliveryContext, owner: &str, event_ids: 
         next_attempt_at_ms: retry_at,
     };
     match ctx
-        .store
+        .resolver
         .resolve(owner, event_ids, &attempt, &resolution)
         .await
     {
