@@ -91,7 +91,12 @@ pub struct HttpConfig {
     /// that does not fit waits up to `body_budget_wait`, then is answered 503. Parsed JSON
     /// takes several times its size, so this bounds the memory of large batches.
     pub body_budget_bytes: usize,
-    /// How long a large body waits for `body_budget_bytes`.
+    /// Requests with bodies larger than 64 KiB handled at once, whatever their size. Parsing
+    /// and validating a 1,000-event batch is CPU work: a few at a time keep the cores busy,
+    /// more only add memory and make everyone's requests wait for a core. The rest wait up to
+    /// `body_budget_wait`, unread.
+    pub max_large_bodies: usize,
+    /// How long a large body waits for `body_budget_bytes` and `max_large_bodies`.
     #[serde(with = "humantime_serde")]
     pub body_budget_wait: Duration,
     /// Bytes of webhook bodies (read whole before their signature can be checked) in flight
@@ -111,6 +116,7 @@ impl Default for HttpConfig {
             max_connections: 1024,
             max_requests_in_flight: 256,
             body_budget_bytes: 24 * 1024 * 1024,
+            max_large_bodies: 8,
             body_budget_wait: Duration::from_secs(10),
             unauthenticated_budget_bytes: 8 * 1024 * 1024,
             test_panic_route: false,
@@ -464,9 +470,9 @@ impl Config {
                 "http.header_read_timeout and http.body_read_timeout must be above 0".into(),
             );
         }
-        if h.max_connections == 0 || h.max_requests_in_flight == 0 {
+        if h.max_connections == 0 || h.max_requests_in_flight == 0 || h.max_large_bodies == 0 {
             return fail(
-                "http.max_connections and http.max_requests_in_flight must be at least 1".into(),
+                "http.max_connections, http.max_requests_in_flight and http.max_large_bodies must be at least 1".into(),
             );
         }
         // A body of the largest accepted size must fit in its budget, or it could never be read.

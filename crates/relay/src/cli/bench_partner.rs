@@ -182,6 +182,43 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, events: Vec<Value>
     }
 }
 
+/// Another tenant's single-event POSTs, one every 20 ms from `start` until `stop_at`: their
+/// latencies, sorted, and how many were sent. On a thread and runtime of its own, with its own
+/// connections, like a client on another machine: the flood's tasks building 1,000-event
+/// bodies in this process must not delay the probe's own polls and be counted as the relay's.
+fn probe_singles(
+    url: String,
+    asset: String,
+    tag: String,
+    start: Instant,
+    stop_at: Instant,
+) -> tokio::task::JoinHandle<(Vec<Duration>, usize)> {
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the probe");
+        runtime.block_on(async move {
+            let client = reqwest::Client::new();
+            let secs = chrono::Utc::now().timestamp();
+            let (mut latencies, mut sent) = (Vec::new(), 0usize);
+            tokio::time::sleep_until(start.into()).await;
+            while Instant::now() < stop_at {
+                let started = Instant::now();
+                let event = event(&asset, &format!("{tag}-{sent}"), secs);
+                if post(&client, &url, OTHER_KEY, vec![event]).await {
+                    latencies.push(started.elapsed());
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            latencies.sort();
+            (latencies, sent)
+        })
+    });
+    tokio::task::spawn_blocking(move || thread.join().expect("the probe thread"))
+}
+
 /// Ids sent at a time, to match against the simulator's receive times.
 pub(super) type SentAt = Arc<Mutex<Vec<(String, i64)>>>;
 
@@ -496,28 +533,17 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
                 }
             }));
         }
-        let mut singles = Vec::new();
-        let mut s = 0usize;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while Instant::now() < stop_at {
-            let started = Instant::now();
-            let accepted = post(
-                &client,
-                &url,
-                OTHER_KEY,
-                vec![event(&waba(n + 1), &format!("single-{s}"), secs)],
-            )
-            .await;
-            if accepted {
-                singles.push(started.elapsed());
-            }
-            s += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let prober = probe_singles(
+            url.clone(),
+            waba(n + 1),
+            "single".into(),
+            Instant::now() + Duration::from_millis(500),
+            stop_at,
+        );
         for f in flooders {
             f.await?;
         }
-        singles.sort();
+        let (singles, s) = prober.await?;
         println!(
             "  flood:                {} connections of 1,000-event batches: another tenant's single-event POST p50 {} ms, p99 {} ms (target ≤ 500), {} of {s} accepted; relay peak RSS {} (target < 300 MiB)",
             p.flood_connections,
@@ -602,30 +628,18 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
                 }
             }));
         }
-        let mut singles = Vec::new();
-        let mut sent = 0usize;
         // The other tenant has connections of its own (not ones the flood's 503s close).
-        let own = reqwest::Client::new();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        while Instant::now() < stop_at {
-            let started = Instant::now();
-            let accepted = post(
-                &own,
-                &url,
-                OTHER_KEY,
-                vec![event(&waba(n + 1), &format!("single-{what}-{sent}"), secs)],
-            )
-            .await;
-            if accepted {
-                singles.push(started.elapsed());
-            }
-            sent += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let prober = probe_singles(
+            url.clone(),
+            waba(n + 1),
+            format!("single-{what}"),
+            Instant::now() + Duration::from_millis(500),
+            stop_at,
+        );
         for f in flooders {
             f.await?;
         }
-        singles.sort();
+        let (singles, sent) = prober.await?;
         let mut statuses: Vec<(u16, usize)> = statuses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -682,28 +696,18 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
                 done
             }));
         }
-        let mut singles = Vec::new();
-        let mut s = 0usize;
-        while Instant::now() < stop_at {
-            let started = Instant::now();
-            let accepted = post(
-                &client,
-                &url,
-                OTHER_KEY,
-                vec![event(&waba(n + 1), &format!("scrape-single-{s}"), secs)],
-            )
-            .await;
-            if accepted {
-                singles.push(started.elapsed());
-            }
-            s += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let prober = probe_singles(
+            url.clone(),
+            waba(n + 1),
+            "scrape-single".into(),
+            Instant::now(),
+            stop_at,
+        );
+        let (singles, s) = prober.await?;
         let mut scrapes = 0u64;
         for scraper in scrapers {
             scrapes += scraper.await?;
         }
-        singles.sort();
         println!(
             "  scrape:               {} scrapers of /metrics ({:.0} scrapes/s) with {queued} events queued: another tenant's single-event POST p50 {} ms, p99 {} ms, {} of {s} accepted",
             p.scrapers,

@@ -39,6 +39,7 @@ pub const BODY_TIMEOUT_MESSAGE: &str =
 pub struct Limits {
     in_flight: Arc<Semaphore>,
     body_budget: Arc<Semaphore>,
+    large_bodies: Arc<Semaphore>,
     body_budget_bytes: usize,
     body_budget_wait: Duration,
     body_read_timeout: Duration,
@@ -54,6 +55,7 @@ impl Limits {
         Limits {
             in_flight: Arc::new(Semaphore::new(config.max_requests_in_flight)),
             body_budget: Arc::new(Semaphore::new(permits(config.body_budget_bytes))),
+            large_bodies: Arc::new(Semaphore::new(config.max_large_bodies)),
             body_budget_bytes: config.body_budget_bytes,
             body_budget_wait: config.body_budget_wait,
             body_read_timeout: config.body_read_timeout,
@@ -111,12 +113,16 @@ pub async fn shed(State(limits): State<Limits>, request: Request, next: Next) ->
     let bytes = declared(&request, limits.max_body_bytes, limits.body_budget_bytes);
     let _budget = if bytes > SMALL_BODY_BYTES {
         let wanted = permits(bytes) as u32;
-        let acquire = limits.body_budget.clone().acquire_many_owned(wanted);
+        let (budget, large) = (limits.body_budget.clone(), limits.large_bodies.clone());
+        let acquire = async move {
+            let slot = large.acquire_owned().await?;
+            Ok::<_, tokio::sync::AcquireError>((slot, budget.acquire_many_owned(wanted).await?))
+        };
         match tokio::time::timeout(limits.body_budget_wait, acquire).await {
-            Ok(Ok(permit)) => Some(permit),
+            Ok(Ok(permits)) => Some(permits),
             _ => {
                 return overloaded(
-                    "too many large bodies in flight (http.body_budget_bytes); retry after a second",
+                    "too many large bodies in flight (http.body_budget_bytes, http.max_large_bodies); retry after a second",
                 );
             }
         }

@@ -17,8 +17,9 @@ use std::{
 use relay_store::{InsertOutcome, NewEvent, Store, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
-/// Most events committed in one group transaction.
-const MAX_GROUP_EVENTS: usize = 5_000;
+/// Most events committed in one group transaction: small enough that a single event waiting
+/// behind a group of large batches waits tens of milliseconds, not hundreds.
+const MAX_GROUP_EVENTS: usize = 2_000;
 /// Requests this small join the next group whatever their lane.
 const SMALL_JOB_EVENTS: usize = 50;
 
