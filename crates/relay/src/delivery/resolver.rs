@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use relay_store::{Attempt, Resolution, ResolveRequest, Store, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 /// Most sends resolved in one transaction.
 const MAX_GROUP_SENDS: usize = 256;
@@ -27,10 +27,15 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Starts the resolver task on the current runtime.
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
+    /// Starts `writers` resolver tasks on the current runtime, each committing a group at a
+    /// time: one for SQLite (a single writer), a few for PostgreSQL, whose commits run in
+    /// parallel (the stats rows are locked in key order, so they cannot deadlock).
+    pub fn spawn(store: Arc<dyn Store>, writers: usize) -> Self {
         let (jobs, rx) = mpsc::channel(1024);
-        tokio::spawn(run(store, rx));
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers.max(1) {
+            tokio::spawn(run(store.clone(), rx.clone()));
+        }
         Resolver { jobs }
     }
 
@@ -58,27 +63,31 @@ impl Resolver {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<Job>) {
+async fn run(store: Arc<dyn Store>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     let mut next: Option<Job> = None;
     loop {
-        let first = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv().await {
+        let group = {
+            let mut jobs = jobs.lock().await;
+            let first = match next.take() {
                 Some(job) => job,
-                None => return,
-            },
-        };
-        let mut events = first.send.ids.len();
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP_SENDS {
-            let Ok(job) = jobs.try_recv() else { break };
-            if events + job.send.ids.len() > MAX_GROUP_EVENTS {
-                next = Some(job);
-                break;
+                None => match jobs.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let mut events = first.send.ids.len();
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP_SENDS {
+                let Ok(job) = jobs.try_recv() else { break };
+                if events + job.send.ids.len() > MAX_GROUP_EVENTS {
+                    next = Some(job);
+                    break;
+                }
+                events += job.send.ids.len();
+                group.push(job);
             }
-            events += job.send.ids.len();
-            group.push(job);
-        }
+            group
+        };
         commit(store.as_ref(), group).await;
     }
 }
