@@ -326,6 +326,9 @@ pub trait Store:
     async fn migrate(&self) -> Result<()>;
     /// Cheap round trip for `/readyz`.
     async fn ping(&self) -> Result<()>;
+    /// Write transactions worth running at once: 1 on SQLite (it has one writer), more on
+    /// PostgreSQL, whose transactions commit in parallel.
+    fn parallel_writers(&self) -> usize;
 
     /// Inserts or replaces an asset by `asset_id`. Replacing resumes a paused asset.
     /// `Conflict` if the asset belongs to another tenant, is registered on another channel, or

@@ -24,6 +24,9 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
+    /// Transactions that touch different rows commit in parallel.
+    const PARALLEL_WRITERS: usize = 4;
+
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
     pub async fn connect(url: &str) -> Result<Self> {

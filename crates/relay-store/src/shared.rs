@@ -329,6 +329,10 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            fn parallel_writers(&self) -> usize {
+                Self::PARALLEL_WRITERS
+            }
+
             async fn ping(&self) -> $crate::Result<()> {
                 sqlx::query("SELECT 1").execute(&self.pool).await.map_err($crate::shared::map_err)?;
                 Ok(())

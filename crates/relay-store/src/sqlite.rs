@@ -40,6 +40,9 @@ impl Drop for SqliteStore {
 }
 
 impl SqliteStore {
+    /// SQLite has one writer.
+    const PARALLEL_WRITERS: usize = 1;
+
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
     /// Opens (and creates) the database file named by a `sqlite://` URL.

@@ -93,7 +93,7 @@ pub async fn run_with_store(
         vault: vault.clone(),
         clock: clock::system(),
         graph_calls: Default::default(),
-        resolver: Resolver::spawn(store.clone(), resolver_writers(&config.database_url)),
+        resolver: Resolver::spawn(store.clone(), store.parallel_writers()),
     };
     if config.delivery.workers > 0 {
         tasks.spawn(dispatcher::run(ctx.clone(), owner.clone(), cancel.clone()));
@@ -230,13 +230,3 @@ async fn purge_loop(store: Arc<dyn Store>, config: Config, cancel: CancellationT
 
 /// The database URL without its password or secret parameters, for messages.
 pub use relay_store::redact_url;
-
-/// Delivery's answers are recorded by one writer on SQLite (it has one) and by four on
-/// PostgreSQL, whose transactions commit in parallel.
-fn resolver_writers(database_url: &str) -> usize {
-    if database_url.starts_with("postgres") {
-        4
-    } else {
-        1
-    }
-}

@@ -28,8 +28,8 @@ pub struct Resolver {
 
 impl Resolver {
     /// Starts `writers` resolver tasks on the current runtime, each committing a group at a
-    /// time: one for SQLite (a single writer), a few for PostgreSQL, whose commits run in
-    /// parallel (the stats rows are locked in key order, so they cannot deadlock).
+    /// time ([`Store::parallel_writers`]; the stats rows are locked in key order, so parallel
+    /// groups cannot deadlock).
     pub fn spawn(store: Arc<dyn Store>, writers: usize) -> Self {
         let (jobs, rx) = mpsc::channel(1024);
         let rx = Arc::new(Mutex::new(rx));
