@@ -9,13 +9,13 @@ use sqlx::{
 };
 
 use crate::{
-    InsertOutcome, NewEvent, Result,
+    ClaimRequest, ClaimedEvent, InsertOutcome, NewEvent, Resolution, ResolveRequest, Result,
     capture::impl_capture_store,
     crm::impl_crm_store,
     dashboard::{impl_dashboard_store, insert_deltas},
     shared::{
-        CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
-        push_new_event,
+        CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, claimed_from_row,
+        impl_store, map_err, push_new_event,
     },
 };
 
@@ -26,6 +26,10 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Transactions that touch different rows commit in parallel.
     const PARALLEL_WRITERS: usize = 4;
+
+    /// Statements that update the rows of many claims lock them in one order (by id), so a
+    /// lease renewal and a resolve running side by side cannot deadlock.
+    const LOCK_IN_ID_ORDER: &str = " ORDER BY id FOR UPDATE";
 
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -53,20 +57,195 @@ impl PostgresStore {
         self.pool.begin().await.map_err(map_err)
     }
 
-    /// `SKIP LOCKED`: concurrent claimers, in this process or another, never wait on or take
-    /// each other's rows.
-    fn claim_sql() -> String {
-        format!(
-            "WITH due AS (SELECT id FROM events WHERE {DUE_CONDITION} ORDER BY next_attempt_at_ms, id LIMIT $2 \
-             FOR UPDATE SKIP LOCKED) \
-             UPDATE events SET state = 'sending', lease_owner = $3, lease_until_ms = $4, next_attempt_at_ms = $4, attempts = events.attempts + 1 \
-             FROM due WHERE events.id = due.id RETURNING {}",
+    /// `Store::claim_datasets` in one statement: each pick's events are found through the
+    /// `events_due` index by a lateral subquery of its own, with its own limit. `SKIP LOCKED`:
+    /// concurrent claimers, in this process or another, never wait on or take each other's rows.
+    async fn claim_many(
+        &self,
+        claims: &[ClaimRequest],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<Vec<ClaimedEvent>>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "WITH p AS (SELECT * FROM UNNEST($3::int[], $4::text[], $5::bigint[], $6::text[]) AS p(claim_no, dataset_id, lim, owner)), \
+             due AS (SELECT d.id, p.claim_no, p.owner FROM p CROSS JOIN LATERAL \
+               (SELECT id FROM events WHERE {} ORDER BY next_attempt_at_ms, id LIMIT p.lim FOR UPDATE SKIP LOCKED) d) \
+             UPDATE events SET state = 'sending', lease_owner = due.owner, lease_until_ms = $2, next_attempt_at_ms = $2, \
+               attempts = events.attempts + 1 \
+             FROM due WHERE events.id = due.id RETURNING due.claim_no, {}",
+            // The condition's one dataset parameter becomes each pick's own.
+            DUE_CONDITION.replace("$5", "p.dataset_id"),
             CLAIM_COLUMNS
                 .split(", ")
                 .map(|c| format!("events.{c}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms)
+            .bind(lease_until_ms)
+            .bind((0..claims.len() as i32).collect::<Vec<_>>())
+            .bind(
+                claims
+                    .iter()
+                    .map(|c| c.dataset_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(claims.iter().map(|c| c.limit).collect::<Vec<_>>())
+            .bind(claims.iter().map(|c| c.owner.as_str()).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        let mut all: Vec<Vec<ClaimedEvent>> = claims.iter().map(|_| Vec::new()).collect();
+        for row in &rows {
+            let claim_no = row.try_get::<i32, _>("claim_no")? as usize;
+            all[claim_no].push(claimed_from_row(row)?);
+        }
+        for claimed in &mut all {
+            claimed.sort_by_key(|e| e.id);
+        }
+        Ok(all)
+    }
+
+    /// `Store::resolve_many` in a fixed number of statements, whatever the number of sends:
+    /// every round trip is paid while the transaction holds its row locks, so one statement
+    /// per send made the group commit the bottleneck of a busy relay.
+    async fn resolve_sends(&self, sends: &[ResolveRequest]) -> Result<Vec<u64>> {
+        let mut counts = vec![0u64; sends.len()];
+        let live: Vec<usize> = (0..sends.len())
+            .filter(|&i| !sends[i].ids.is_empty())
+            .collect();
+        if live.is_empty() {
+            return Ok(counts);
+        }
+        let mut tx = self.begin_write().await?;
+        // One attempt row per send whose events still exist (not purged), dated by its first.
+        let a = |f: fn(&ResolveRequest) -> Option<i64>| -> Vec<Option<i64>> {
+            live.iter().map(|&i| f(&sends[i])).collect()
+        };
+        let rows = sqlx::query(
+            "WITH a AS MATERIALIZED (\
+               SELECT nextval(pg_get_serial_sequence('send_attempts', 'id')) AS id, x.* \
+               FROM UNNEST($1::int[], $2::bigint[], $3::bigint[], $4::text[], $5::int[], $6::text[], $7::text[], $8::bigint[]) \
+                 AS x(send_no, first_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms)), \
+             ins AS (\
+               INSERT INTO send_attempts (id, dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
+               SELECT a.id, e.dataset_id, a.attempted_at_ms, a.outcome, a.http_status, a.fbtrace_id, a.message, a.latency_ms \
+               FROM a JOIN events e ON e.id = a.first_id RETURNING id) \
+             SELECT a.send_no, a.id FROM a JOIN ins USING (id)",
         )
+        .bind(live.iter().map(|&i| i as i32).collect::<Vec<_>>())
+        .bind(a(|s| s.ids.first().copied()))
+        .bind(a(|s| Some(s.attempt.attempted_at_ms)))
+        .bind(live.iter().map(|&i| sends[i].attempt.outcome.clone()).collect::<Vec<_>>())
+        .bind(live.iter().map(|&i| sends[i].attempt.http_status).collect::<Vec<_>>())
+        .bind(live.iter().map(|&i| sends[i].attempt.fbtrace_id.clone()).collect::<Vec<_>>())
+        .bind(live.iter().map(|&i| sends[i].attempt.message.clone()).collect::<Vec<_>>())
+        .bind(a(|s| Some(s.attempt.latency_ms)))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut attempt_of: HashMap<usize, i64> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            attempt_of.insert(
+                row.try_get::<i32, _>("send_no")? as usize,
+                row.try_get("id")?,
+            );
+        }
+        let recorded: Vec<usize> = live
+            .into_iter()
+            .filter(|i| attempt_of.contains_key(i))
+            .collect();
+        if recorded.is_empty() {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(counts);
+        }
+        // Per send: its owner, attempt and resolution; per event: its send.
+        let mut set = ResolutionColumns::default();
+        for &i in &recorded {
+            set.push(i, &sends[i], attempt_of[&i]);
+        }
+        let (event_ids, event_sends): (Vec<i64>, Vec<i32>) = recorded
+            .iter()
+            .flat_map(|&i| sends[i].ids.iter().map(move |id| (*id, i as i32)))
+            .unzip();
+        // The history insert reads `last_attempt_id` as it was before the update (one snapshot
+        // for the whole statement): the attempt an event named moves to its history.
+        let rows = sqlx::query(
+            "WITH s AS (SELECT * FROM UNNEST($1::int[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::text[], $8::bigint[], $9::int[]) \
+               AS s(send_no, owner, attempt_id, state, delivered_at_ms, next_attempt_at_ms, dead_reason, dead_at_ms, released)), \
+             t AS MATERIALIZED (SELECT ev.id, s.* FROM UNNEST($10::bigint[], $11::int[]) AS ev(id, send_no) JOIN s USING (send_no)), \
+             locked AS MATERIALIZED (SELECT e.id FROM events e JOIN t ON t.id = e.id \
+               WHERE e.state = 'sending' AND e.lease_owner = t.owner ORDER BY e.id FOR UPDATE OF e), \
+             history AS (\
+               INSERT INTO event_attempts (event_row_id, attempt_id) \
+               SELECT e.id, e.last_attempt_id FROM events e JOIN t ON t.id = e.id \
+               WHERE e.last_attempt_id IS NOT NULL AND e.state = 'sending' AND e.lease_owner = t.owner \
+               ON CONFLICT DO NOTHING) \
+             UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = t.attempt_id, state = t.state, \
+               delivered_at_ms = COALESCE(t.delivered_at_ms, events.delivered_at_ms), \
+               next_attempt_at_ms = COALESCE(t.next_attempt_at_ms, events.next_attempt_at_ms), \
+               dead_reason = COALESCE(t.dead_reason, events.dead_reason), \
+               dead_at_ms = COALESCE(t.dead_at_ms, events.dead_at_ms), \
+               attempts = events.attempts - t.released \
+             FROM t JOIN locked USING (id) WHERE events.id = t.id AND events.state = 'sending' AND events.lease_owner = t.owner \
+             RETURNING t.send_no, events.tenant, events.dataset_id, events.channel, events.event_name, events.accepted_at_ms",
+        )
+        .bind(set.send_no)
+        .bind(set.owner)
+        .bind(set.attempt_id)
+        .bind(set.state)
+        .bind(set.delivered_at_ms)
+        .bind(set.next_attempt_at_ms)
+        .bind(set.dead_reason)
+        .bind(set.dead_at_ms)
+        .bind(set.released)
+        .bind(event_ids)
+        .bind(event_sends)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let mut deltas = crate::dashboard::StatDeltas::default();
+        for row in &rows {
+            let i = row.try_get::<i32, _>("send_no")? as usize;
+            counts[i] += 1;
+            let (tenant, dataset, channel, name): (String, String, String, String) = (
+                row.try_get("tenant")?,
+                row.try_get("dataset_id")?,
+                row.try_get("channel")?,
+                row.try_get("event_name")?,
+            );
+            crate::shared::count_resolution(
+                &mut deltas,
+                (&tenant, &dataset, &channel, &name),
+                row.try_get("accepted_at_ms")?,
+                sends[i].attempt.attempted_at_ms,
+                &sends[i].resolution,
+            );
+        }
+        if counts.iter().all(|&n| n == 0) {
+            tx.rollback().await.map_err(map_err)?;
+            return Ok(counts);
+        }
+        // A send whose every lease was lost records no attempt.
+        let unused: Vec<i64> = recorded
+            .iter()
+            .filter(|&&i| counts[i] == 0)
+            .map(|i| attempt_of[i])
+            .collect();
+        if !unused.is_empty() {
+            sqlx::query("DELETE FROM send_attempts WHERE id = ANY($1)")
+                .bind(unused)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        Self::bump_stats(&mut tx, &deltas).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(counts)
     }
 
     /// `ON CONFLICT DO NOTHING RETURNING` says which rows were taken, even when another
@@ -101,6 +280,49 @@ impl PostgresStore {
         Self::bump_stats(&mut tx, &insert_deltas(events, &outcomes)).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(outcomes)
+    }
+}
+
+/// The columns of [`PostgresStore::resolve_sends`]' per-send array parameters: a value of
+/// `None` leaves that column of the event as it is.
+#[derive(Default)]
+struct ResolutionColumns {
+    send_no: Vec<i32>,
+    owner: Vec<String>,
+    attempt_id: Vec<i64>,
+    state: Vec<&'static str>,
+    delivered_at_ms: Vec<Option<i64>>,
+    next_attempt_at_ms: Vec<Option<i64>>,
+    dead_reason: Vec<Option<String>>,
+    dead_at_ms: Vec<Option<i64>>,
+    /// 1 when the attempt is not counted (a release).
+    released: Vec<i32>,
+}
+
+impl ResolutionColumns {
+    fn push(&mut self, send_no: usize, send: &ResolveRequest, attempt_id: i64) {
+        self.send_no.push(send_no as i32);
+        self.owner.push(send.owner.clone());
+        self.attempt_id.push(attempt_id);
+        let (state, delivered, next, dead, released) = match &send.resolution {
+            Resolution::Delivered { delivered_at_ms } => {
+                ("delivered", Some(*delivered_at_ms), None, None, 0)
+            }
+            Resolution::Retry { next_attempt_at_ms } => {
+                ("retrying", None, Some(*next_attempt_at_ms), None, 0)
+            }
+            Resolution::Dead { reason, dead_at_ms } => {
+                ("dead", None, None, Some((reason.clone(), *dead_at_ms)), 0)
+            }
+            Resolution::Release { now_ms } => ("queued", None, Some(*now_ms), None, 1),
+        };
+        self.state.push(state);
+        self.delivered_at_ms.push(delivered);
+        self.next_attempt_at_ms.push(next);
+        let (reason, dead_at) = dead.unzip();
+        self.dead_reason.push(reason);
+        self.dead_at_ms.push(dead_at);
+        self.released.push(released);
     }
 }
 

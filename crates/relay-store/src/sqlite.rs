@@ -43,6 +43,9 @@ impl SqliteStore {
     /// SQLite has one writer.
     const PARALLEL_WRITERS: usize = 1;
 
+    /// One writer at a time: no row locks to order.
+    const LOCK_IN_ID_ORDER: &str = "";
+
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
     /// Opens (and creates) the database file named by a `sqlite://` URL.
@@ -127,6 +130,175 @@ impl SqliteStore {
              WHERE id IN (SELECT id FROM events WHERE {DUE_CONDITION} ORDER BY next_attempt_at_ms, id LIMIT $2) \
              RETURNING {CLAIM_COLUMNS}"
         )
+    }
+
+    /// `Store::claim_datasets`: a statement per pick, in one transaction.
+    async fn claim_many(
+        &self,
+        claims: &[crate::ClaimRequest],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<Vec<crate::ClaimedEvent>>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = self.sql(&Self::claim_sql()).into_owned();
+        let mut tx = self.begin_write().await?;
+        let mut all = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(now_ms)
+                .bind(claim.limit)
+                .bind(claim.owner.as_str())
+                .bind(lease_until_ms)
+                .bind(claim.dataset_id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            let mut claimed = rows
+                .iter()
+                .map(crate::shared::claimed_from_row)
+                .collect::<Result<Vec<_>>>()?;
+            claimed.sort_by_key(|e| e.id);
+            all.push(claimed);
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(all)
+    }
+
+    /// `Store::resolve_many`: statement by statement, as SQLite runs them in-process with no
+    /// round trip to pay.
+    async fn resolve_sends(&self, sends: &[crate::ResolveRequest]) -> Result<Vec<u64>> {
+        if sends.iter().all(|s| s.ids.is_empty()) {
+            return Ok(vec![0; sends.len()]);
+        }
+        let mut tx = self.begin_write().await?;
+        let mut counts = Vec::with_capacity(sends.len());
+        let mut deltas = crate::dashboard::StatDeltas::default();
+        for send in sends {
+            let (owner, ids, attempt, resolution) = (
+                send.owner.as_str(),
+                &send.ids,
+                &send.attempt,
+                &send.resolution,
+            );
+            if ids.is_empty() {
+                counts.push(0);
+                continue;
+            }
+            // One attempt row for the whole request; each event names it as its latest.
+            let insert_attempt = self.sql(
+                "INSERT INTO send_attempts (dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
+                 SELECT dataset_id, $2, $3, $4, $5, $6, $7 FROM events WHERE id = $1 RETURNING id",
+            );
+            let attempt_id: Option<i64> =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(insert_attempt.into_owned()))
+                    .bind(ids[0])
+                    .bind(attempt.attempted_at_ms)
+                    .bind(attempt.outcome.clone())
+                    .bind(attempt.http_status)
+                    .bind(attempt.fbtrace_id.clone())
+                    .bind(attempt.message.clone())
+                    .bind(attempt.latency_ms)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(crate::shared::map_err)?;
+            let Some(attempt_id) = attempt_id else {
+                // The events are gone (purged): nothing to resolve.
+                counts.push(0);
+                continue;
+            };
+            let mut updated = 0u64;
+            for chunk in ids.chunks(1000) {
+                // The attempt an event names now moves to its history (a retry, a replay):
+                // a first send finds none, at the cost of a lookup.
+                let mut b = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO event_attempts (event_row_id, attempt_id) SELECT id, last_attempt_id FROM events \
+                     WHERE last_attempt_id IS NOT NULL AND state = 'sending' AND lease_owner = ",
+                );
+                b.push_bind(owner).push(" AND id IN (");
+                let mut sep = b.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                b.push(") ON CONFLICT DO NOTHING");
+                b.build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(crate::shared::map_err)?;
+                let mut b = QueryBuilder::<Sqlite>::new(
+                    "UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = ",
+                );
+                b.push_bind(attempt_id).push(", ");
+                match resolution {
+                    crate::Resolution::Delivered { delivered_at_ms } => {
+                        b.push("state = 'delivered', delivered_at_ms = ")
+                            .push_bind(*delivered_at_ms);
+                    }
+                    crate::Resolution::Retry { next_attempt_at_ms } => {
+                        b.push("state = 'retrying', next_attempt_at_ms = ")
+                            .push_bind(*next_attempt_at_ms);
+                    }
+                    crate::Resolution::Dead { reason, dead_at_ms } => {
+                        b.push("state = 'dead', dead_reason = ")
+                            .push_bind(reason.clone())
+                            .push(", dead_at_ms = ")
+                            .push_bind(*dead_at_ms);
+                    }
+                    crate::Resolution::Release { now_ms } => {
+                        b.push("state = 'queued', attempts = attempts - 1, next_attempt_at_ms = ")
+                            .push_bind(*now_ms);
+                    }
+                }
+                b.push(" WHERE state = 'sending' AND lease_owner = ")
+                    .push_bind(owner)
+                    .push(" AND id IN (");
+                let mut sep = b.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                b.push(") RETURNING tenant, dataset_id, channel, event_name, accepted_at_ms");
+                let rows = b
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(crate::shared::map_err)?;
+                for row in rows {
+                    updated += 1;
+                    let (tenant, dataset, channel, name): (String, String, String, String) = (
+                        row.try_get("tenant")?,
+                        row.try_get("dataset_id")?,
+                        row.try_get("channel")?,
+                        row.try_get("event_name")?,
+                    );
+                    let accepted_at: i64 = row.try_get("accepted_at_ms")?;
+                    crate::shared::count_resolution(
+                        &mut deltas,
+                        (&tenant, &dataset, &channel, &name),
+                        accepted_at,
+                        attempt.attempted_at_ms,
+                        resolution,
+                    );
+                }
+            }
+            if updated == 0 {
+                // Every lease was lost: no attempt to record.
+                let drop_attempt = self.sql("DELETE FROM send_attempts WHERE id = $1");
+                sqlx::query(sqlx::AssertSqlSafe(drop_attempt.into_owned()))
+                    .bind(attempt_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(crate::shared::map_err)?;
+            }
+            counts.push(updated);
+        }
+        if counts.iter().all(|&n| n == 0) {
+            tx.rollback().await.map_err(crate::shared::map_err)?;
+            return Ok(counts);
+        }
+        Self::bump_stats(&mut tx, &deltas).await?;
+        tx.commit().await.map_err(crate::shared::map_err)?;
+        Ok(counts)
     }
 
     /// `BEGIN IMMEDIATE` makes this transaction the only writer, so ids can be read from
