@@ -89,6 +89,7 @@ contract!(
     a_claim_takes_only_its_own_dataset_oldest_first,
     leases_are_renewed_counted_and_released_by_owner,
     many_claims_and_many_answers_commit_together_each_with_its_own_result,
+    renewals_and_resolves_of_many_claims_side_by_side_never_fail,
     each_resolution_sets_state_and_records_the_attempt,
     an_event_keeps_every_attempt_through_retries_and_replays,
     dead_letters_are_listed_and_replayed_by_filter,
@@ -680,6 +681,87 @@ async fn many_claims_and_many_answers_commit_together_each_with_its_own_result(
         },
     )];
     assert_eq!(store.resolve_many(&lost).await.unwrap(), [0]);
+}
+
+/// The heartbeat renews every claim in flight while parallel resolvers record answers: on
+/// PostgreSQL both lock rows of many claims, and unless they lock them in one order one of
+/// them fails with "deadlock detected".
+async fn renewals_and_resolves_of_many_claims_side_by_side_never_fail(store: Arc<dyn Store>) {
+    const DATASETS: usize = 40;
+    const PER_DATASET: usize = 50;
+    for round in 0..3 {
+        let mut events = Vec::new();
+        for d in 0..DATASETS {
+            let (asset_id, dataset) = (format!("{}", 1_000 + d), format!("d{d}"));
+            store
+                .upsert_asset(&asset(&asset_id, &dataset))
+                .await
+                .unwrap();
+            events.extend((0..PER_DATASET).map(|i| {
+                event(
+                    &dataset,
+                    &asset_id,
+                    &format!("r{round}-{i}"),
+                    1_000 + i as i64,
+                )
+            }));
+        }
+        store.insert_events(&events).await.unwrap();
+        let claims: Vec<ClaimRequest> = (0..DATASETS)
+            .map(|d| ClaimRequest {
+                owner: format!("o{round}-{d}"),
+                dataset_id: format!("d{d}"),
+                limit: PER_DATASET as i64,
+            })
+            .collect();
+        let claimed = store.claim_datasets(&claims, 5_000, 50_000).await.unwrap();
+        let owners: Vec<String> = claims.iter().map(|c| c.owner.clone()).collect();
+        let renewer = {
+            let (store, owners) = (store.clone(), owners.clone());
+            tokio::spawn(async move {
+                for _ in 0..20 {
+                    store.renew_leases(&owners, 60_000).await?;
+                }
+                relay_store::Result::Ok(())
+            })
+        };
+        // Four resolvers, each with every fourth claim, the newest rows first.
+        let mut resolvers = Vec::new();
+        for r in 0..4 {
+            let sends: Vec<ResolveRequest> = (r..DATASETS)
+                .step_by(4)
+                .rev()
+                .map(|d| ResolveRequest {
+                    owner: owners[d].clone(),
+                    ids: claimed[d].iter().rev().map(|e| e.id).collect(),
+                    attempt: attempt("delivered", 6_000),
+                    resolution: Resolution::Delivered {
+                        delivered_at_ms: 6_000,
+                    },
+                })
+                .collect();
+            let store = store.clone();
+            resolvers.push(tokio::spawn(
+                async move { store.resolve_many(&sends).await },
+            ));
+        }
+        for resolver in resolvers {
+            let counts = resolver
+                .await
+                .unwrap()
+                .expect("a resolve beside a renewal succeeds");
+            assert!(
+                counts.iter().all(|&n| n == PER_DATASET as u64),
+                "{counts:?}"
+            );
+        }
+        renewer
+            .await
+            .unwrap()
+            .expect("a renewal beside resolves succeeds");
+    }
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!(stats.depth, 0, "every event was delivered: {stats:?}");
 }
 
 async fn each_resolution_sets_state_and_records_the_attempt(store: Arc<dyn Store>) {
