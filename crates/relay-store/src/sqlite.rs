@@ -20,6 +20,9 @@ use crate::{
     },
 };
 
+/// Rows the writer's statements hand over without waiting: a claim's largest `RETURNING`.
+const WRITER_ROW_BUFFER: usize = 1024;
+
 /// How often the background task copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -78,10 +81,14 @@ impl SqliteStore {
         // Opened at its first write, after `migrate`: a connection opened before a migration
         // keeps the old schema in sqlx's cached statement columns, and a `SELECT *` on it then
         // reads past the end of a row (sqlx's "index out of bounds" panic).
+        //
+        // The writer's rows are buffered a claim's worth at a time: with sqlx's default of 50,
+        // SQLite's thread stopped every 50 rows of a claim's `RETURNING` until a busy runtime
+        // took them, and every writer waited with it (claims cost 3× their own time).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.row_buffer_size(WRITER_ROW_BUFFER));
         let checkpointer = tokio::spawn(checkpoint_wal(pool.clone(), options_for_checkpoints));
         Ok(SqliteStore {
             pool,

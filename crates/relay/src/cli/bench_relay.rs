@@ -137,7 +137,11 @@ pub(super) async fn start_relay(
         .env("CAPI_RELAY_MASTER_KEY", master_key.expose_secret())
         .env("CAPI_RELAY_DATABASE_URL", db_url)
         .env("CAPI_RELAY_GRAPH_URL", graph_url)
-        .env("RUST_LOG", "warn")
+        // The relay's own log filter, e.g. `sqlx::query=debug` for every statement's time.
+        .env(
+            "RUST_LOG",
+            std::env::var("CAPI_RELAY_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
