@@ -123,9 +123,6 @@ impl PostgresStore {
         }
         let mut tx = self.begin_write().await?;
         // One attempt row per send whose events still exist (not purged), dated by its first.
-        let a = |f: fn(&ResolveRequest) -> Option<i64>| -> Vec<Option<i64>> {
-            live.iter().map(|&i| f(&sends[i])).collect()
-        };
         let rows = sqlx::query(
             "WITH a AS MATERIALIZED (\
                SELECT nextval(pg_get_serial_sequence('send_attempts', 'id')) AS id, x.* \
@@ -138,13 +135,13 @@ impl PostgresStore {
              SELECT a.send_no, a.id FROM a JOIN ins USING (id)",
         )
         .bind(live.iter().map(|&i| i as i32).collect::<Vec<_>>())
-        .bind(a(|s| s.ids.first().copied()))
-        .bind(a(|s| Some(s.attempt.attempted_at_ms)))
-        .bind(live.iter().map(|&i| sends[i].attempt.outcome.clone()).collect::<Vec<_>>())
-        .bind(live.iter().map(|&i| sends[i].attempt.http_status).collect::<Vec<_>>())
-        .bind(live.iter().map(|&i| sends[i].attempt.fbtrace_id.clone()).collect::<Vec<_>>())
-        .bind(live.iter().map(|&i| sends[i].attempt.message.clone()).collect::<Vec<_>>())
-        .bind(a(|s| Some(s.attempt.latency_ms)))
+        .bind(per_send(sends, &live, |s| s.ids[0]))
+        .bind(per_send(sends, &live, |s| s.attempt.attempted_at_ms))
+        .bind(per_send(sends, &live, |s| s.attempt.outcome.clone()))
+        .bind(per_send(sends, &live, |s| s.attempt.http_status))
+        .bind(per_send(sends, &live, |s| s.attempt.fbtrace_id.clone()))
+        .bind(per_send(sends, &live, |s| s.attempt.message.clone()))
+        .bind(per_send(sends, &live, |s| s.attempt.latency_ms))
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
@@ -286,6 +283,16 @@ impl PostgresStore {
         tx.commit().await.map_err(map_err)?;
         Ok(outcomes)
     }
+}
+
+/// One array parameter of a statement over many sends: `f` of each send `live` names (every
+/// one of them has events).
+fn per_send<T>(
+    sends: &[ResolveRequest],
+    live: &[usize],
+    f: impl Fn(&ResolveRequest) -> T,
+) -> Vec<T> {
+    live.iter().map(|&i| f(&sends[i])).collect()
 }
 
 /// The columns of [`PostgresStore::resolve_sends`]' per-send array parameters: a value of
