@@ -10,6 +10,7 @@
 pub mod capture;
 pub mod crm;
 pub mod dashboard;
+mod leases;
 pub mod pages;
 mod postgres;
 mod shared;
@@ -42,6 +43,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// Another process delivers from this SQLite database (it holds the delivery lock file).
+    #[error("another process delivers from this SQLite database (it holds {0})")]
+    DeliveryHeldElsewhere(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -399,6 +403,10 @@ pub trait Store:
     /// Puts every event `owner` holds back in the queue, due at `now_ms`, without counting the
     /// attempt (a worker that stops or failed before sending them).
     async fn release_leases(&self, owner: &str, now_ms: i64) -> Result<u64>;
+
+    /// This process has stopped delivering (its claims are all resolved or released): a
+    /// backend that allows one delivering process per database lets another take over now.
+    async fn stop_delivering(&self) {}
 
     /// Records `attempt` for every event in `ids` (only those still leased by `owner`) and moves
     /// them as `resolution` says, clearing the lease. `Release` also undoes the attempt count.

@@ -14,8 +14,8 @@ use crate::{
     crm::impl_crm_store,
     dashboard::{impl_dashboard_store, insert_deltas},
     shared::{
-        CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, claimed_from_row,
-        impl_store, map_err, push_new_event,
+        CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
+        claimed_from_row, impl_store, map_err, push_new_event,
     },
 };
 
@@ -248,6 +248,75 @@ impl PostgresStore {
         Self::bump_stats(&mut tx, &deltas).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(counts)
+    }
+
+    /// `Store::due_datasets`: a loose index scan of `events_due` ([`DUE_DATASETS`]).
+    async fn due_list(&self, now_ms: i64, due_before_ms: i64) -> Result<Vec<crate::DueDataset>> {
+        let rows = sqlx::query(DUE_DATASETS)
+            .bind(now_ms)
+            .bind(due_before_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(crate::DueDataset {
+                    dataset_id: row.try_get("dataset_id")?,
+                    due_at_ms: row.try_get("due_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// `Store::stop_delivering`: leases are rows, shared by every process; nothing to hand over.
+    fn let_go_of_delivery(&self) {}
+
+    /// `Store::renew_leases`: the rows of all the owners' claims, locked in id order.
+    async fn renew_held(&self, owners: &[String], lease_until_ms: i64) -> Result<u64> {
+        let mut renewed = 0;
+        for chunk in owners.chunks(500) {
+            let mut b = QueryBuilder::<Postgres>::new("UPDATE events SET lease_until_ms = ");
+            b.push_bind(lease_until_ms)
+                .push(", next_attempt_at_ms = ")
+                .push_bind(lease_until_ms)
+                .push(" WHERE id IN (SELECT id FROM events WHERE state = 'sending' AND lease_owner IN (");
+            let mut sep = b.separated(", ");
+            for owner in chunk {
+                sep.push_bind(owner.clone());
+            }
+            b.push(")").push(Self::LOCK_IN_ID_ORDER).push(")");
+            let done = b.build().execute(&self.pool).await.map_err(map_err)?;
+            renewed += done.rows_affected();
+        }
+        Ok(renewed)
+    }
+
+    /// `Store::count_leased`.
+    async fn count_held(&self, owner: &str, ids: &[i64]) -> Result<u64> {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM events WHERE state = 'sending' AND lease_owner = $1 AND id = ANY($2)",
+        )
+        .bind(owner)
+        .bind(ids)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(held as u64)
+    }
+
+    /// `Store::release_leases`: back in the queue, due at `now_ms`, the attempt not counted.
+    async fn release_held(&self, owner: &str, now_ms: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE events SET state = 'queued', attempts = attempts - 1, next_attempt_at_ms = $2, \
+             lease_owner = NULL, lease_until_ms = NULL \
+             WHERE state = 'sending' AND lease_owner = $1",
+        )
+        .bind(owner)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
     }
 
     /// `ON CONFLICT DO NOTHING RETURNING` says which rows were taken, even when another

@@ -85,6 +85,28 @@ pub const DUE_DATASETS: &str = concat!(
      ORDER BY due_at"
 );
 
+/// [`DUE_DATASETS`] for leases held in memory (SQLite): every dataset with unfinished events,
+/// with the earliest due time of those not held (`$2`, a JSON array of ids; NULL when all are
+/// held) and unfiltered by time; the caller adds the held events' lease ends and the linger.
+pub const DUE_DATASETS_UNHELD: &str = concat!(
+    "WITH RECURSIVE ds(dataset_id) AS (\
+       SELECT MIN(dataset_id) FROM events WHERE ",
+    unfinished!(),
+    " UNION ALL \
+       SELECT (SELECT MIN(dataset_id) FROM events WHERE ",
+    unfinished!(),
+    " AND dataset_id > ds.dataset_id) FROM ds WHERE ds.dataset_id IS NOT NULL\
+     ), due AS MATERIALIZED (\
+       SELECT ds.dataset_id, (SELECT MIN(next_attempt_at_ms) FROM events WHERE ",
+    unfinished!(),
+    " AND events.dataset_id = ds.dataset_id AND id NOT IN (SELECT value FROM json_each($2))) AS due_at \
+       FROM ds WHERE ds.dataset_id IS NOT NULL\
+     ) \
+     SELECT dataset_id, due_at FROM due \
+     WHERE dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1) \
+     AND dataset_id NOT IN (SELECT dataset_id FROM assets GROUP BY dataset_id HAVING MIN(status) = 'paused')"
+);
+
 pub fn asset_from_row<R: Row>(row: &R) -> Result<Asset>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -319,8 +341,9 @@ pub fn push_new_event<DB: sqlx::Database>(
 }
 
 /// Generates `impl Store` for a backend struct with a `pool` field and the backend hooks
-/// `sql(&str)`, `begin_write()`, `claim_many()`, `resolve_sends()`, `insert_new_events()`,
-/// `PARALLEL_WRITERS`, `LOCK_IN_ID_ORDER` and `MIGRATOR`.
+/// `sql(&str)`, `begin_write()`, `due_list()`, `claim_many()`, `resolve_sends()`, `renew_held()`,
+/// `count_held()`, `release_held()`, `let_go_of_delivery()`, `insert_new_events()`,
+/// `PARALLEL_WRITERS` and `MIGRATOR`.
 macro_rules! impl_store {
     ($store:ty, $db:ty) => {
         #[async_trait::async_trait]
@@ -505,22 +528,7 @@ macro_rules! impl_store {
             }
 
             async fn due_datasets(&self, now_ms: i64, due_before_ms: i64) -> $crate::Result<Vec<$crate::DueDataset>> {
-                let sql = self.sql($crate::shared::DUE_DATASETS);
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
-                    .bind(now_ms)
-                    .bind(due_before_ms)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err($crate::shared::map_err)?;
-                rows.iter()
-                    .map(|row| {
-                        use sqlx::Row;
-                        Ok($crate::DueDataset {
-                            dataset_id: row.try_get("dataset_id")?,
-                            due_at_ms: row.try_get("due_at")?,
-                        })
-                    })
-                    .collect()
+                self.due_list(now_ms, due_before_ms).await
             }
 
             async fn claim_datasets(
@@ -533,56 +541,19 @@ macro_rules! impl_store {
             }
 
             async fn renew_leases(&self, owners: &[String], lease_until_ms: i64) -> $crate::Result<u64> {
-                let mut renewed = 0;
-                for chunk in owners.chunks(500) {
-                    let mut b = sqlx::QueryBuilder::<$db>::new("UPDATE events SET lease_until_ms = ");
-                    b.push_bind(lease_until_ms)
-                        .push(", next_attempt_at_ms = ")
-                        .push_bind(lease_until_ms)
-                        .push(" WHERE id IN (SELECT id FROM events WHERE state = 'sending' AND lease_owner IN (");
-                    let mut sep = b.separated(", ");
-                    for owner in chunk {
-                        sep.push_bind(owner.clone());
-                    }
-                    b.push(")").push(Self::LOCK_IN_ID_ORDER).push(")");
-                    let done = b.build().execute(self.writer()).await.map_err($crate::shared::map_err)?;
-                    renewed += done.rows_affected();
-                }
-                Ok(renewed)
+                self.renew_held(owners, lease_until_ms).await
             }
 
             async fn count_leased(&self, owner: &str, ids: &[i64]) -> $crate::Result<u64> {
-                use sqlx::Row;
-                let mut held = 0u64;
-                for chunk in ids.chunks(1000) {
-                    let mut b = sqlx::QueryBuilder::<$db>::new(
-                        "SELECT COUNT(*) AS n FROM events WHERE state = 'sending' AND lease_owner = ",
-                    );
-                    b.push_bind(owner).push(" AND id IN (");
-                    let mut sep = b.separated(", ");
-                    for id in chunk {
-                        sep.push_bind(*id);
-                    }
-                    b.push(")");
-                    let row = b.build().fetch_one(&self.pool).await.map_err($crate::shared::map_err)?;
-                    held += row.try_get::<i64, _>("n")? as u64;
-                }
-                Ok(held)
+                self.count_held(owner, ids).await
             }
 
             async fn release_leases(&self, owner: &str, now_ms: i64) -> $crate::Result<u64> {
-                let sql = self.sql(
-                    "UPDATE events SET state = 'queued', attempts = attempts - 1, next_attempt_at_ms = $2, \
-                     lease_owner = NULL, lease_until_ms = NULL \
-                     WHERE state = 'sending' AND lease_owner = $1",
-                );
-                let done = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
-                    .bind(owner)
-                    .bind(now_ms)
-                    .execute(self.writer())
-                    .await
-                    .map_err($crate::shared::map_err)?;
-                Ok(done.rows_affected())
+                self.release_held(owner, now_ms).await
+            }
+
+            async fn stop_delivering(&self) {
+                self.let_go_of_delivery();
             }
 
             async fn resolve_many(&self, sends: &[$crate::ResolveRequest]) -> $crate::Result<Vec<u64>> {

@@ -1,6 +1,6 @@
 //! SQLite backend: one file, WAL, the embedded default.
 
-use std::{borrow::Cow, collections::HashSet, str::FromStr, time::Duration};
+use std::{borrow::Cow, collections::HashSet, path::PathBuf, str::FromStr, time::Duration};
 
 use sqlx::{
     Connection, QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, Transaction,
@@ -14,14 +14,17 @@ use crate::{
     capture::impl_capture_store,
     crm::impl_crm_store,
     dashboard::{impl_dashboard_store, insert_deltas},
+    leases::{HeldEvent, LeaseTable},
     shared::{
-        CLAIM_COLUMNS, DUE_CONDITION, INSERT_CHUNK, INSERT_EVENT_COLUMNS, impl_store, map_err,
-        push_new_event,
+        CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS_UNHELD, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
+        impl_store, map_err, push_new_event,
     },
 };
 
-/// Rows the writer's statements hand over without waiting: a claim's largest `RETURNING`.
-const WRITER_ROW_BUFFER: usize = 1024;
+/// Rows a statement hands over without waiting for the runtime to take them: a claim's
+/// largest read. With sqlx's default of 50, SQLite's thread stopped every 50 rows of a claim
+/// until a busy runtime took them (a claim's read cost 19 µs an event instead of 2).
+const ROW_BUFFER: usize = 1024;
 
 /// How often the background task copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -34,6 +37,13 @@ pub struct SqliteStore {
     /// connections would poll SQLite's lock with sleeps of up to 100 ms each.
     writer: SqlitePool,
     checkpointer: JoinHandle<()>,
+    /// Delivery's leases: in this process's memory (see `leases.rs`).
+    leases: std::sync::Mutex<LeaseTable>,
+    /// Claims run one at a time.
+    claiming: tokio::sync::Mutex<()>,
+    /// The lock file beside the database (none for an in-memory one), and its handle once held.
+    delivery_lock_path: Option<PathBuf>,
+    delivery_lock: std::sync::Mutex<Option<std::fs::File>>,
 }
 
 impl Drop for SqliteStore {
@@ -45,9 +55,6 @@ impl Drop for SqliteStore {
 impl SqliteStore {
     /// SQLite has one writer.
     const PARALLEL_WRITERS: usize = 1;
-
-    /// One writer at a time: no row locks to order.
-    const LOCK_IN_ID_ORDER: &str = "";
 
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -74,26 +81,35 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
+            .connect_with(options.clone().row_buffer_size(ROW_BUFFER))
             .await
             .map_err(map_err)?;
         let options_for_checkpoints = options.clone();
+        let filename = options.get_filename().to_owned();
         // Opened at its first write, after `migrate`: a connection opened before a migration
         // keeps the old schema in sqlx's cached statement columns, and a `SELECT *` on it then
         // reads past the end of a row (sqlx's "index out of bounds" panic).
-        //
-        // The writer's rows are buffered a claim's worth at a time: with sqlx's default of 50,
-        // SQLite's thread stopped every 50 rows of a claim's `RETURNING` until a busy runtime
-        // took them, and every writer waited with it (claims cost 3× their own time).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options.row_buffer_size(WRITER_ROW_BUFFER));
+            .connect_lazy_with(options.row_buffer_size(ROW_BUFFER));
         let checkpointer = tokio::spawn(checkpoint_wal(pool.clone(), options_for_checkpoints));
+        let in_memory = filename.as_os_str().is_empty()
+            || filename.to_string_lossy().contains(":memory:")
+            || url.contains("mode=memory");
+        let delivery_lock_path = (!in_memory).then(|| {
+            let mut name = filename.as_os_str().to_owned();
+            name.push("-delivery.lock");
+            PathBuf::from(name)
+        });
         Ok(SqliteStore {
             pool,
             writer,
             checkpointer,
+            leases: std::sync::Mutex::new(LeaseTable::default()),
+            claiming: tokio::sync::Mutex::new(()),
+            delivery_lock_path,
+            delivery_lock: std::sync::Mutex::new(None),
         })
     }
 
@@ -131,15 +147,66 @@ impl SqliteStore {
         }
     }
 
+    /// A claim's read: the dataset's due events, oldest first, less the ids held in memory
+    /// (`$6`, a JSON array). `$3` and `$4` are unused: `DUE_CONDITION` numbers the dataset `$5`.
     fn claim_sql() -> String {
         format!(
-            "UPDATE events SET state = 'sending', lease_owner = $3, lease_until_ms = $4, next_attempt_at_ms = $4, attempts = attempts + 1 \
-             WHERE id IN (SELECT id FROM events WHERE {DUE_CONDITION} ORDER BY next_attempt_at_ms, id LIMIT $2) \
-             RETURNING {CLAIM_COLUMNS}"
+            "SELECT {CLAIM_COLUMNS}, tenant, event_name, last_attempt_id IS NOT NULL AS had_attempt \
+             FROM events WHERE {DUE_CONDITION} AND id NOT IN (SELECT value FROM json_each($6)) \
+             ORDER BY next_attempt_at_ms, id LIMIT $2"
         )
     }
 
-    /// `Store::claim_datasets`: a statement per pick, in one transaction.
+    fn leases(&self) -> std::sync::MutexGuard<'_, LeaseTable> {
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the delivery lock file on the first claim and keeps it while the store lives: one
+    /// process delivers from a SQLite database, as its leases live in that process's memory.
+    /// The OS drops the lock when the process ends, `kill -9` included.
+    fn hold_delivery_lock(&self) -> Result<()> {
+        let Some(path) = &self.delivery_lock_path else {
+            return Ok(());
+        };
+        let mut held = self.delivery_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
+            return Ok(());
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| {
+                crate::StoreError::Unavailable(format!("cannot open {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => {
+                *held = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(
+                crate::StoreError::DeliveryHeldElsewhere(path.display().to_string()),
+            ),
+            Err(std::fs::TryLockError::Error(e)) => Err(crate::StoreError::Unavailable(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// `Store::stop_delivering`: forgets the leases left (a release puts events back by just
+    /// that) and unlocks the lock file, so another process, or this one restarted, delivers.
+    fn let_go_of_delivery(&self) {
+        *self.leases() = LeaseTable::default();
+        let mut held = self.delivery_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(file) = held.take() {
+            let _ = file.unlock();
+        }
+    }
+
+    /// `Store::claim_datasets`: a read per pick, on a reader connection, and leases in memory.
+    /// Claims run one at a time, so two never read the same free events.
     async fn claim_many(
         &self,
         claims: &[crate::ClaimRequest],
@@ -149,162 +216,270 @@ impl SqliteStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
+        self.hold_delivery_lock()?;
+        let _one_at_a_time = self.claiming.lock().await;
+        let claimed = self.read_claims(claims, now_ms, lease_until_ms).await;
+        if claimed.is_err() {
+            let mut leases = self.leases();
+            for claim in claims {
+                leases.release(&claim.owner);
+            }
+        }
+        claimed
+    }
+
+    async fn read_claims(
+        &self,
+        claims: &[crate::ClaimRequest],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<Vec<Vec<crate::ClaimedEvent>>> {
         let sql = self.sql(&Self::claim_sql()).into_owned();
-        let mut tx = self.begin_write().await?;
         let mut all = Vec::with_capacity(claims.len());
         for claim in claims {
+            // Snapshotted before the read: a resolve forgets its ids only after its commit.
+            let excluded = self.leases().excluded(&claim.dataset_id, now_ms);
+            let excluded = serde_json::to_string(&excluded).unwrap_or_else(|_| "[]".into());
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
                 .bind(now_ms)
                 .bind(claim.limit)
                 .bind(claim.owner.as_str())
                 .bind(lease_until_ms)
                 .bind(claim.dataset_id.as_str())
-                .fetch_all(&mut *tx)
+                .bind(excluded)
+                .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
-            let mut claimed = rows
-                .iter()
-                .map(crate::shared::claimed_from_row)
-                .collect::<Result<Vec<_>>>()?;
-            claimed.sort_by_key(|e| e.id);
-            all.push(claimed);
+            let mut events = Vec::with_capacity(rows.len());
+            let mut held = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut event = crate::shared::claimed_from_row(row)?;
+                // This claim's attempt, counted in the database when it is resolved.
+                event.attempts += 1;
+                held.push((
+                    event.id,
+                    HeldEvent {
+                        tenant: row.try_get::<String, _>("tenant")?.into(),
+                        dataset_id: event.dataset_id.as_str().into(),
+                        channel: event.channel.as_str().into(),
+                        event_name: row.try_get::<String, _>("event_name")?.into(),
+                        accepted_at_ms: event.accepted_at_ms,
+                        had_attempt: row.try_get("had_attempt")?,
+                    },
+                ));
+                events.push(event);
+            }
+            let taken = self.leases().take(&claim.owner, lease_until_ms, held);
+            // Another claim's resolve is committing these: they are not this claim's to send.
+            events.retain(|e| !taken.left_out.contains(&e.id));
+            if !taken.taken_over.is_empty() {
+                // Their lease ran out under another claim, whose request may have gone out: that
+                // attempt is counted now, as a claim in the database would have counted it.
+                let mut b = QueryBuilder::<Sqlite>::new(
+                    "UPDATE events SET attempts = attempts + 1 WHERE id IN (",
+                );
+                let mut sep = b.separated(", ");
+                for id in &taken.taken_over {
+                    sep.push_bind(*id);
+                }
+                b.push(")");
+                b.build().execute(&self.writer).await.map_err(map_err)?;
+                for event in events
+                    .iter_mut()
+                    .filter(|e| taken.taken_over.contains(&e.id))
+                {
+                    event.attempts += 1;
+                }
+            }
+            all.push(events);
         }
-        tx.commit().await.map_err(map_err)?;
         Ok(all)
     }
 
-    /// `Store::resolve_many`: statement by statement, as SQLite runs them in-process with no
-    /// round trip to pay.
+    /// `Store::due_datasets`: the database's due times of the events not held, and the lease
+    /// ends of those held (a held event is due again when its lease ends, as on PostgreSQL).
+    async fn due_list(&self, now_ms: i64, due_before_ms: i64) -> Result<Vec<crate::DueDataset>> {
+        let (held_ids, held_due) = {
+            let leases = self.leases();
+            (leases.held_ids(), leases.earliest_lease_ends())
+        };
+        let held_ids = serde_json::to_string(&held_ids).unwrap_or_else(|_| "[]".into());
+        let rows = sqlx::query(sqlx::AssertSqlSafe(
+            self.sql(DUE_DATASETS_UNHELD).into_owned(),
+        ))
+        .bind(now_ms)
+        .bind(held_ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let dataset_id: String = row.try_get("dataset_id")?;
+            let unheld: Option<i64> = row.try_get("due_at")?;
+            let held = held_due.get(dataset_id.as_str()).copied();
+            let due_at = match (unheld, held) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(at) => at,
+                    None => continue,
+                },
+            };
+            if due_at <= due_before_ms {
+                due.push(crate::DueDataset {
+                    dataset_id,
+                    due_at_ms: due_at,
+                });
+            }
+        }
+        due.sort_by_key(|d| d.due_at_ms);
+        Ok(due)
+    }
+
+    /// `Store::renew_leases`: in memory.
+    async fn renew_held(&self, owners: &[String], lease_until_ms: i64) -> Result<u64> {
+        Ok(self.leases().renew(owners, lease_until_ms))
+    }
+
+    /// `Store::count_leased`: in memory.
+    async fn count_held(&self, owner: &str, ids: &[i64]) -> Result<u64> {
+        Ok(self.leases().count(owner, ids))
+    }
+
+    /// `Store::release_leases`: the events were never marked in the database, so forgetting
+    /// the leases puts them back, due as they were, with no attempt counted.
+    async fn release_held(&self, owner: &str, _now_ms: i64) -> Result<u64> {
+        Ok(self.leases().release(owner))
+    }
+
+    /// `Store::resolve_many`: the events each send's owner still holds are marked as being
+    /// resolved, written in one transaction, and forgotten once it has committed (held again if
+    /// it failed).
     async fn resolve_sends(&self, sends: &[crate::ResolveRequest]) -> Result<Vec<u64>> {
-        if sends.iter().all(|s| s.ids.is_empty()) {
+        let held: Vec<Vec<(i64, HeldEvent)>> = {
+            let mut leases = self.leases();
+            sends
+                .iter()
+                .map(|s| leases.begin_resolve(&s.owner, &s.ids))
+                .collect()
+        };
+        let result = self.write_resolutions(sends, &held).await;
+        let mut leases = self.leases();
+        for (send, held) in sends.iter().zip(&held) {
+            let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+            leases.end_resolve(&send.owner, &ids, result.is_ok());
+        }
+        result
+    }
+
+    async fn write_resolutions(
+        &self,
+        sends: &[crate::ResolveRequest],
+        held: &[Vec<(i64, HeldEvent)>],
+    ) -> Result<Vec<u64>> {
+        if held.iter().all(|h| h.is_empty()) {
             return Ok(vec![0; sends.len()]);
         }
         let mut tx = self.begin_write().await?;
         let mut counts = Vec::with_capacity(sends.len());
         let mut deltas = crate::dashboard::StatDeltas::default();
-        for send in sends {
-            let (owner, ids, attempt, resolution) = (
-                send.owner.as_str(),
-                &send.ids,
-                &send.attempt,
-                &send.resolution,
-            );
-            if ids.is_empty() {
-                counts.push(0);
-                continue;
-            }
-            // One attempt row for the whole request; each event names it as its latest.
-            let insert_attempt = self.sql(
-                "INSERT INTO send_attempts (dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
-                 SELECT dataset_id, $2, $3, $4, $5, $6, $7 FROM events WHERE id = $1 RETURNING id",
-            );
-            let attempt_id: Option<i64> =
-                sqlx::query_scalar(sqlx::AssertSqlSafe(insert_attempt.into_owned()))
-                    .bind(ids[0])
-                    .bind(attempt.attempted_at_ms)
-                    .bind(attempt.outcome.clone())
-                    .bind(attempt.http_status)
-                    .bind(attempt.fbtrace_id.clone())
-                    .bind(attempt.message.clone())
-                    .bind(attempt.latency_ms)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(crate::shared::map_err)?;
-            let Some(attempt_id) = attempt_id else {
-                // The events are gone (purged): nothing to resolve.
+        for (send, held) in sends.iter().zip(held) {
+            let (attempt, resolution) = (&send.attempt, &send.resolution);
+            let Some((_, first)) = held.first() else {
                 counts.push(0);
                 continue;
             };
+            // One attempt row for the whole request; each event names it as its latest.
+            let attempt_id = sqlx::query(
+                "INSERT INTO send_attempts (dataset_id, attempted_at_ms, outcome, http_status, fbtrace_id, message, latency_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&*first.dataset_id)
+            .bind(attempt.attempted_at_ms)
+            .bind(attempt.outcome.clone())
+            .bind(attempt.http_status)
+            .bind(attempt.fbtrace_id.clone())
+            .bind(attempt.message.clone())
+            .bind(attempt.latency_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .last_insert_rowid();
             let mut updated = 0u64;
-            for chunk in ids.chunks(1000) {
-                // The attempt an event names now moves to its history (a retry, a replay):
-                // a first send finds none, at the cost of a lookup.
-                let mut b = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO event_attempts (event_row_id, attempt_id) SELECT id, last_attempt_id FROM events \
-                     WHERE last_attempt_id IS NOT NULL AND state = 'sending' AND lease_owner = ",
-                );
-                b.push_bind(owner).push(" AND id IN (");
-                let mut sep = b.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
+            for chunk in held.chunks(1000) {
+                let ids: Vec<i64> = chunk.iter().map(|(id, _)| *id).collect();
+                // The attempt an event names now moves to its history (a retry, a replay).
+                let again: Vec<i64> = chunk
+                    .iter()
+                    .filter(|(_, e)| e.had_attempt)
+                    .map(|(id, _)| *id)
+                    .collect();
+                if !again.is_empty() {
+                    let mut b = QueryBuilder::<Sqlite>::new(
+                        "INSERT INTO event_attempts (event_row_id, attempt_id) SELECT id, last_attempt_id FROM events \
+                         WHERE last_attempt_id IS NOT NULL AND id IN (",
+                    );
+                    let mut sep = b.separated(", ");
+                    for id in &again {
+                        sep.push_bind(*id);
+                    }
+                    b.push(") ON CONFLICT DO NOTHING");
+                    b.build().execute(&mut *tx).await.map_err(map_err)?;
                 }
-                b.push(") ON CONFLICT DO NOTHING");
-                b.build()
+                let done = resolution_update(attempt_id, resolution, &ids)
+                    .build()
                     .execute(&mut *tx)
                     .await
-                    .map_err(crate::shared::map_err)?;
-                let mut b = QueryBuilder::<Sqlite>::new(
-                    "UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = ",
-                );
-                b.push_bind(attempt_id).push(", ");
-                match resolution {
-                    crate::Resolution::Delivered { delivered_at_ms } => {
-                        b.push("state = 'delivered', delivered_at_ms = ")
-                            .push_bind(*delivered_at_ms);
-                    }
-                    crate::Resolution::Retry { next_attempt_at_ms } => {
-                        b.push("state = 'retrying', next_attempt_at_ms = ")
-                            .push_bind(*next_attempt_at_ms);
-                    }
-                    crate::Resolution::Dead { reason, dead_at_ms } => {
-                        b.push("state = 'dead', dead_reason = ")
-                            .push_bind(reason.clone())
-                            .push(", dead_at_ms = ")
-                            .push_bind(*dead_at_ms);
-                    }
-                    crate::Resolution::Release { now_ms } => {
-                        b.push("state = 'queued', attempts = attempts - 1, next_attempt_at_ms = ")
-                            .push_bind(*now_ms);
-                    }
-                }
-                b.push(" WHERE state = 'sending' AND lease_owner = ")
-                    .push_bind(owner)
-                    .push(" AND id IN (");
-                let mut sep = b.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                b.push(") RETURNING tenant, dataset_id, channel, event_name, accepted_at_ms");
-                let rows = b
-                    .build()
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(crate::shared::map_err)?;
-                for row in rows {
-                    updated += 1;
-                    let (tenant, dataset, channel, name): (String, String, String, String) = (
-                        row.try_get("tenant")?,
-                        row.try_get("dataset_id")?,
-                        row.try_get("channel")?,
-                        row.try_get("event_name")?,
+                    .map_err(map_err)?;
+                let written: Vec<&(i64, HeldEvent)> = if done.rows_affected() == ids.len() as u64 {
+                    chunk.iter().collect()
+                } else {
+                    // Some rows left the queue meanwhile (removed, or finished by another
+                    // process): count only the events this attempt now names.
+                    let mut b = QueryBuilder::<Sqlite>::new(
+                        "SELECT id FROM events WHERE last_attempt_id = ",
                     );
-                    let accepted_at: i64 = row.try_get("accepted_at_ms")?;
+                    b.push_bind(attempt_id).push(" AND id IN (");
+                    let mut sep = b.separated(", ");
+                    for id in &ids {
+                        sep.push_bind(*id);
+                    }
+                    b.push(")");
+                    let mine: std::collections::HashSet<i64> = b
+                        .build_query_scalar::<i64>()
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .into_iter()
+                        .collect();
+                    chunk.iter().filter(|(id, _)| mine.contains(id)).collect()
+                };
+                for (_, e) in written {
+                    updated += 1;
                     crate::shared::count_resolution(
                         &mut deltas,
-                        (&tenant, &dataset, &channel, &name),
-                        accepted_at,
+                        (&e.tenant, &e.dataset_id, &e.channel, &e.event_name),
+                        e.accepted_at_ms,
                         attempt.attempted_at_ms,
                         resolution,
                     );
                 }
             }
             if updated == 0 {
-                // Every lease was lost: no attempt to record.
-                let drop_attempt = self.sql("DELETE FROM send_attempts WHERE id = $1");
-                sqlx::query(sqlx::AssertSqlSafe(drop_attempt.into_owned()))
+                // None of its events could be written: no attempt to record.
+                sqlx::query("DELETE FROM send_attempts WHERE id = ?1")
                     .bind(attempt_id)
                     .execute(&mut *tx)
                     .await
-                    .map_err(crate::shared::map_err)?;
+                    .map_err(map_err)?;
             }
             counts.push(updated);
         }
         if counts.iter().all(|&n| n == 0) {
-            tx.rollback().await.map_err(crate::shared::map_err)?;
+            tx.rollback().await.map_err(map_err)?;
             return Ok(counts);
         }
         Self::bump_stats(&mut tx, &deltas).await?;
-        tx.commit().await.map_err(crate::shared::map_err)?;
+        tx.commit().await.map_err(map_err)?;
         Ok(counts)
     }
 
@@ -355,6 +530,51 @@ impl SqliteStore {
         tx.commit().await.map_err(map_err)?;
         Ok(outcomes)
     }
+}
+
+/// The update that moves resolved events on and names their attempt. A send's attempt is
+/// counted here (its claim did not write); a release puts the events back uncounted. Events
+/// still in the queue only: one finished meanwhile is left as it is.
+fn resolution_update(
+    attempt_id: i64,
+    resolution: &crate::Resolution,
+    ids: &[i64],
+) -> QueryBuilder<Sqlite> {
+    let mut b = QueryBuilder::<Sqlite>::new(
+        "UPDATE events SET lease_owner = NULL, lease_until_ms = NULL, last_attempt_id = ",
+    );
+    b.push_bind(attempt_id).push(", ");
+    match resolution {
+        crate::Resolution::Delivered { delivered_at_ms } => {
+            b.push("attempts = attempts + 1, state = 'delivered', delivered_at_ms = ")
+                .push_bind(*delivered_at_ms);
+        }
+        crate::Resolution::Retry { next_attempt_at_ms } => {
+            b.push("attempts = attempts + 1, state = 'retrying', next_attempt_at_ms = ")
+                .push_bind(*next_attempt_at_ms);
+        }
+        crate::Resolution::Dead { reason, dead_at_ms } => {
+            b.push("attempts = attempts + 1, state = 'dead', dead_reason = ")
+                .push_bind(reason.clone())
+                .push(", dead_at_ms = ")
+                .push_bind(*dead_at_ms);
+        }
+        crate::Resolution::Release { now_ms } => {
+            b.push("state = 'queued', next_attempt_at_ms = ")
+                .push_bind(*now_ms);
+        }
+    }
+    b.push(concat!(
+        " WHERE ",
+        crate::shared::unfinished!(),
+        " AND id IN ("
+    ));
+    let mut sep = b.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    b.push(")");
+    b
 }
 
 /// Looks up which keys of `chunk` are stored already, inserts the first event of each other
@@ -515,6 +735,109 @@ mod tests {
         )
         .await;
         assert!(purge.contains("USING INDEX events_finished"), "{purge}");
+    }
+
+    fn queued(n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent {
+                tenant: "default".into(),
+                dataset_id: "d1".into(),
+                asset_id: "a1".into(),
+                channel: "whatsapp".into(),
+                event_id: format!("e{i}").into(),
+                event_name: "Purchase".into(),
+                event_time: 1,
+                payload: "{}".into(),
+                test_event_code: None,
+                accepted_at_ms: 1,
+                conversation_id: None,
+            })
+            .collect()
+    }
+
+    // Leases live in the delivering process, so a second one on the same file must not claim.
+    #[tokio::test]
+    async fn a_second_store_on_the_file_cannot_claim_until_the_first_is_gone() {
+        let (_dir, file, first) = fresh_store().await;
+        first.insert_events(&queued(3)).await.unwrap();
+        let url = format!("sqlite://{}", file.display());
+        let second = SqliteStore::connect(&url).await.unwrap();
+        assert_eq!(
+            first
+                .claim_dataset("a", "d1", 10, 10_000, 2)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let refused = second.claim_dataset("b", "d1", 10, 10_000, 10).await;
+        assert!(
+            matches!(refused, Err(crate::StoreError::DeliveryHeldElsewhere(ref f)) if f.ends_with("relay.db-delivery.lock")),
+            "{refused:?}"
+        );
+        drop(first);
+        // The first process is gone (a crash included): its leases went with it, and every
+        // event is due at once, its unsent attempt not counted.
+        let taken = second
+            .claim_dataset("b", "d1", 10, 10_000, 10)
+            .await
+            .unwrap();
+        assert_eq!(taken.len(), 3);
+        assert!(taken.iter().all(|e| e.attempts == 1));
+    }
+
+    // A claim reads while the writer commits: an event whose resolve is being committed must
+    // not be read as free, nor one just resolved.
+    #[tokio::test]
+    async fn claims_racing_resolves_never_take_an_event_twice() {
+        let (_dir, _, store) = fresh_store().await;
+        let store = std::sync::Arc::new(store);
+        store.insert_events(&queued(2_000)).await.unwrap();
+        let mut sent = Vec::new();
+        let mut resolving = tokio::task::JoinSet::new();
+        for round in 0.. {
+            let owner = format!("o{round}");
+            let events = store
+                .claim_dataset(&owner, "d1", 10, 10_000, 100)
+                .await
+                .unwrap();
+            if events.is_empty() {
+                // Nothing free now: wait for a resolve in flight, or stop when none is.
+                if resolving.join_next().await.is_none() {
+                    break;
+                }
+                continue;
+            }
+            let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+            sent.extend(ids.iter().copied());
+            let store = store.clone();
+            resolving.spawn(async move {
+                let attempt = crate::Attempt {
+                    attempted_at_ms: 20,
+                    outcome: "delivered".into(),
+                    http_status: Some(200),
+                    fbtrace_id: None,
+                    message: None,
+                    latency_ms: 1,
+                };
+                let done = store
+                    .resolve(
+                        &owner,
+                        &ids,
+                        &attempt,
+                        &crate::Resolution::Delivered {
+                            delivered_at_ms: 20,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(done, ids.len() as u64);
+            });
+        }
+        let unique: HashSet<i64> = sent.iter().copied().collect();
+        assert_eq!(unique.len(), sent.len(), "an event was claimed twice");
+        assert_eq!(sent.len(), 2_000);
+        assert_eq!(store.queue_stats().await.unwrap().depth, 0);
     }
 
     #[tokio::test]

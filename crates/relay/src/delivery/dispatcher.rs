@@ -112,6 +112,7 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
             tracing::warn!(error = %e, "cannot release leases at shutdown; they end by themselves");
         }
     }
+    shared.ctx.store.stop_delivering().await;
     tracing::debug!("delivery stopped");
 }
 
@@ -266,8 +267,12 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
             () = shared.sender_done.notified() => {}
             () = woken => {
                 // New events: give the ones right behind them the linger to join one request.
+                // A deep backlog waits for no linger: a sender of it that ends makes room for
+                // its next full claim at once (sleeping through that left it idle).
+                let deep = shared.scheduler().deep_in_flight();
                 tokio::select! {
                     () = tokio::time::sleep(config.linger) => {}
+                    () = shared.sender_done.notified(), if deep => {}
                     () = cancel.cancelled() => return,
                 }
                 idle = config.idle_poll_min;
@@ -283,6 +288,13 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
 }
 
 fn database_error(e: &relay_store::StoreError, failures: u32) {
+    if let relay_store::StoreError::DeliveryHeldElsewhere(_) = e {
+        // A second relay on one SQLite database stands by; said once, not at every try.
+        if failures == 0 {
+            tracing::info!(error = %e, "this relay stands by for delivery: it takes over when that process stops (several delivering relays need PostgreSQL)");
+        }
+        return;
+    }
     observability::delivery_error("database");
     tracing::warn!(error = %e, failures = failures + 1, "delivery cannot reach the database; backing off");
 }

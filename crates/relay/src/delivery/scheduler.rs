@@ -105,6 +105,12 @@ impl Scheduler {
         }
     }
 
+    /// A dataset with a deep backlog has a request in flight: when it ends, the next full claim
+    /// can go at once, with no linger to wait out.
+    pub fn deep_in_flight(&self) -> bool {
+        self.datasets.values().any(|s| s.deep && s.in_flight > 0)
+    }
+
     /// A picked dataset's claim or send is over.
     pub fn finished(&mut self, dataset_id: &str) {
         if let Some(state) = self.datasets.get_mut(dataset_id)
@@ -173,6 +179,7 @@ mod tests {
             s.pick(&list, 1_000).is_empty(),
             "every dataset at its limit"
         );
+        assert!(s.deep_in_flight());
         assert_eq!(s.in_flight(), 8);
     }
 
