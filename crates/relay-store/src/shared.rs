@@ -60,51 +60,54 @@ pub const DUE_CONDITION: &str = concat!(
     AND asset_id NOT IN (SELECT asset_id FROM assets WHERE status = 'paused')"
 );
 
+/// Each dataset with unfinished events and the earliest due time of its events that meet the
+/// extra condition (a loose index scan of `events_due`, dataset_id first: one index probe per
+/// dataset however many events it holds), as the CTE `due(dataset_id, due_at)`.
+macro_rules! due_by_dataset {
+    ($extra:literal) => {
+        concat!(
+            "WITH RECURSIVE ds(dataset_id) AS (\
+               SELECT MIN(dataset_id) FROM events WHERE ",
+            unfinished!(),
+            " UNION ALL \
+               SELECT (SELECT MIN(dataset_id) FROM events WHERE ",
+            unfinished!(),
+            " AND dataset_id > ds.dataset_id) FROM ds WHERE ds.dataset_id IS NOT NULL\
+             ), due AS MATERIALIZED (\
+               SELECT ds.dataset_id, (SELECT MIN(next_attempt_at_ms) FROM events WHERE ",
+            unfinished!(),
+            " AND events.dataset_id = ds.dataset_id",
+            $extra,
+            ") AS due_at FROM ds WHERE ds.dataset_id IS NOT NULL) "
+        )
+    };
+}
+
+/// Leaves out datasets Meta is throttling (`$1` = now) and those whose assets are all paused.
+macro_rules! not_paused {
+    () => {
+        "dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1) \
+         AND dataset_id NOT IN (SELECT dataset_id FROM assets GROUP BY dataset_id HAVING MIN(status) = 'paused')"
+    };
+}
+
 /// Datasets with events due by `$2` (now minus the linger), and their earliest due time,
 /// skipping datasets Meta is throttling (`$1` = now) and datasets whose assets are all paused.
-///
-/// A loose index scan of `events_due` (dataset_id first): one index probe per dataset with
-/// unfinished events, however many events each holds, so a 200,000-event backlog costs what a
-/// single event does.
+/// A 200,000-event backlog costs what a single event does.
 pub const DUE_DATASETS: &str = concat!(
-    "WITH RECURSIVE ds(dataset_id) AS (\
-       SELECT MIN(dataset_id) FROM events WHERE ",
-    unfinished!(),
-    " UNION ALL \
-       SELECT (SELECT MIN(dataset_id) FROM events WHERE ",
-    unfinished!(),
-    " AND dataset_id > ds.dataset_id) FROM ds WHERE ds.dataset_id IS NOT NULL\
-     ), due AS MATERIALIZED (\
-       SELECT ds.dataset_id, (SELECT MIN(next_attempt_at_ms) FROM events WHERE ",
-    unfinished!(),
-    " AND events.dataset_id = ds.dataset_id) AS due_at FROM ds WHERE ds.dataset_id IS NOT NULL\
-     ) \
-     SELECT dataset_id, due_at FROM due WHERE due_at <= $2 \
-     AND dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1) \
-     AND dataset_id NOT IN (SELECT dataset_id FROM assets GROUP BY dataset_id HAVING MIN(status) = 'paused') \
-     ORDER BY due_at"
+    due_by_dataset!(""),
+    "SELECT dataset_id, due_at FROM due WHERE due_at <= $2 AND ",
+    not_paused!(),
+    " ORDER BY due_at"
 );
 
 /// [`DUE_DATASETS`] for leases held in memory (SQLite): every dataset with unfinished events,
 /// with the earliest due time of those not held (`$2`, a JSON array of ids; NULL when all are
 /// held) and unfiltered by time; the caller adds the held events' lease ends and the linger.
 pub const DUE_DATASETS_UNHELD: &str = concat!(
-    "WITH RECURSIVE ds(dataset_id) AS (\
-       SELECT MIN(dataset_id) FROM events WHERE ",
-    unfinished!(),
-    " UNION ALL \
-       SELECT (SELECT MIN(dataset_id) FROM events WHERE ",
-    unfinished!(),
-    " AND dataset_id > ds.dataset_id) FROM ds WHERE ds.dataset_id IS NOT NULL\
-     ), due AS MATERIALIZED (\
-       SELECT ds.dataset_id, (SELECT MIN(next_attempt_at_ms) FROM events WHERE ",
-    unfinished!(),
-    " AND events.dataset_id = ds.dataset_id AND id NOT IN (SELECT value FROM json_each($2))) AS due_at \
-       FROM ds WHERE ds.dataset_id IS NOT NULL\
-     ) \
-     SELECT dataset_id, due_at FROM due \
-     WHERE dataset_id NOT IN (SELECT dataset_id FROM dataset_pauses WHERE until_ms > $1) \
-     AND dataset_id NOT IN (SELECT dataset_id FROM assets GROUP BY dataset_id HAVING MIN(status) = 'paused')"
+    due_by_dataset!(" AND id NOT IN (SELECT value FROM json_each($2))"),
+    "SELECT dataset_id, due_at FROM due WHERE ",
+    not_paused!()
 );
 
 pub fn asset_from_row<R: Row>(row: &R) -> Result<Asset>

@@ -737,17 +737,18 @@ mod tests {
         assert!(purge.contains("USING INDEX events_finished"), "{purge}");
     }
 
-    fn queued(n: usize) -> Vec<NewEvent> {
+    /// `n` events of dataset d1, ids `{tag}-{i}`, each with `payload`.
+    fn queued(tag: &str, n: usize, payload: &str) -> Vec<NewEvent> {
         (0..n)
             .map(|i| NewEvent {
                 tenant: "default".into(),
                 dataset_id: "d1".into(),
                 asset_id: "a1".into(),
                 channel: "whatsapp".into(),
-                event_id: format!("e{i}").into(),
+                event_id: format!("{tag}-{i}").into(),
                 event_name: "Purchase".into(),
                 event_time: 1,
-                payload: "{}".into(),
+                payload: payload.into(),
                 test_event_code: None,
                 accepted_at_ms: 1,
                 conversation_id: None,
@@ -759,7 +760,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_store_on_the_file_cannot_claim_until_the_first_is_gone() {
         let (_dir, file, first) = fresh_store().await;
-        first.insert_events(&queued(3)).await.unwrap();
+        first.insert_events(&queued("e", 3, "{}")).await.unwrap();
         let url = format!("sqlite://{}", file.display());
         let second = SqliteStore::connect(&url).await.unwrap();
         assert_eq!(
@@ -792,7 +793,10 @@ mod tests {
     async fn claims_racing_resolves_never_take_an_event_twice() {
         let (_dir, _, store) = fresh_store().await;
         let store = std::sync::Arc::new(store);
-        store.insert_events(&queued(2_000)).await.unwrap();
+        store
+            .insert_events(&queued("e", 2_000, "{}"))
+            .await
+            .unwrap();
         let mut sent = Vec::new();
         let mut resolving = tokio::task::JoinSet::new();
         for round in 0.. {
@@ -843,21 +847,7 @@ mod tests {
     #[tokio::test]
     async fn the_background_checkpoint_copies_the_wal_into_the_database() {
         let (_dir, file, store) = fresh_store().await;
-        let events: Vec<NewEvent> = (0..2_000)
-            .map(|i| NewEvent {
-                tenant: "default".into(),
-                dataset_id: "d1".into(),
-                asset_id: "a1".into(),
-                channel: "whatsapp".into(),
-                event_id: format!("e{i}").into(),
-                event_name: "Purchase".into(),
-                event_time: 1,
-                payload: "{}".into(),
-                test_event_code: None,
-                accepted_at_ms: 1,
-                conversation_id: None,
-            })
-            .collect();
+        let events = queued("e", 2_000, "{}");
         let before = std::fs::metadata(&file).unwrap().len();
         store.insert_events(&events).await.unwrap();
         // Far below SQLite's own 64 MiB threshold, so only the background task can copy the
@@ -878,23 +868,8 @@ mod tests {
     #[tokio::test]
     async fn writes_resume_after_the_database_was_full() {
         let (_dir, _, store) = fresh_store().await;
-        let batch = |tag: &str| -> Vec<NewEvent> {
-            (0..500)
-                .map(|i| NewEvent {
-                    tenant: "default".into(),
-                    dataset_id: "d1".into(),
-                    asset_id: "a1".into(),
-                    channel: "whatsapp".into(),
-                    event_id: format!("{tag}-{i}").into(),
-                    event_name: "Purchase".into(),
-                    event_time: 1,
-                    payload: "x".repeat(2_000).into(),
-                    test_event_code: None,
-                    accepted_at_ms: 1,
-                    conversation_id: None,
-                })
-                .collect()
-        };
+        let payload = "x".repeat(2_000);
+        let batch = |tag: &str| queued(tag, 500, &payload);
         store.insert_events(&batch("fits")).await.unwrap();
         let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
             .fetch_one(&store.writer)

@@ -16,7 +16,9 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
 #[tokio::test]
 async fn a_valid_request_is_acknowledged_and_listed() {
     let (sim, base) = spawn_simulator(SimulatorConfig::default()).await;
-    let body = json!({"data": [wire_event(1), wire_event(2)], "partner_agent": "acme", "test_event_code": "TEST123"});
+    // Made once: `wire_event` reads the clock, which may tick between two calls.
+    let first = wire_event(1);
+    let body = json!({"data": [first.clone(), wire_event(2)], "partner_agent": "acme", "test_event_code": "TEST123"});
     let response = post_events(&base, DATASET, Some("tok"), &body).await;
     assert_eq!(response.status(), 200);
     let ack: Value = response.json().await.unwrap();
@@ -31,7 +33,7 @@ async fn a_valid_request_is_acknowledged_and_listed() {
         .await
         .unwrap();
     assert_eq!(listed["count"], 2);
-    assert_eq!(listed["data"][0]["event"], wire_event(1));
+    assert_eq!(listed["data"][0]["event"], first);
     assert_eq!(listed["data"][0]["partner_agent"], "acme");
     assert_eq!(listed["data"][0]["test_event_code"], "TEST123");
 
