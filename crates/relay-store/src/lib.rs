@@ -359,7 +359,14 @@ pub trait Store:
     /// Datasets with events due at or before `due_before_ms` (now, minus the delivery linger),
     /// earliest first, with the earliest due time; skips datasets Meta is throttling at `now_ms`
     /// and datasets whose assets are all paused. Costs one index probe per dataset.
-    async fn due_datasets(&self, now_ms: i64, due_before_ms: i64) -> Result<Vec<DueDataset>>;
+    /// A dataset with at least `full_batch` events due by `now_ms` is listed whatever
+    /// `due_before_ms` says: a full claim has no reason to wait for the linger.
+    async fn due_datasets(
+        &self,
+        now_ms: i64,
+        due_before_ms: i64,
+        full_batch: i64,
+    ) -> Result<Vec<DueDataset>>;
 
     /// Claims up to `limit` of one dataset's due events (`queued`/`retrying` due by `now_ms`, or
     /// `sending` with a lease that ran out), skipping paused assets. Sets `sending`, the lease

@@ -251,10 +251,16 @@ impl PostgresStore {
     }
 
     /// `Store::due_datasets`: a loose index scan of `events_due` ([`DUE_DATASETS`]).
-    async fn due_list(&self, now_ms: i64, due_before_ms: i64) -> Result<Vec<crate::DueDataset>> {
+    async fn due_list(
+        &self,
+        now_ms: i64,
+        due_before_ms: i64,
+        full_batch: i64,
+    ) -> Result<Vec<crate::DueDataset>> {
         let rows = sqlx::query(DUE_DATASETS)
             .bind(now_ms)
             .bind(due_before_ms)
+            .bind((full_batch - 1).max(0))
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;

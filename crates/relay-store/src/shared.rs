@@ -91,22 +91,44 @@ macro_rules! not_paused {
     };
 }
 
-/// Datasets with events due by `$2` (now minus the linger), and their earliest due time,
-/// skipping datasets Meta is throttling (`$1` = now) and datasets whose assets are all paused.
-/// A 200,000-event backlog costs what a single event does.
+/// The due time of a dataset's earliest unfinished event after the first `$3` (a full claim
+/// less one) that meet the extra condition; NULL if it has fewer. At or before now, a full
+/// claim is due.
+macro_rules! full_claim_due_at {
+    ($extra:literal) => {
+        concat!(
+            "(SELECT next_attempt_at_ms FROM events WHERE ",
+            unfinished!(),
+            " AND events.dataset_id = due.dataset_id",
+            $extra,
+            " ORDER BY next_attempt_at_ms, id LIMIT 1 OFFSET $3)"
+        )
+    };
+}
+
+/// Datasets with events due by `$2` (now minus the linger), or with a full claim (`$3` + 1
+/// events) due by `$1` (now), and their earliest due time, skipping
+/// datasets Meta is throttling and datasets whose assets are all paused. A 200,000-event
+/// backlog costs what a single event does; the full-claim probe reads at most `$3` index
+/// entries, and only of datasets still within the linger.
 pub const DUE_DATASETS: &str = concat!(
     due_by_dataset!(""),
-    "SELECT dataset_id, due_at FROM due WHERE due_at <= $2 AND ",
+    "SELECT dataset_id, due_at FROM due WHERE (due_at <= $2 OR ",
+    full_claim_due_at!(""),
+    " <= $1) AND ",
     not_paused!(),
     " ORDER BY due_at"
 );
 
 /// [`DUE_DATASETS`] for leases held in memory (SQLite): every dataset with unfinished events,
 /// with the earliest due time of those not held (`$2`, a JSON array of ids; NULL when all are
-/// held) and unfiltered by time; the caller adds the held events' lease ends and the linger.
+/// held) and, for those not due by `$4` (now minus the linger), when a full claim of them (`$3`
+/// + 1 events) is due; the caller adds the held events' lease ends and filters.
 pub const DUE_DATASETS_UNHELD: &str = concat!(
     due_by_dataset!(" AND id NOT IN (SELECT value FROM json_each($2))"),
-    "SELECT dataset_id, due_at FROM due WHERE ",
+    "SELECT dataset_id, due_at, CASE WHEN due_at > $4 THEN ",
+    full_claim_due_at!(" AND id NOT IN (SELECT value FROM json_each($2))"),
+    " END AS full_at FROM due WHERE ",
     not_paused!()
 );
 
@@ -530,8 +552,13 @@ macro_rules! impl_store {
                 self.insert_new_events(events).await
             }
 
-            async fn due_datasets(&self, now_ms: i64, due_before_ms: i64) -> $crate::Result<Vec<$crate::DueDataset>> {
-                self.due_list(now_ms, due_before_ms).await
+            async fn due_datasets(
+                &self,
+                now_ms: i64,
+                due_before_ms: i64,
+                full_batch: i64,
+            ) -> $crate::Result<Vec<$crate::DueDataset>> {
+                self.due_list(now_ms, due_before_ms, full_batch).await
             }
 
             async fn claim_datasets(

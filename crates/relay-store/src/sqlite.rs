@@ -298,7 +298,12 @@ impl SqliteStore {
 
     /// `Store::due_datasets`: the database's due times of the events not held, and the lease
     /// ends of those held (a held event is due again when its lease ends, as on PostgreSQL).
-    async fn due_list(&self, now_ms: i64, due_before_ms: i64) -> Result<Vec<crate::DueDataset>> {
+    async fn due_list(
+        &self,
+        now_ms: i64,
+        due_before_ms: i64,
+        full_batch: i64,
+    ) -> Result<Vec<crate::DueDataset>> {
         let (held_ids, held_due) = {
             let leases = self.leases();
             (leases.held_ids(), leases.earliest_lease_ends())
@@ -309,6 +314,8 @@ impl SqliteStore {
         ))
         .bind(now_ms)
         .bind(held_ids)
+        .bind((full_batch - 1).max(0))
+        .bind(due_before_ms)
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
@@ -324,7 +331,8 @@ impl SqliteStore {
                     None => continue,
                 },
             };
-            if due_at <= due_before_ms {
+            let full_at: Option<i64> = row.try_get("full_at")?;
+            if due_at <= due_before_ms || full_at.is_some_and(|at| at <= now_ms) {
                 due.push(crate::DueDataset {
                     dataset_id,
                     due_at_ms: due_at,

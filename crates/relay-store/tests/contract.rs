@@ -168,7 +168,7 @@ async fn claim_due(
     limit: i64,
 ) -> relay_store::Result<Vec<relay_store::ClaimedEvent>> {
     let mut claimed = Vec::new();
-    for due in store.due_datasets(now_ms, now_ms).await? {
+    for due in store.due_datasets(now_ms, now_ms, limit).await? {
         let room = limit - claimed.len() as i64;
         if room <= 0 {
             break;
@@ -466,7 +466,8 @@ async fn due_datasets_are_listed_once_each_with_their_earliest_due_time(store: A
         let store = store.clone();
         async move {
             store
-                .due_datasets(now, before)
+                // No dataset here holds a full claim of 1,000.
+                .due_datasets(now, before, 1_000)
                 .await
                 .unwrap()
                 .into_iter()
@@ -488,6 +489,27 @@ async fn due_datasets_are_listed_once_each_with_their_earliest_due_time(store: A
         list(5_000, 1_150).await,
         [("d1".into(), 1_000), ("d4".into(), 1_100)],
         "the linger: only datasets due by the given time"
+    );
+    // d1 holds two events due by 5,000: a full claim of 2 has no linger to wait out, a claim
+    // of 3 has; d4, d3 and d2 hold one each.
+    let full_claims = |full: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .due_datasets(5_000, 900, full)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|d| (d.dataset_id, d.due_at_ms))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(full_claims(2).await, [("d1".into(), 1_000)]);
+    assert!(full_claims(3).await.is_empty());
+    assert_eq!(
+        store.due_datasets(1_200, 900, 2).await.unwrap().len(),
+        0,
+        "d1's second event is due only at 1,500"
     );
     store.pause_dataset("d2", 9_000).await.unwrap();
     store.pause_asset("300", "auth", 0).await.unwrap();

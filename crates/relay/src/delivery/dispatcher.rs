@@ -141,7 +141,13 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
         let mut failed = false;
         if shared.scheduler().free() > 0 {
             if due.is_empty() || now - fetched_at >= DUE_LIST_TTL_MS {
-                match ctx.store.due_datasets(now, now - linger_ms).await {
+                // A dataset's first due event waits the linger for others to join its request,
+                // unless a full claim of its events is due already.
+                match ctx
+                    .store
+                    .due_datasets(now, now - linger_ms, config.claim_limit)
+                    .await
+                {
                     Ok(list) => {
                         due = list;
                         fetched_at = now;
@@ -269,11 +275,19 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                 // New events: give the ones right behind them the linger to join one request.
                 // A deep backlog waits for no linger: a sender of it that ends makes room for
                 // its next full claim at once (sleeping through that left it idle).
+                // A full claim due already (a 1,000-event request came in) waits for none.
                 let deep = shared.scheduler().deep_in_flight();
-                tokio::select! {
-                    () = tokio::time::sleep(config.linger) => {}
-                    () = shared.sender_done.notified(), if deep => {}
-                    () = cancel.cancelled() => return,
+                let full = ctx
+                    .store
+                    .due_datasets(ctx.clock.now_ms(), i64::MIN, config.claim_limit)
+                    .await
+                    .is_ok_and(|list| !list.is_empty());
+                if !full {
+                    tokio::select! {
+                        () = tokio::time::sleep(config.linger) => {}
+                        () = shared.sender_done.notified(), if deep => {}
+                        () = cancel.cancelled() => return,
+                    }
                 }
                 idle = config.idle_poll_min;
                 due.clear();
