@@ -131,6 +131,27 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
         .sum()
 }
 
+/// A relay whose 300-event claims go out as three 100-event requests, one at a time, to a Meta
+/// answering in `latency_ms`; and one asset of its own (number `asset`).
+async fn one_claim_of_three_requests(
+    backend: Backend,
+    asset: u64,
+    latency_ms: u64,
+) -> Option<(TestApp, Vec<(String, String)>)> {
+    let env = prepare_env(backend).await?;
+    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    config.delivery.batch_max_events = 100;
+    config.delivery.claim_limit = 300;
+    config.delivery.per_dataset_in_flight = 1;
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", asset, 1).await;
+    app.sim.set_faults(Faults {
+        latency_ms,
+        ..Faults::default()
+    });
+    Some((app, assets))
+}
+
 async fn a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more(backend: Backend) {
     if backend == Backend::Sqlite {
         eprintln!(
@@ -142,20 +163,10 @@ async fn a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more(ba
         );
         return;
     }
-    let Some(env) = prepare_env(backend).await else {
+    let Some((app, assets)) = one_claim_of_three_requests(backend, 2_000, 1_000).await else {
         return;
     };
-    let db_url = env.db.url.clone();
-    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
-    config.delivery.batch_max_events = 100;
-    config.delivery.claim_limit = 300;
-    config.delivery.per_dataset_in_flight = 1;
-    let app = spawn_app_on(env, config).await;
-    let assets = app.add_wabas("default", 2_000, 1).await;
-    app.sim.set_faults(Faults {
-        latency_ms: 1_000,
-        ..Faults::default()
-    });
+    let db_url = app.db.url.clone();
     let lost_before = metric(&app, "capi_relay_leases_lost_total").await;
     let events: Vec<Value> = (0..300).map(|i| event(&assets[0].0, "steal", i)).collect();
     post_all(&app, events).await;
@@ -207,19 +218,9 @@ async fn a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more(ba
 /// On SQLite another process (here: another store on the same file, as `capi-relay` in a second
 /// terminal would open it) cannot claim while a relay delivers, and every event goes out once.
 async fn no_other_process_can_take_the_leases_of_a_relay_delivering_from_sqlite() {
-    let Some(env) = prepare_env(Backend::Sqlite).await else {
+    let Some((app, assets)) = one_claim_of_three_requests(Backend::Sqlite, 2_100, 500).await else {
         return;
     };
-    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
-    config.delivery.batch_max_events = 100;
-    config.delivery.claim_limit = 300;
-    config.delivery.per_dataset_in_flight = 1;
-    let app = spawn_app_on(env, config).await;
-    let assets = app.add_wabas("default", 2_100, 1).await;
-    app.sim.set_faults(Faults {
-        latency_ms: 500,
-        ..Faults::default()
-    });
     let events: Vec<Value> = (0..300).map(|i| event(&assets[0].0, "thief", i)).collect();
     post_all(&app, events).await;
     app.wait_until(Duration::from_secs(10), "a request in flight", |app| {
