@@ -899,7 +899,7 @@ macro_rules! impl_dashboard_store {
                     .bind(l.read_only)
                     .bind(l.created_at_ms)
                     .bind(l.expires_at_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok(())
@@ -915,7 +915,7 @@ macro_rules! impl_dashboard_store {
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql.into_owned()))
                     .bind(now_ms)
                     .bind(token_hash)
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 row.map(|row| {
@@ -1005,7 +1005,7 @@ macro_rules! impl_dashboard_store {
                 let stats = self.sql("DELETE FROM event_stats WHERE bucket_ms < $1");
                 let stats_rows = sqlx::query(sqlx::AssertSqlSafe(stats.into_owned()))
                     .bind(stats_before_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?
                     .rows_affected();
@@ -1013,20 +1013,20 @@ macro_rules! impl_dashboard_store {
                 let hourly = self.sql("DELETE FROM event_stats_hourly WHERE bucket_ms < $1");
                 sqlx::query(sqlx::AssertSqlSafe(hourly.into_owned()))
                     .bind(stats_before_ms.div_euclid($crate::dashboard::HOURLY_BUCKET_MS) * $crate::dashboard::HOURLY_BUCKET_MS)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 let refused = self.sql("DELETE FROM refused_events WHERE received_at_ms < $1");
                 let refusals = sqlx::query(sqlx::AssertSqlSafe(refused.into_owned()))
                     .bind(refusals_before_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?
                     .rows_affected();
                 let links = self.sql("DELETE FROM ui_links WHERE expires_at_ms < $1");
                 sqlx::query(sqlx::AssertSqlSafe(links.into_owned()))
                     .bind(now_ms)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 let calls = self.sql(
@@ -1034,13 +1034,13 @@ macro_rules! impl_dashboard_store {
                 );
                 sqlx::query(sqlx::AssertSqlSafe(calls.into_owned()))
                     .bind($crate::dashboard::GRAPH_CALLS_KEPT)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 let days = self.sql("DELETE FROM graph_call_days WHERE day_ms < $1");
                 sqlx::query(sqlx::AssertSqlSafe(days.into_owned()))
                     .bind(now_ms - 60 * $crate::dashboard::DAY_MS)
-                    .execute(&self.pool)
+                    .execute(self.writer())
                     .await
                     .map_err($crate::shared::map_err)?;
                 Ok($crate::dashboard::DashboardPurge { stats_rows, refusals })
