@@ -129,6 +129,10 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut fetched_at = i64::MIN;
     let mut idle = config.idle_poll_min;
     let mut failures = 0u32;
+    // A wake-up found a full claim due and skipped the linger; if the pass after it could start
+    // nothing (the dataset is at its limit), the next wake-up sleeps, so the look is not repeated
+    // at every ingest commit.
+    let mut skipped_linger = false;
     loop {
         // Listening before looking, so a wake-up during the look is not lost.
         let mut woken = pin!(ctx.wake.notified());
@@ -265,6 +269,7 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         failures = 0;
         if started > 0 {
+            skipped_linger = false;
             idle = config.idle_poll_min;
             continue;
         }
@@ -277,11 +282,13 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                 // its next full claim at once (sleeping through that left it idle).
                 // A full claim due already (a 1,000-event request came in) waits for none.
                 let deep = shared.scheduler().deep_in_flight();
-                let full = ctx
-                    .store
-                    .due_datasets(ctx.clock.now_ms(), i64::MIN, config.claim_limit)
-                    .await
-                    .is_ok_and(|list| !list.is_empty());
+                let full = !skipped_linger
+                    && ctx
+                        .store
+                        .due_datasets(ctx.clock.now_ms(), i64::MIN, config.claim_limit)
+                        .await
+                        .is_ok_and(|list| !list.is_empty());
+                skipped_linger = full;
                 if !full {
                     tokio::select! {
                         () = tokio::time::sleep(config.linger) => {}
