@@ -4,7 +4,9 @@
 //!
 //! - Up to `max_in_flight` claims (and `max_events_in_flight` events) are in flight at once, at
 //!   most `per_dataset_in_flight` of one dataset; the [`Scheduler`] picks the least recently
-//!   served due dataset first.
+//!   served due dataset first. A delivered claim stops counting against these limits once Meta
+//!   has answered; its events count against `max_events_in_flight` until the answer is
+//!   recorded.
 //! - A dataset's first due event waits `linger` for others to join its request.
 //! - A heartbeat renews the leases of the claims in flight ([`Leases`]).
 //! - Supervised: a database error backs off and goes on; a panicking sender's events are put
@@ -19,14 +21,14 @@ use std::{
     time::Duration,
 };
 
-use relay_store::{ClaimRequest, DueDataset};
+use relay_store::{ClaimRequest, ClaimedEvent, DueDataset};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     lease::Leases,
     scheduler::Scheduler,
-    sender::{self, Claim, DeliveryContext, SendError},
+    sender::{self, Claim, DeliveryContext, RequestSlot, SendError},
 };
 use crate::observability;
 
@@ -240,12 +242,7 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                             let mut budget = budget;
                             drop(budget.split(room as usize - events.len()));
                             started += 1;
-                            spawn_sender(
-                                &shared,
-                                dataset_id,
-                                Claim { owner, events },
-                                (permit, budget),
-                            );
+                            spawn_sender(&shared, dataset_id, owner, events, (permit, budget));
                         }
                     }
                     Err(e) => {
@@ -281,13 +278,19 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                 // A deep backlog waits for no linger: a sender of it that ends makes room for
                 // its next full claim at once (sleeping through that left it idle).
                 // A full claim due already (a 1,000-event request came in) waits for none.
-                let deep = shared.scheduler().deep_in_flight();
                 let full = !skipped_linger
-                    && ctx
+                    && match ctx
                         .store
                         .due_datasets(ctx.clock.now_ms(), i64::MIN, config.claim_limit)
                         .await
-                        .is_ok_and(|list| !list.is_empty());
+                    {
+                        Ok(list) => {
+                            shared.scheduler().full_claim_due(&list);
+                            !list.is_empty()
+                        }
+                        Err(_) => false,
+                    };
+                let deep = shared.scheduler().deep_in_flight();
                 skipped_linger = full;
                 if !full {
                     tokio::select! {
@@ -323,9 +326,25 @@ fn database_error(e: &relay_store::StoreError, failures: u32) {
 fn spawn_sender(
     shared: &Arc<Shared>,
     dataset_id: String,
-    claim: Claim,
-    permit: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    owner: String,
+    events: Vec<ClaimedEvent>,
+    (permit, budget): (OwnedSemaphorePermit, OwnedSemaphorePermit),
 ) {
+    // The dataset's request slot and the process's: free once Meta has answered. The event
+    // budget stays taken until the answer is recorded, so memory stays bounded.
+    let request_slot = {
+        let (shared, dataset_id) = (shared.clone(), dataset_id.clone());
+        RequestSlot::new(move || {
+            shared.scheduler().finished(&dataset_id);
+            drop(permit);
+            shared.sender_done.notify_one();
+        })
+    };
+    let claim = Claim {
+        owner,
+        events,
+        request_slot,
+    };
     let shared2 = shared.clone();
     shared.senders.spawn(async move {
         let shared = shared2;
@@ -346,8 +365,7 @@ fn spawn_sender(
             }
         }
         shared.leases.forget(&owner);
-        shared.scheduler().finished(&dataset_id);
-        drop(permit);
+        drop(budget);
         shared.sender_done.notify_one();
     });
 }

@@ -105,6 +105,18 @@ impl Scheduler {
         }
     }
 
+    /// Datasets the store found with a full claim due: deep, and no longer backing off,
+    /// whatever their last claim took (one that caught up with ingest found nothing, or less
+    /// than a full claim, while whole requests kept coming in).
+    pub fn full_claim_due(&mut self, due: &[DueDataset]) {
+        for d in due {
+            if let Some(state) = self.datasets.get_mut(&d.dataset_id) {
+                state.deep = true;
+                state.not_before_ms = i64::MIN;
+            }
+        }
+    }
+
     /// A dataset with a deep backlog has a request in flight: when it ends, the next full claim
     /// can go at once, with no linger to wait out.
     pub fn deep_in_flight(&self) -> bool {
@@ -192,6 +204,25 @@ mod tests {
         assert!(s.pick(&list, 0).is_empty(), "one request at a time");
         s.finished("a");
         assert_eq!(s.pick(&list, 0), ["a"]);
+    }
+
+    #[test]
+    fn a_full_claim_due_makes_a_dataset_deep_and_ends_its_back_off() {
+        let mut s = Scheduler::new(8, 2);
+        let list = due(&[("a", 0)]);
+        assert_eq!(s.pick(&list, 0), ["a"]);
+        // Its claim caught up with ingest (not full), and the next one found nothing.
+        s.claimed("a", false);
+        s.back_off("a", 250);
+        assert!(s.pick(&list, 10).is_empty());
+        // Then a whole 1,000-event request came in.
+        s.full_claim_due(&list);
+        assert_eq!(
+            s.pick(&list, 10),
+            ["a"],
+            "a second request for a full claim"
+        );
+        assert!(s.pick(&list, 10).is_empty(), "and no more than its limit");
     }
 
     #[test]

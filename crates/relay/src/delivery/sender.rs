@@ -66,6 +66,27 @@ pub enum SendError {
 pub struct Claim {
     pub owner: String,
     pub events: Vec<ClaimedEvent>,
+    /// The claim's place among its dataset's requests in flight.
+    pub request_slot: RequestSlot,
+}
+
+/// Runs its closure when dropped: as soon as a claim's last request to Meta is answered
+/// (delivered), not after the answer is recorded. The dataset's next claim can then go out
+/// while this one's resolve waits for the database writer, which ingest also uses.
+pub struct RequestSlot(Option<Box<dyn FnOnce() + Send>>);
+
+impl RequestSlot {
+    pub fn new(on_free: impl FnOnce() + Send + 'static) -> Self {
+        RequestSlot(Some(Box::new(on_free)))
+    }
+}
+
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        if let Some(on_free) = self.0.take() {
+            on_free();
+        }
+    }
 }
 
 /// Sends a claim to the end. Events it could not send under a valid lease are released.
@@ -74,7 +95,12 @@ pub async fn send_claim(
     leases: &Leases,
     claim: Claim,
 ) -> Result<(), SendError> {
-    let Claim { owner, events } = claim;
+    let Claim {
+        owner,
+        events,
+        request_slot,
+    } = claim;
+    let mut request_slot = Some(request_slot);
     let owner = owner.as_str();
     if let Some(first) = events.first() {
         hooks::maybe_panic(&first.dataset_id);
@@ -122,10 +148,16 @@ pub async fn send_claim(
         ctx.config.batch_max_events,
         ctx.config.batch_max_bytes,
     );
-    let mut batches = batches.into_iter();
+    let mut batches = batches.into_iter().peekable();
     let mut first = true;
     while let Some(batch) = batches.next() {
-        let result = deliver_batch(ctx, leases, owner, batch, first).await;
+        // The last batch frees the request slot once Meta has taken it.
+        let slot = if batches.peek().is_none() {
+            &mut request_slot
+        } else {
+            &mut None
+        };
+        let result = deliver_batch(ctx, leases, owner, batch, first, slot).await;
         first = false;
         if let Err(e) = result {
             // Whatever this claim still holds goes back to the queue, unsent.
@@ -172,6 +204,7 @@ async fn deliver_batch(
     owner: &str,
     batch: Batch,
     fresh_claim: bool,
+    request_slot: &mut Option<RequestSlot>,
 ) -> Result<(), SendError> {
     let Some(asset) = ctx.store.get_asset(&batch.asset_id).await? else {
         let attempt = local_attempt(
@@ -264,6 +297,10 @@ async fn deliver_batch(
         }
         match report.outcome {
             SendOutcome::Delivered(_) => {
+                if pending.is_empty() {
+                    drop(request_slot.take());
+                }
+                hooks::maybe_slow_resolve(&batch.dataset_id).await;
                 let resolution = Resolution::Delivered {
                     delivered_at_ms: now,
                 };

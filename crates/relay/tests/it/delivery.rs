@@ -18,6 +18,7 @@ both_backends!(
     a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more,
     a_sender_panic_is_survived_and_its_events_are_retried,
     a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events,
+    a_dataset_sends_its_next_request_while_its_last_answer_is_recorded,
 );
 
 mod sqlite_only {
@@ -332,5 +333,36 @@ async fn a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events(ba
     assert!(
         !app.delivered_ids().iter().any(|id| id.starts_with("thr-")),
         "the throttled dataset delivered nothing"
+    );
+}
+
+async fn a_dataset_sends_its_next_request_while_its_last_answer_is_recorded(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let mut config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    config.delivery.claim_limit = 100;
+    config.delivery.batch_max_events = 100;
+    config.delivery.per_dataset_in_flight = 1;
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", 3_000, 1).await;
+    let (asset, dataset) = &assets[0];
+    // The first answer waits 3 s to be recorded, as behind a database writer busy with ingest.
+    hooks::slow_next_resolve(dataset, Duration::from_secs(3));
+    let events: Vec<Value> = (0..300).map(|i| event(asset, "overlap", i)).collect();
+    post_all(&app, events).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while app.sim.stats_requests() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        app.sim.stats_requests() >= 2,
+        "the dataset's next request waited for the last answer to be recorded"
+    );
+    app.wait_for_empty_queue(Duration::from_secs(30)).await;
+    assert_no_duplicates(&app, 300);
+    assert!(
+        app.sim.stats_max_in_flight() <= 1,
+        "one request in flight at a time for the dataset"
     );
 }
