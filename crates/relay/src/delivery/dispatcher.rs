@@ -278,7 +278,11 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                 // A deep backlog waits for no linger: a sender of it that ends makes room for
                 // its next full claim at once (sleeping through that left it idle).
                 // A full claim due already (a 1,000-event request came in) waits for none.
-                let full = !skipped_linger
+                // With a deep backlog in flight, the sender that ends next wakes the loop: no
+                // need to look (a look costs a query at every ingest commit).
+                let deep = shared.scheduler().deep_in_flight();
+                let full = !deep
+                    && !skipped_linger
                     && match ctx
                         .store
                         .due_datasets(ctx.clock.now_ms(), i64::MIN, config.claim_limit)
@@ -290,7 +294,6 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
                         }
                         Err(_) => false,
                     };
-                let deep = shared.scheduler().deep_in_flight();
                 skipped_linger = full;
                 if !full {
                     tokio::select! {

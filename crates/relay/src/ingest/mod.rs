@@ -419,9 +419,13 @@ async fn ingest(
         // A conversion by contact becomes a normal event first (rewritten before validation).
         let mut event_options = *options;
         let planned = match &ingestor.capture {
-            // A NUL is refused by validation; it must not reach a contact lookup first.
-            Some(_) if relay_core::validate::has_nul(input) => Ok(None),
-            Some(capture) => capture.plan(input).map(|r| r.map(|r| (capture, r))),
+            Some(capture) => match capture.plan(input) {
+                Ok(None) => Ok(None),
+                // A NUL is refused by validation; it must not reach a contact lookup first.
+                // (Looked for only here: most events need no lookup.)
+                _ if relay_core::validate::has_nul(input) => Ok(None),
+                planned => planned.map(|r| r.map(|r| (capture, r))),
+            },
             None => Ok(None),
         };
         let (input, attribution) = match planned {

@@ -561,7 +561,7 @@ async fn handle_events(
     body: &[u8],
 ) -> Result<Response, MetaError> {
     check_version(version)?;
-    let body: Value = serde_json::from_slice(body).map_err(|e| {
+    let mut body: Value = serde_json::from_slice(body).map_err(|e| {
         MetaError::new(
             400,
             100,
@@ -587,9 +587,14 @@ async fn handle_events(
             format!("An event in this request was refused (it contains {marker:?})."),
         ));
     }
+    let count = events.len();
     let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
     let (test_event_code, partner_agent) = (text("test_event_code"), text("partner_agent"));
-    let count = events.len();
+    // Checked above: the events are kept as they came, moved rather than copied.
+    let events = match body.get_mut("data").map(Value::take) {
+        Some(Value::Array(events)) => events,
+        _ => Vec::new(),
+    };
     {
         let mut data = sim.lock();
         let repeated = events
@@ -602,13 +607,13 @@ async fn handle_events(
             .fetch_add(repeated as u64, Ordering::SeqCst);
         let room = sim.max_stored_events.saturating_sub(data.accepted.len());
         data.accepted
-            .extend(events.iter().take(room).map(|event| AcceptedEvent {
+            .extend(events.into_iter().take(room).map(|event| AcceptedEvent {
                 dataset_id: dataset_id.to_owned(),
                 received_at: now,
                 received_at_ms: now_ms,
                 test_event_code: test_event_code.clone(),
                 partner_agent: partner_agent.clone(),
-                event: event.clone(),
+                event,
             }));
     }
     sim.stats
