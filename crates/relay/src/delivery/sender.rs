@@ -153,9 +153,9 @@ pub async fn send_claim(
     while let Some(batch) = batches.next() {
         // The last batch frees the request slot once Meta has taken it.
         let slot = if batches.peek().is_none() {
-            &mut request_slot
+            request_slot.take()
         } else {
-            &mut None
+            None
         };
         let result = deliver_batch(ctx, leases, owner, batch, first, slot).await;
         first = false;
@@ -204,7 +204,7 @@ async fn deliver_batch(
     owner: &str,
     batch: Batch,
     fresh_claim: bool,
-    request_slot: &mut Option<RequestSlot>,
+    mut request_slot: Option<RequestSlot>,
 ) -> Result<(), SendError> {
     let Some(asset) = ctx.store.get_asset(&batch.asset_id).await? else {
         let attempt = local_attempt(
