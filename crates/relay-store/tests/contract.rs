@@ -83,6 +83,7 @@ contract!(
     inserted_ids_name_the_stored_rows_across_chunks_and_datasets,
     an_all_new_chunk_and_a_chunk_with_repeats_agree_in_one_batch,
     claims_take_only_due_events_of_active_assets_and_datasets,
+    a_paused_asset_first_in_line_holds_back_no_other_asset_of_its_dataset,
     concurrent_claimers_never_share_an_event,
     an_expired_lease_moves_to_another_owner,
     due_datasets_are_listed_once_each_with_their_earliest_due_time,
@@ -374,6 +375,36 @@ async fn claims_take_only_due_events_of_active_assets_and_datasets(store: Arc<dy
             .len(),
         1,
         "pause over"
+    );
+}
+
+async fn a_paused_asset_first_in_line_holds_back_no_other_asset_of_its_dataset(
+    store: Arc<dyn Store>,
+) {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    store.upsert_asset(&asset("101", "d1")).await.unwrap();
+    // The paused asset's events are the oldest, more than a claim takes.
+    let mut events: Vec<NewEvent> = (0..5)
+        .map(|i| event("d1", "100", &format!("p{i}"), 1_000 + i as i64))
+        .collect();
+    events.extend((0..3).map(|i| event("d1", "101", &format!("a{i}"), 2_000 + i as i64)));
+    store.insert_events(&events).await.unwrap();
+    store.pause_asset("100", "auth", 0).await.unwrap();
+    let claimed = store
+        .claim_dataset("w", "d1", 5_000, 10_000, 2)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|e| &*e.event_id).collect();
+    assert_eq!(ids, ["a0", "a1"], "the active asset's oldest events");
+    let rest = store
+        .claim_dataset("w2", "d1", 5_000, 10_000, 10)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = rest.iter().map(|e| &*e.event_id).collect();
+    assert_eq!(
+        ids,
+        ["a2"],
+        "and then the rest of them, none of the paused asset's"
     );
 }
 
