@@ -56,7 +56,7 @@ pub struct Taken {
     /// Taken from another claim whose lease had ended (its request may have gone out: that
     /// attempt counts).
     pub taken_over: Vec<i64>,
-    /// Left out: another claim's resolve is committing them.
+    /// Left out: another claim holds them under a live lease, or its resolve is committing them.
     pub left_out: Vec<i64>,
 }
 
@@ -108,9 +108,17 @@ impl LeaseTable {
         ends
     }
 
-    /// Leases `events` (of one dataset, as a claim reads them) to `owner` until `until_ms`.
-    /// An event another claim holds moves to this one, unless that claim is resolving it.
-    pub fn take(&mut self, owner: &str, until_ms: i64, events: Vec<(i64, HeldEvent)>) -> Taken {
+    /// Leases `events` (of one dataset, as a claim at `now_ms` reads them) to `owner` until
+    /// `until_ms`. An event another claim holds moves to this one only if that lease has ended
+    /// and its resolve is not being committed. (A live one can be read by a claim that looked at
+    /// the held ids just before an insert leased its new rows and read just after its commit.)
+    pub fn take(
+        &mut self,
+        owner: &str,
+        now_ms: i64,
+        until_ms: i64,
+        events: Vec<(i64, HeldEvent)>,
+    ) -> Taken {
         let mut taken = Taken::default();
         let Some(dataset_id) = events.first().map(|(_, e)| e.dataset_id.clone()) else {
             return taken;
@@ -132,7 +140,7 @@ impl LeaseTable {
                     continue;
                 };
                 if let Some(at) = claim.find(id) {
-                    if claim.events[at].resolving {
+                    if claim.events[at].resolving || claim.until_ms >= now_ms {
                         taken.left_out.push(id);
                         free = false;
                     } else {
@@ -287,13 +295,13 @@ mod tests {
     fn a_live_lease_is_excluded_and_an_expired_one_can_be_taken_over() {
         let mut t = LeaseTable::default();
         assert_eq!(
-            t.take("a", 100, vec![(2, held("d")), (1, held("d"))]),
+            t.take("a", 0, 100, vec![(2, held("d")), (1, held("d"))]),
             Taken::default()
         );
         assert_eq!(t.excluded("d", 100), vec![1, 2]);
         assert!(t.excluded("other", 100).is_empty());
         assert!(t.excluded("d", 101).is_empty(), "expired at 101");
-        let taken = t.take("b", 200, vec![(2, held("d"))]);
+        let taken = t.take("b", 101, 200, vec![(2, held("d"))]);
         assert_eq!(taken.taken_over, vec![2]);
         assert_eq!((t.count("a", &[1, 2]), t.count("b", &[1, 2])), (1, 1));
         assert!(t.begin_resolve("a", &[2]).is_empty(), "a no longer holds 2");
@@ -304,11 +312,11 @@ mod tests {
     #[test]
     fn an_event_being_resolved_stays_excluded_until_its_commit_even_when_expired() {
         let mut t = LeaseTable::default();
-        t.take("a", 100, vec![(1, held("d")), (2, held("d"))]);
+        t.take("a", 0, 100, vec![(1, held("d")), (2, held("d"))]);
         let resolving = t.begin_resolve("a", &[1]);
         assert_eq!(resolving.len(), 1);
         assert_eq!(t.excluded("d", 1_000), vec![1], "1 is being resolved");
-        let taken = t.take("b", 2_000, vec![(1, held("d")), (2, held("d"))]);
+        let taken = t.take("b", 1_000, 2_000, vec![(1, held("d")), (2, held("d"))]);
         assert_eq!(
             taken,
             Taken {
@@ -336,10 +344,25 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_never_takes_an_event_held_under_a_live_lease() {
+        let mut t = LeaseTable::default();
+        t.take("insert", 0, 100, vec![(7, held("d"))]);
+        let taken = t.take("claim", 50, 150, vec![(7, held("d")), (8, held("d"))]);
+        assert_eq!(
+            taken,
+            Taken {
+                taken_over: vec![],
+                left_out: vec![7]
+            }
+        );
+        assert_eq!((t.count("insert", &[7]), t.count("claim", &[7, 8])), (1, 1));
+    }
+
+    #[test]
     fn renewals_and_releases_touch_only_their_owners() {
         let mut t = LeaseTable::default();
-        t.take("a", 100, vec![(1, held("d"))]);
-        t.take("b", 100, vec![(2, held("e"))]);
+        t.take("a", 0, 100, vec![(1, held("d"))]);
+        t.take("b", 0, 100, vec![(2, held("e"))]);
         assert_eq!(t.renew(&["a".into(), "nobody".into()], 500), 1);
         assert_eq!(t.excluded("d", 400), vec![1]);
         assert!(t.excluded("e", 400).is_empty());

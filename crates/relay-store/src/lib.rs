@@ -209,6 +209,26 @@ pub struct ClaimedEvent {
     pub accepted_at_ms: i64,
 }
 
+/// A claim offered at insert: up to `limit` of the dataset's new events are leased to `owner`
+/// in the insert's own transaction and go to Meta without being claimed from the queue. The
+/// store takes an offer only while the dataset has nothing else due and is not throttled, and
+/// never for the events of a paused asset; what it does not take is queued as usual.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandoffOffer {
+    pub dataset_id: String,
+    pub owner: String,
+    pub limit: usize,
+}
+
+/// What [`Store::insert_events_handing_off`] did.
+#[derive(Debug, Default)]
+pub struct HandedOff {
+    /// One per event, as [`Store::insert_events`] returns them.
+    pub outcomes: Vec<InsertOutcome>,
+    /// Per offer, in order, the events it took (possibly none).
+    pub claims: Vec<Vec<ClaimedEvent>>,
+}
+
 /// A dataset with due events, for the delivery scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueDataset {
@@ -355,6 +375,17 @@ pub trait Store:
     /// Inserts accepted events in one transaction, in order; a repeated `(dataset_id, event_id)`
     /// (already stored, or earlier in the same call) is `Duplicate`. Returns one outcome per event.
     async fn insert_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>>;
+
+    /// [`Store::insert_events`], and the inserted events of each dataset an offer names are
+    /// leased to the offer's owner until `lease_until_ms`, in the same transaction, as a claim
+    /// at `now_ms` would lease them (see [`HandoffOffer`] for when an offer is taken).
+    async fn insert_events_handing_off(
+        &self,
+        events: &[NewEvent],
+        offers: &[HandoffOffer],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<HandedOff>;
 
     /// Datasets with events due at or before `due_before_ms` (now, minus the delivery linger),
     /// earliest first, with the earliest due time; skips datasets Meta is throttling at `now_ms`

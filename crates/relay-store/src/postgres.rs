@@ -1,6 +1,11 @@
 //! PostgreSQL backend: several relay processes share one database and split the work.
 
-use std::{borrow::Cow, collections::HashMap, str::FromStr, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    time::Duration,
+};
 
 use sqlx::{
     PgPool, Postgres, QueryBuilder, Row, Transaction,
@@ -9,13 +14,15 @@ use sqlx::{
 };
 
 use crate::{
-    ClaimRequest, ClaimedEvent, InsertOutcome, NewEvent, Resolution, ResolveRequest, Result,
+    ClaimRequest, ClaimedEvent, HandedOff, HandoffOffer, InsertOutcome, NewEvent, Resolution,
+    ResolveRequest, Result,
     capture::impl_capture_store,
     crm::impl_crm_store,
     dashboard::{impl_dashboard_store, insert_deltas},
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
-        claimed_from_row, impl_store, map_err, push_new_event,
+        PAUSED_ASSETS, assign_offers, claimed_from_row, handed_off_claims, handoff_refused_sql,
+        impl_store, map_err, push_new_event, push_new_event_due,
     },
 };
 
@@ -326,13 +333,52 @@ impl PostgresStore {
     }
 
     /// `ON CONFLICT DO NOTHING RETURNING` says which rows were taken, even when another
-    /// relay instance inserts the same event at the same moment.
-    async fn insert_new_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>> {
+    /// relay instance inserts the same event at the same moment. Rows an offer takes are
+    /// inserted already leased, as a claim would leave them: no second write of the row.
+    async fn insert_new_events(
+        &self,
+        events: &[NewEvent],
+        offers: &[HandoffOffer],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<HandedOff> {
         let mut inserted: HashMap<(String, String), i64> = HashMap::with_capacity(events.len());
         let mut tx = self.begin_write().await?;
+        let assigned = Self::assign(&mut tx, events, offers, now_ms).await?;
+        let leased = |i: usize| assigned[i].map(|o| offers[o].owner.as_str());
+        let any_leased = assigned.iter().any(Option::is_some);
+        let mut at = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
-            let mut builder = QueryBuilder::<Postgres>::new(INSERT_EVENT_COLUMNS);
-            builder.push_values(chunk, push_new_event);
+            let mut builder = QueryBuilder::<Postgres>::new(if any_leased {
+                INSERT_LEASED_EVENT_COLUMNS
+            } else {
+                INSERT_EVENT_COLUMNS
+            });
+            let first = at;
+            let mut k = 0;
+            builder.push_values(chunk, |mut row, e| {
+                if !any_leased {
+                    return push_new_event(row, e);
+                }
+                match leased(first + k) {
+                    Some(owner) => {
+                        push_new_event_due(&mut row, e, lease_until_ms);
+                        row.push_bind("sending")
+                            .push_bind(owner.to_owned())
+                            .push_bind(Some(lease_until_ms))
+                            .push_bind(1i32);
+                    }
+                    None => {
+                        push_new_event_due(&mut row, e, e.accepted_at_ms);
+                        row.push_bind("queued")
+                            .push_bind(None::<String>)
+                            .push_bind(None::<i64>)
+                            .push_bind(0i32);
+                    }
+                }
+                k += 1;
+            });
+            at += chunk.len();
             builder.push(
                 " ON CONFLICT (dataset_id, event_id) DO NOTHING RETURNING id, dataset_id, event_id",
             );
@@ -356,9 +402,52 @@ impl PostgresStore {
             .collect();
         Self::bump_stats(&mut tx, &insert_deltas(events, &outcomes)).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(outcomes)
+        let claims = handed_off_claims(events, &outcomes, &assigned, offers.len());
+        Ok(HandedOff { outcomes, claims })
+    }
+
+    /// Which offer takes each event: checked in the insert's transaction.
+    async fn assign(
+        tx: &mut Transaction<'_, Postgres>,
+        events: &[NewEvent],
+        offers: &[HandoffOffer],
+        now_ms: i64,
+    ) -> Result<Vec<Option<usize>>> {
+        if offers.is_empty() {
+            return Ok(vec![None; events.len()]);
+        }
+        let refused_sql = handoff_refused_sql("");
+        let mut taken: HashSet<&str> = HashSet::new();
+        for offer in offers {
+            if taken.contains(offer.dataset_id.as_str()) {
+                continue;
+            }
+            let refused: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(refused_sql.clone()))
+                .bind(now_ms)
+                .bind(offer.dataset_id.as_str())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            if !refused {
+                taken.insert(offer.dataset_id.as_str());
+            }
+        }
+        let paused: HashSet<String> = sqlx::query_scalar(PAUSED_ASSETS)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .into_iter()
+            .collect();
+        Ok(assign_offers(events, offers, |e| {
+            taken.contains(&*e.dataset_id) && !paused.contains(&*e.asset_id)
+        }))
     }
 }
+
+/// [`INSERT_EVENT_COLUMNS`] with the lease columns, for rows an offer may take.
+const INSERT_LEASED_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, \
+    event_name, event_time, payload, test_event_code, next_attempt_at_ms, accepted_at_ms, conversation_id, \
+    state, lease_owner, lease_until_ms, attempts) ";
 
 /// One array parameter of a statement over many sends: `f` of each send `live` names (every
 /// one of them has events).

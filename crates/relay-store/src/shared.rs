@@ -341,10 +341,90 @@ pub const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, dataset_id, 
 /// Rows per multi-row insert: 500 rows × 12 columns stays under every placeholder limit.
 pub const INSERT_CHUNK: usize = 500;
 
-/// Binds one event's row of a multi-row `INSERT INTO events` (see [`INSERT_EVENT_COLUMNS`]).
+/// Which offer takes each event (see [`crate::HandoffOffer`]): in order, the events of each
+/// offered dataset that `takes` allows, every offer up to its limit. A repeat within `events`
+/// takes no room (an event already stored does, as it is known only once inserted).
+pub fn assign_offers(
+    events: &[crate::NewEvent],
+    offers: &[crate::HandoffOffer],
+    takes: impl Fn(&crate::NewEvent) -> bool,
+) -> Vec<Option<usize>> {
+    let mut room: Vec<usize> = offers.iter().map(|o| o.limit).collect();
+    let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    events
+        .iter()
+        .map(|e| {
+            if !takes(e) || !seen.insert((&e.dataset_id, &e.event_id)) {
+                return None;
+            }
+            let at = offers
+                .iter()
+                .enumerate()
+                .position(|(i, o)| room[i] > 0 && *o.dataset_id == *e.dataset_id)?;
+            room[at] -= 1;
+            Some(at)
+        })
+        .collect()
+}
+
+/// The claims of [`crate::HandedOff`]: each inserted event an offer took, as a claim returns it.
+pub fn handed_off_claims(
+    events: &[crate::NewEvent],
+    outcomes: &[crate::InsertOutcome],
+    assigned: &[Option<usize>],
+    offers: usize,
+) -> Vec<Vec<ClaimedEvent>> {
+    let mut claims: Vec<Vec<ClaimedEvent>> = (0..offers).map(|_| Vec::new()).collect();
+    for ((e, outcome), offer) in events.iter().zip(outcomes).zip(assigned) {
+        if let (crate::InsertOutcome::Inserted(id), Some(offer)) = (outcome, offer) {
+            claims[*offer].push(ClaimedEvent {
+                id: *id,
+                dataset_id: e.dataset_id.to_string(),
+                asset_id: e.asset_id.to_string(),
+                channel: e.channel.to_string(),
+                event_id: e.event_id.to_string(),
+                event_time: e.event_time,
+                payload: e.payload.to_string(),
+                test_event_code: e.test_event_code.as_deref().map(str::to_owned),
+                attempts: 1,
+                accepted_at_ms: e.accepted_at_ms,
+            });
+        }
+    }
+    claims
+}
+
+/// Whether an offer for dataset `$2` is refused at `$1` (now): one of the dataset's events is
+/// due (`extra` leaves out those held in memory), or Meta is throttling the dataset.
+pub fn handoff_refused_sql(extra: &str) -> String {
+    format!(
+        "SELECT (EXISTS (SELECT 1 FROM events WHERE {DUE_CONDITION}{extra}) \
+         OR EXISTS (SELECT 1 FROM dataset_pauses WHERE dataset_id = $5 AND until_ms > $1)) AS refused"
+    )
+    .replace("$5", "$2")
+}
+
+/// The assets whose events are held back (paused): no offer takes them.
+pub const PAUSED_ASSETS: &str = "SELECT asset_id FROM assets WHERE status = 'paused'";
+
+/// Binds one event's row of a multi-row `INSERT INTO events` (see [`INSERT_EVENT_COLUMNS`]),
+/// due at once: next_attempt_at_ms = accepted_at_ms.
 pub fn push_new_event<DB: sqlx::Database>(
     mut row: sqlx::query_builder::Separated<'_, DB, &'static str>,
     e: &crate::NewEvent,
+) where
+    for<'t> std::sync::Arc<str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> Option<std::sync::Arc<str>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    push_new_event_due(&mut row, e, e.accepted_at_ms);
+}
+
+/// [`push_new_event`], due at `next_attempt_at_ms`.
+pub fn push_new_event_due<DB: sqlx::Database>(
+    row: &mut sqlx::query_builder::Separated<'_, DB, &'static str>,
+    e: &crate::NewEvent,
+    next_attempt_at_ms: i64,
 ) where
     for<'t> std::sync::Arc<str>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
     for<'t> Option<std::sync::Arc<str>>: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
@@ -359,8 +439,7 @@ pub fn push_new_event<DB: sqlx::Database>(
         .push_bind(e.event_time)
         .push_bind(e.payload.clone())
         .push_bind(e.test_event_code.clone())
-        // Due at once: next_attempt_at_ms = accepted_at_ms.
-        .push_bind(e.accepted_at_ms)
+        .push_bind(next_attempt_at_ms)
         .push_bind(e.accepted_at_ms)
         .push_bind(e.conversation_id.clone());
 }
@@ -549,7 +628,17 @@ macro_rules! impl_store {
             }
 
             async fn insert_events(&self, events: &[$crate::NewEvent]) -> $crate::Result<Vec<$crate::InsertOutcome>> {
-                self.insert_new_events(events).await
+                Ok(self.insert_new_events(events, &[], 0, 0).await?.outcomes)
+            }
+
+            async fn insert_events_handing_off(
+                &self,
+                events: &[$crate::NewEvent],
+                offers: &[$crate::HandoffOffer],
+                now_ms: i64,
+                lease_until_ms: i64,
+            ) -> $crate::Result<$crate::HandedOff> {
+                self.insert_new_events(events, offers, now_ms, lease_until_ms).await
             }
 
             async fn due_datasets(

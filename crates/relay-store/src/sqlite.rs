@@ -10,14 +10,15 @@ use sqlx::{
 use tokio::task::JoinHandle;
 
 use crate::{
-    InsertOutcome, NewEvent, Result,
+    HandedOff, HandoffOffer, InsertOutcome, NewEvent, Result,
     capture::impl_capture_store,
     crm::impl_crm_store,
     dashboard::{impl_dashboard_store, insert_deltas},
     leases::{HeldEvent, LeaseTable},
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS_UNHELD, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
-        impl_store, map_err, push_new_event,
+        PAUSED_ASSETS, assign_offers, handed_off_claims, handoff_refused_sql, impl_store, map_err,
+        push_new_event,
     },
 };
 
@@ -269,7 +270,9 @@ impl SqliteStore {
                 ));
                 events.push(event);
             }
-            let taken = self.leases().take(&claim.owner, lease_until_ms, held);
+            let taken = self
+                .leases()
+                .take(&claim.owner, now_ms, lease_until_ms, held);
             // Another claim's resolve is committing these: they are not this claim's to send.
             events.retain(|e| !taken.left_out.contains(&e.id));
             if !taken.taken_over.is_empty() {
@@ -499,8 +502,24 @@ impl SqliteStore {
     /// Each chunk is first inserted optimistically with `INSERT OR IGNORE`: when every row
     /// went in (the common case: no duplicates) that is all, with no lookup of stored keys.
     /// Otherwise the chunk is rolled back to its savepoint and inserted the exact way.
-    async fn insert_new_events(&self, events: &[NewEvent]) -> Result<Vec<InsertOutcome>> {
+    ///
+    /// Rows an offer takes are leased in memory before the commit makes them visible, so no
+    /// claim sends them too (see [`LeaseTable::take`]).
+    async fn insert_new_events(
+        &self,
+        events: &[NewEvent],
+        offers: &[HandoffOffer],
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<HandedOff> {
+        // Only the process that delivers from this database may lease.
+        let offers = if !offers.is_empty() && self.hold_delivery_lock().is_ok() {
+            offers
+        } else {
+            &[]
+        };
         let mut tx = self.begin_write().await?;
+        let assigned = self.assign(&mut tx, events, offers, now_ms).await?;
         let mut outcomes = Vec::with_capacity(events.len());
         for chunk in events.chunks(INSERT_CHUNK) {
             sqlx::query("SAVEPOINT chunk")
@@ -535,8 +554,83 @@ impl SqliteStore {
             }
         }
         Self::bump_stats(&mut tx, &insert_deltas(events, &outcomes)).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(outcomes)
+        let claims = handed_off_claims(events, &outcomes, &assigned, offers.len());
+        let mut held: Vec<Vec<(i64, HeldEvent)>> = offers.iter().map(|_| Vec::new()).collect();
+        for ((e, outcome), offer) in events.iter().zip(&outcomes).zip(&assigned) {
+            if let (InsertOutcome::Inserted(id), Some(offer)) = (outcome, offer) {
+                held[*offer].push((
+                    *id,
+                    HeldEvent {
+                        tenant: e.tenant.clone(),
+                        dataset_id: e.dataset_id.clone(),
+                        channel: e.channel.clone(),
+                        event_name: e.event_name.clone(),
+                        accepted_at_ms: e.accepted_at_ms,
+                        had_attempt: false,
+                    },
+                ));
+            }
+        }
+        {
+            let mut leases = self.leases();
+            for (offer, held) in offers.iter().zip(held) {
+                leases.take(&offer.owner, now_ms, lease_until_ms, held);
+            }
+        }
+        if let Err(e) = tx.commit().await {
+            let mut leases = self.leases();
+            for offer in offers {
+                leases.release(&offer.owner);
+            }
+            return Err(map_err(e));
+        }
+        Ok(HandedOff { outcomes, claims })
+    }
+
+    /// Which offer takes each event: checked in the insert's transaction, held events left
+    /// out of the dataset's due ones.
+    async fn assign(
+        &self,
+        tx: &mut Transaction<'_, Sqlite>,
+        events: &[NewEvent],
+        offers: &[HandoffOffer],
+        now_ms: i64,
+    ) -> Result<Vec<Option<usize>>> {
+        if offers.is_empty() {
+            return Ok(vec![None; events.len()]);
+        }
+        let refused_sql = self
+            .sql(&handoff_refused_sql(
+                " AND id NOT IN (SELECT value FROM json_each($3))",
+            ))
+            .into_owned();
+        let mut taken: HashSet<&str> = HashSet::new();
+        for offer in offers {
+            if taken.contains(offer.dataset_id.as_str()) {
+                continue;
+            }
+            let excluded = self.leases().excluded(&offer.dataset_id, now_ms);
+            let excluded = serde_json::to_string(&excluded).unwrap_or_else(|_| "[]".into());
+            let refused: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(refused_sql.clone()))
+                .bind(now_ms)
+                .bind(offer.dataset_id.as_str())
+                .bind(excluded)
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(map_err)?;
+            if !refused {
+                taken.insert(offer.dataset_id.as_str());
+            }
+        }
+        let paused: HashSet<String> = sqlx::query_scalar(PAUSED_ASSETS)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(map_err)?
+            .into_iter()
+            .collect();
+        Ok(assign_offers(events, offers, |e| {
+            taken.contains(&*e.dataset_id) && !paused.contains(&*e.asset_id)
+        }))
     }
 }
 

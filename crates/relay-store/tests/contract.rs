@@ -7,8 +7,8 @@ use std::{collections::HashSet, sync::Arc};
 
 use relay_store::{
     ApiKeyRecord, Asset, AssetStatus, Attempt, AuditEntry, ClaimRequest, DEFAULT_TENANT,
-    DeadLetterFilter, EventState, InsertOutcome, NewEvent, Resolution, ResolveRequest, Store,
-    StoreError, Tenant,
+    DeadLetterFilter, EventState, HandoffOffer, InsertOutcome, NewEvent, Resolution,
+    ResolveRequest, Store, StoreError, Tenant,
     capture::{
         CaptureOptions, ContactKey, ForwardResolution, NewSighting, NewTouch, NewWebhook,
         ReprocessFilter, Requeued, WebhookFinish, WebhookInsert,
@@ -84,6 +84,8 @@ contract!(
     an_all_new_chunk_and_a_chunk_with_repeats_agree_in_one_batch,
     claims_take_only_due_events_of_active_assets_and_datasets,
     a_paused_asset_first_in_line_holds_back_no_other_asset_of_its_dataset,
+    an_insert_leases_its_new_events_to_offers_of_datasets_with_nothing_else_due,
+    events_handed_over_at_insert_resolve_and_release_as_claimed_ones_do,
     concurrent_claimers_never_share_an_event,
     an_expired_lease_moves_to_another_owner,
     due_datasets_are_listed_once_each_with_their_earliest_due_time,
@@ -405,6 +407,173 @@ async fn a_paused_asset_first_in_line_holds_back_no_other_asset_of_its_dataset(
         ids,
         ["a2"],
         "and then the rest of them, none of the paused asset's"
+    );
+}
+
+fn offer(dataset: &str, owner: &str, limit: usize) -> HandoffOffer {
+    HandoffOffer {
+        dataset_id: dataset.into(),
+        owner: owner.into(),
+        limit,
+    }
+}
+
+fn event_ids(events: &[relay_store::ClaimedEvent]) -> Vec<&str> {
+    events.iter().map(|e| &*e.event_id).collect()
+}
+
+async fn an_insert_leases_its_new_events_to_offers_of_datasets_with_nothing_else_due(
+    store: Arc<dyn Store>,
+) {
+    for (id, dataset) in [("100", "d1"), ("101", "d1"), ("200", "d2"), ("300", "d3")] {
+        store.upsert_asset(&asset(id, dataset)).await.unwrap();
+    }
+    // d2 has an older event due; d3 is throttled; asset 101 is paused.
+    store
+        .insert_events(&[event("d2", "200", "old", 1_000)])
+        .await
+        .unwrap();
+    store.pause_dataset("d3", 100_000).await.unwrap();
+    store.pause_asset("101", "auth", 0).await.unwrap();
+    let events = [
+        event("d1", "100", "e1", 4_000),
+        event("d1", "101", "paused", 4_000),
+        event("d1", "100", "e1", 4_000),
+        event("d1", "100", "e2", 4_001),
+        event("d2", "200", "f1", 4_000),
+        event("d1", "100", "e3", 4_002),
+        event("d3", "300", "g1", 4_000),
+    ];
+    let offers = [
+        offer("d1", "h1", 2),
+        offer("d1", "h2", 5),
+        offer("d2", "h3", 5),
+        offer("d3", "h4", 5),
+    ];
+    let handed = store
+        .insert_events_handing_off(&events, &offers, 5_000, 65_000)
+        .await
+        .unwrap();
+    assert!(matches!(handed.outcomes[2], InsertOutcome::Duplicate));
+    assert_eq!(
+        handed
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o, InsertOutcome::Inserted(_)))
+            .count(),
+        6
+    );
+    assert_eq!(
+        event_ids(&handed.claims[0]),
+        ["e1", "e2"],
+        "in order, up to the limit"
+    );
+    assert_eq!(
+        event_ids(&handed.claims[1]),
+        ["e3"],
+        "no repeat, no paused asset's event"
+    );
+    assert!(handed.claims[2].is_empty(), "d2's older event goes first");
+    assert!(handed.claims[3].is_empty(), "d3 is throttled");
+    let e1 = &handed.claims[0][0];
+    assert_eq!(handed.outcomes[0], InsertOutcome::Inserted(e1.id));
+    assert_eq!(
+        (e1.attempts, e1.accepted_at_ms, &*e1.payload, &*e1.asset_id),
+        (1, 4_000, "{\"event_id\":\"e1\"}", "100")
+    );
+    let ids: Vec<i64> = handed.claims[0].iter().map(|e| e.id).collect();
+    assert_eq!(store.count_leased("h1", &ids).await.unwrap(), 2);
+
+    // No claim takes what was handed over; the rest is queued as usual.
+    assert!(
+        store
+            .claim_dataset("w", "d1", 5_000, 65_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "d1's events are leased or paused"
+    );
+    let d2 = store
+        .claim_dataset("w", "d2", 5_000, 65_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&d2), ["old", "f1"]);
+    let d3 = store
+        .claim_dataset("w", "d3", 200_000, 260_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&d3), ["g1"]);
+
+    // With nothing due any more, d2 takes an offer.
+    let more = store
+        .insert_events_handing_off(
+            &[event("d2", "200", "f2", 6_000)],
+            &[offer("d2", "h5", 5)],
+            6_000,
+            66_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(event_ids(&more.claims[0]), ["f2"]);
+}
+
+async fn events_handed_over_at_insert_resolve_and_release_as_claimed_ones_do(
+    store: Arc<dyn Store>,
+) {
+    store.upsert_asset(&asset("100", "d1")).await.unwrap();
+    let events: Vec<NewEvent> = (0..4)
+        .map(|i| event("d1", "100", &format!("e{i}"), 1_000 + i))
+        .collect();
+    let handed = store
+        .insert_events_handing_off(
+            &events,
+            &[offer("d1", "h1", 2), offer("d1", "h2", 2)],
+            2_000,
+            10_000,
+        )
+        .await
+        .unwrap();
+    let (first, second) = (&handed.claims[0], &handed.claims[1]);
+    let first_ids: Vec<i64> = first.iter().map(|e| e.id).collect();
+    let second_ids: Vec<i64> = second.iter().map(|e| e.id).collect();
+    assert_eq!(
+        store
+            .renew_leases(&["h1".to_owned()], 30_000)
+            .await
+            .unwrap(),
+        2
+    );
+    let resolved = store
+        .resolve(
+            "h1",
+            &first_ids,
+            &attempt("delivered", 3_000),
+            &Resolution::Delivered {
+                delivered_at_ms: 3_000,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(resolved, 2);
+    let record = &store.find_events("e0", Some("d1"), None).await.unwrap()[0];
+    assert_eq!(
+        (record.state, record.attempts_count, record.attempts.len()),
+        (EventState::Delivered, 1, 1)
+    );
+
+    // h2's lease ends at 10 s: before then nobody takes its events, after it they are due.
+    assert!(
+        claim_due(&store, "w", 9_000, 20_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.release_leases("h2", 9_500).await.unwrap(), 2);
+    let again = claim_due(&store, "w", 9_500, 20_000, 10).await.unwrap();
+    assert_eq!(again.iter().map(|e| e.id).collect::<Vec<_>>(), second_ids);
+    assert!(
+        again.iter().all(|e| e.attempts == 1),
+        "a release does not count an attempt"
     );
 }
 
