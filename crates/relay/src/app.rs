@@ -95,20 +95,23 @@ pub async fn run_with_store(
         graph_calls: Default::default(),
         resolver: Resolver::spawn(store.clone(), store.parallel_writers()),
     };
-    if config.delivery.workers > 0 {
-        tasks.spawn(dispatcher::run(ctx.clone(), owner.clone(), cancel.clone()));
-    }
-    tasks.spawn(purge_loop(store.clone(), config.clone(), cancel.clone()));
-
     let capture = Arc::new(Capture::new(store.clone(), &config));
     let ingestor = Arc::new(
         crate::ingest::Ingestor::new(store.clone(), validation).with_capture(capture.clone()),
     );
+    if config.delivery.workers > 0 {
+        tasks.spawn(dispatcher::run(
+            ctx.clone(),
+            owner.clone(),
+            ingestor.handoff(),
+            cancel.clone(),
+        ));
+    }
+    tasks.spawn(purge_loop(store.clone(), config.clone(), cancel.clone()));
     // Webhooks stored before a crash are processed now; new ones as they arrive.
     tasks.spawn(capture::process_loop(
         capture.clone(),
         ingestor.clone(),
-        wake.clone(),
         cancel.clone(),
     ));
     tasks.spawn(capture::forward_loop(
@@ -126,7 +129,6 @@ pub async fn run_with_store(
     let crm = Arc::new(Crm {
         store: store.clone(),
         ingestor: ingestor.clone(),
-        wake_delivery: wake.clone(),
     });
     let kommo = Arc::new(KommoProcessor {
         crm: crm.clone(),

@@ -690,7 +690,6 @@ fn sighting(inbound: &Inbound, pii: &PiiContext, received_at_ms: i64) -> NewSigh
 pub async fn process_loop<S: EventSink>(
     capture: Arc<Capture>,
     sink: Arc<S>,
-    wake_delivery: Arc<Notify>,
     cancel: CancellationToken,
 ) {
     let mut last_sweep = tokio::time::Instant::now();
@@ -704,7 +703,6 @@ pub async fn process_loop<S: EventSink>(
         match capture.process_pending(sink.as_ref()).await {
             Ok(0) => {}
             Ok(n) => {
-                wake_delivery.notify_waiters();
                 if n as i64 == PROCESS_BATCH {
                     continue;
                 }

@@ -110,6 +110,11 @@ pub fn delivery_restart(reason: &'static str) {
     counter!("capi_relay_delivery_restarts_total", "reason" => reason).increment(1);
 }
 
+/// Events leased as they were inserted and handed from ingest straight to a sender.
+pub fn delivery_handed_over(events: usize) {
+    counter!("capi_relay_delivery_handed_over_events_total").increment(events as u64);
+}
+
 /// Delivery errors that were backed off and retried: `database`.
 pub fn delivery_error(kind: &'static str) {
     counter!("capi_relay_delivery_errors_total", "kind" => kind).increment(1);

@@ -21,7 +21,6 @@ use relay_core::{
 use relay_store::{Store, StoreError, crm::StageChangeRecord};
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::Notify;
 
 use crate::{
     clock::now_ms,
@@ -61,8 +60,6 @@ impl StageOutcome {
 pub struct Crm {
     pub store: Arc<dyn Store>,
     pub ingestor: Arc<Ingestor>,
-    /// Wakes the delivery workers after an event is accepted.
-    pub wake_delivery: Arc<Notify>,
 }
 
 impl Crm {
@@ -105,15 +102,12 @@ impl Crm {
         let event_id = Some(crm::stage_event_id(change, rule));
         let event_name = Some(rule.event_name.clone());
         let outcome = match report.results.into_iter().next() {
-            Some(EventResult::Accepted { .. }) => {
-                self.wake_delivery.notify_waiters();
-                StageOutcome {
-                    outcome: "produced",
-                    event_name,
-                    event_id,
-                    detail: None,
-                }
-            }
+            Some(EventResult::Accepted { .. }) => StageOutcome {
+                outcome: "produced",
+                event_name,
+                event_id,
+                detail: None,
+            },
             Some(EventResult::Duplicate { .. }) => StageOutcome {
                 outcome: "duplicate",
                 event_name,

@@ -26,6 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
+    handoff::Handoff,
     lease::Leases,
     scheduler::Scheduler,
     sender::{self, Claim, DeliveryContext, RequestSlot, SendError},
@@ -45,26 +46,50 @@ struct Ready {
     permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
-struct Shared {
-    ctx: DeliveryContext,
-    leases: Arc<Leases>,
+pub(super) struct Shared {
+    pub(super) ctx: DeliveryContext,
+    pub(super) leases: Arc<Leases>,
     scheduler: Mutex<Scheduler>,
     permits: Arc<Semaphore>,
     /// One permit per event claimed and not yet resolved.
     event_budget: Arc<Semaphore>,
     /// Signalled by each sender that ends.
-    sender_done: Notify,
-    senders: TaskTracker,
+    pub(super) sender_done: Notify,
+    pub(super) senders: TaskTracker,
 }
 
 impl Shared {
-    fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
+    pub(super) fn scheduler(&self) -> std::sync::MutexGuard<'_, Scheduler> {
         self.scheduler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request slot of `dataset_id` with room for `events`, now, or none: for a request
+    /// handed over by ingest.
+    pub(super) fn take_request_slot(
+        &self,
+        dataset_id: &str,
+        events: usize,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let budget = self
+            .event_budget
+            .clone()
+            .try_acquire_many_owned(u32::try_from(events).ok()?)
+            .ok()?;
+        self.scheduler()
+            .take_slot(dataset_id)
+            .then_some((permit, budget))
     }
 }
 
 /// Runs delivery for this process until `cancel` fires, then lets the claims in flight finish.
-pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: CancellationToken) {
+/// Takes the full requests ingest hands over through `handoff` while it runs.
+pub async fn run(
+    ctx: DeliveryContext,
+    process_owner: String,
+    handoff: Arc<Handoff>,
+    cancel: CancellationToken,
+) {
     let config = &ctx.config;
     let shared = Arc::new(Shared {
         scheduler: Mutex::new(Scheduler::new(
@@ -78,6 +103,7 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
         senders: TaskTracker::new(),
         ctx,
     });
+    handoff.attach(shared.clone());
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_heartbeat.clone()));
     let graph_calls = tokio::spawn(super::graph_calls::flush_loop(
@@ -102,6 +128,7 @@ pub async fn run(ctx: DeliveryContext, process_owner: String, cancel: Cancellati
             }
         }
     }
+    handoff.detach();
     shared.senders.close();
     shared.senders.wait().await;
     stop_heartbeat.cancel();
@@ -272,7 +299,9 @@ async fn dispatch(shared: Arc<Shared>, cancel: CancellationToken) {
         }
         let free = shared.scheduler().free() > 0;
         tokio::select! {
-            () = shared.sender_done.notified() => {}
+            // A sender that ends makes room: worth a pass if something waits for room (with
+            // nothing due at the last look and room left, there is none; the poll goes on).
+            () = shared.sender_done.notified(), if !free || !due.is_empty() => {}
             () = woken => {
                 // New events: give the ones right behind them the linger to join one request.
                 // A deep backlog waits for no linger: a sender of it that ends makes room for
@@ -326,7 +355,7 @@ fn database_error(e: &relay_store::StoreError, failures: u32) {
     tracing::warn!(error = %e, failures = failures + 1, "delivery cannot reach the database; backing off");
 }
 
-fn spawn_sender(
+pub(super) fn spawn_sender(
     shared: &Arc<Shared>,
     dataset_id: String,
     owner: String,

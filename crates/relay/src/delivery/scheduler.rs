@@ -86,6 +86,24 @@ impl Scheduler {
         picked
     }
 
+    /// Counts a request for `dataset_id` as in flight, if the limits leave room for it: a full
+    /// request handed over by ingest ([`super::handoff`]), which is served like a pick.
+    pub fn take_slot(&mut self, dataset_id: &str) -> bool {
+        if self.free() == 0 {
+            return false;
+        }
+        let state = self.datasets.entry(dataset_id.to_owned()).or_default();
+        if state.in_flight >= self.per_dataset {
+            return false;
+        }
+        self.sequence += 1;
+        state.in_flight += 1;
+        state.previous_served = state.last_served;
+        state.last_served = self.sequence;
+        self.total += 1;
+        true
+    }
+
     /// A pick that could not start (no room left in this pass): it keeps its place in the
     /// queue, as if it had not been picked.
     pub fn unpick(&mut self, dataset_id: &str) {
@@ -172,6 +190,19 @@ mod tests {
                 due_at_ms: *at,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_handed_over_request_counts_against_both_limits_and_goes_to_the_back_of_the_queue() {
+        let mut s = Scheduler::new(3, 2);
+        assert!(s.take_slot("a") && s.take_slot("a"));
+        assert!(!s.take_slot("a"), "a is at its own limit");
+        assert!(s.take_slot("b"));
+        assert!(!s.take_slot("c"), "the process is at its limit");
+        s.finished("a");
+        s.finished("b");
+        // Served just now: a dataset waiting since the start goes first.
+        assert_eq!(s.pick(&due(&[("b", 0), ("c", 500)]), 1_000), ["c", "b"]);
     }
 
     #[test]

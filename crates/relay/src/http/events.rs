@@ -80,9 +80,6 @@ pub async fn submit(
         .ingestor
         .ingest(events, &scope, test_event_code)
         .await?;
-    if report.accepted > 0 {
-        state.wake.notify_waiters();
-    }
     Ok((StatusCode::ACCEPTED, Json(report)))
 }
 

@@ -105,9 +105,6 @@ async fn handle(
         }
         DatasetIngest::Committed(report) => report,
     };
-    if report.accepted > 0 {
-        state.wake.notify_waiters();
-    }
     let mut messages: Vec<String> = request
         .ignored_params()
         .map(|p| format!("parameter {p} is not one of this endpoint's; it was ignored"))

@@ -15,6 +15,8 @@ use std::{
 };
 
 use relay_store::{InsertOutcome, NewEvent, Store, StoreError};
+
+use crate::delivery::handoff::Handoff;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most events committed in one group transaction: small enough that a single event waiting
@@ -115,8 +117,9 @@ impl<J: Queued> Lanes<J> {
     }
 }
 
-/// The writer task: runs until every sender is dropped.
-pub async fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>) {
+/// The writer task: runs until every sender is dropped. Full requests of a dataset go
+/// straight to this process's delivery through `handoff` when it has room for them.
+pub async fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>, handoff: Arc<Handoff>) {
     let mut waiting: Lanes<WriteJob> = Lanes::default();
     loop {
         if waiting.is_empty() {
@@ -129,18 +132,41 @@ pub async fn run(store: Arc<dyn Store>, mut jobs: mpsc::Receiver<WriteJob>) {
             waiting.push(job);
         }
         let group = waiting.take_group(MAX_GROUP_EVENTS);
-        commit(store.as_ref(), group).await;
+        commit(store.as_ref(), &handoff, group).await;
     }
 }
 
-async fn commit(store: &dyn Store, mut group: Vec<WriteJob>) {
+async fn commit(store: &dyn Store, handoff: &Handoff, mut group: Vec<WriteJob>) {
     let sizes: Vec<usize> = group.iter().map(|j| j.events.len()).collect();
     let all: Vec<NewEvent> = group
         .iter()
         .flat_map(|j| j.events.iter().cloned())
         .collect();
-    match store.insert_events(&all).await {
-        Ok(outcomes) => {
+    let inserted = match handoff.reserve(&all) {
+        Some(reservation) => store
+            .insert_events_handing_off(
+                &all,
+                reservation.offers(),
+                reservation.now_ms,
+                reservation.lease_until_ms,
+            )
+            .await
+            .map(|handed| {
+                let handed_over: usize = handed.claims.iter().map(Vec::len).sum();
+                reservation.start(handed.claims);
+                (handed.outcomes, handed_over)
+            }),
+        None => store.insert_events(&all).await.map(|o| (o, 0)),
+    };
+    match inserted {
+        Ok((outcomes, handed_over)) => {
+            let stored = outcomes
+                .iter()
+                .filter(|o| matches!(o, InsertOutcome::Inserted(_)))
+                .count();
+            if stored > handed_over {
+                handoff.queued();
+            }
             let mut outcomes = outcomes.into_iter();
             for (job, size) in group.into_iter().zip(sizes) {
                 let _ = job.reply.send(Ok(outcomes.by_ref().take(size).collect()));
@@ -152,8 +178,18 @@ async fn commit(store: &dyn Store, mut group: Vec<WriteJob>) {
             tracing::warn!(error = %e, requests = group.len(), "group insert failed; committing its requests one by one");
             for job in group.drain(..) {
                 let result = store.insert_events(&job.events).await;
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, events = job.events.len(), "request insert failed");
+                match &result {
+                    Ok(outcomes)
+                        if outcomes
+                            .iter()
+                            .any(|o| matches!(o, InsertOutcome::Inserted(_))) =>
+                    {
+                        handoff.queued();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, events = job.events.len(), "request insert failed");
+                    }
                 }
                 let _ = job.reply.send(result);
             }

@@ -21,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use self::group_commit::WriteJob;
+use crate::delivery::handoff::Handoff;
 use crate::{capture::Capture, clock::now_ms, observability, tenancy::keys::Scope};
 
 mod group_commit;
@@ -128,6 +129,8 @@ pub struct Ingestor {
     options: ValidationOptions,
     registry: Mutex<(Instant, Arc<Registry>)>,
     writer: mpsc::Sender<WriteJob>,
+    /// Where the writer hands full requests to this process's delivery.
+    handoff: Arc<Handoff>,
     /// Resolves conversions by contact; without it, `contact` is not understood.
     capture: Option<Arc<Capture>>,
 }
@@ -171,13 +174,15 @@ impl Ingestor {
     /// Starts the group-commit writer task; it ends when the `Ingestor` is dropped.
     pub fn new(store: Arc<dyn Store>, options: ValidationOptions) -> Self {
         let (writer, jobs) = mpsc::channel(1_024);
-        tokio::spawn(group_commit::run(store.clone(), jobs));
+        let handoff = Arc::new(Handoff::default());
+        tokio::spawn(group_commit::run(store.clone(), jobs, handoff.clone()));
         let stale = Instant::now() - ASSET_CACHE_TTL * 2;
         Ingestor {
             store,
             options,
             registry: Mutex::new((stale, Arc::default())),
             writer,
+            handoff,
             capture: None,
         }
     }
@@ -186,6 +191,12 @@ impl Ingestor {
     pub fn with_capture(mut self, capture: Arc<Capture>) -> Self {
         self.capture = Some(capture);
         self
+    }
+
+    /// Where delivery in this process takes full requests from the writer
+    /// ([`crate::delivery::dispatcher::run`] attaches to it).
+    pub fn handoff(&self) -> Arc<Handoff> {
+        self.handoff.clone()
     }
 
     /// Makes the next request reload assets and tenants (after an admin change here).

@@ -19,6 +19,7 @@ both_backends!(
     a_sender_panic_is_survived_and_its_events_are_retried,
     a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events,
     a_dataset_sends_its_next_request_while_its_last_answer_is_recorded,
+    full_requests_go_from_ingest_straight_to_delivery_once_each,
 );
 
 mod sqlite_only {
@@ -333,6 +334,27 @@ async fn a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events(ba
     assert!(
         !app.delivered_ids().iter().any(|id| id.starts_with("thr-")),
         "the throttled dataset delivered nothing"
+    );
+}
+
+async fn full_requests_go_from_ingest_straight_to_delivery_once_each(backend: Backend) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    let app = spawn_app_on(env, config).await;
+    let assets = app.add_wabas("default", 4_000, 1).await;
+    let (asset, _) = &assets[0];
+    // Other tests of this process count too: the figure can only be higher than this one's.
+    let before = metric(&app, "capi_relay_delivery_handed_over_events_total").await;
+    let events: Vec<Value> = (0..3_000).map(|i| event(asset, "full", i)).collect();
+    post_all(&app, events).await;
+    app.wait_for_empty_queue(Duration::from_secs(30)).await;
+    assert_no_duplicates(&app, 3_000);
+    let handed = metric(&app, "capi_relay_delivery_handed_over_events_total").await - before;
+    assert!(
+        handed >= 1_000.0,
+        "the first 1,000-event request, with nothing else due, went straight to a sender ({handed} handed over)"
     );
 }
 
