@@ -22,7 +22,7 @@ use crate::{
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
         PAUSED_ASSETS, assign_offers, claimed_from_row, handed_off_claims, handoff_refused_sql,
-        impl_store, map_err, push_new_event, push_new_event_due,
+        impl_store, map_err, offered_datasets, push_new_event, push_new_event_due,
     },
 };
 
@@ -418,29 +418,27 @@ impl PostgresStore {
         }
         let refused_sql = handoff_refused_sql("");
         let mut taken: HashSet<&str> = HashSet::new();
-        for offer in offers {
-            if taken.contains(offer.dataset_id.as_str()) {
-                continue;
-            }
+        for dataset in offered_datasets(offers) {
             let refused: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(refused_sql.clone()))
                 .bind(now_ms)
-                .bind(offer.dataset_id.as_str())
+                .bind(dataset)
                 .fetch_one(&mut **tx)
                 .await
                 .map_err(map_err)?;
             if !refused {
-                taken.insert(offer.dataset_id.as_str());
+                taken.insert(dataset);
             }
         }
-        let paused: HashSet<String> = sqlx::query_scalar(PAUSED_ASSETS)
+        let paused = sqlx::query_scalar(PAUSED_ASSETS)
             .fetch_all(&mut **tx)
             .await
-            .map_err(map_err)?
-            .into_iter()
-            .collect();
-        Ok(assign_offers(events, offers, |e| {
-            taken.contains(&*e.dataset_id) && !paused.contains(&*e.asset_id)
-        }))
+            .map_err(map_err)?;
+        Ok(assign_offers(
+            events,
+            offers,
+            &taken,
+            &HashSet::from_iter(paused),
+        ))
     }
 }
 

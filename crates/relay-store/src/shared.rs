@@ -341,20 +341,33 @@ pub const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, dataset_id, 
 /// Rows per multi-row insert: 500 rows × 12 columns stays under every placeholder limit.
 pub const INSERT_CHUNK: usize = 500;
 
-/// Which offer takes each event (see [`crate::HandoffOffer`]): in order, the events of each
-/// offered dataset that `takes` allows, every offer up to its limit. A repeat within `events`
-/// takes no room (an event already stored does, as it is known only once inserted).
+/// The datasets `offers` name, each once, in order.
+pub fn offered_datasets(offers: &[crate::HandoffOffer]) -> Vec<&str> {
+    let mut datasets: Vec<&str> = Vec::new();
+    for offer in offers {
+        if !datasets.contains(&offer.dataset_id.as_str()) {
+            datasets.push(&offer.dataset_id);
+        }
+    }
+    datasets
+}
+
+/// Which offer takes each event (see [`crate::HandoffOffer`]): in order, the events of the
+/// `taken` datasets, but not of `paused` assets, every offer up to its limit. A repeat within
+/// `events` takes no room (an event already stored does, as it is known only once inserted).
 pub fn assign_offers(
     events: &[crate::NewEvent],
     offers: &[crate::HandoffOffer],
-    takes: impl Fn(&crate::NewEvent) -> bool,
+    taken: &std::collections::HashSet<&str>,
+    paused: &std::collections::HashSet<String>,
 ) -> Vec<Option<usize>> {
     let mut room: Vec<usize> = offers.iter().map(|o| o.limit).collect();
     let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
     events
         .iter()
         .map(|e| {
-            if !takes(e) || !seen.insert((&e.dataset_id, &e.event_id)) {
+            let takes = taken.contains(&*e.dataset_id) && !paused.contains(&*e.asset_id);
+            if !takes || !seen.insert((&e.dataset_id, &e.event_id)) {
                 return None;
             }
             let at = offers

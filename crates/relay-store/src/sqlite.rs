@@ -18,7 +18,7 @@ use crate::{
     shared::{
         CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS_UNHELD, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
         PAUSED_ASSETS, assign_offers, handed_off_claims, handoff_refused_sql, impl_store, map_err,
-        push_new_event,
+        offered_datasets, push_new_event,
     },
 };
 
@@ -605,32 +605,29 @@ impl SqliteStore {
             ))
             .into_owned();
         let mut taken: HashSet<&str> = HashSet::new();
-        for offer in offers {
-            if taken.contains(offer.dataset_id.as_str()) {
-                continue;
-            }
-            let excluded = self.leases().excluded(&offer.dataset_id, now_ms);
-            let excluded = serde_json::to_string(&excluded).unwrap_or_else(|_| "[]".into());
+        for dataset in offered_datasets(offers) {
+            let excluded = self.leases().excluded(dataset, now_ms);
             let refused: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(refused_sql.clone()))
                 .bind(now_ms)
-                .bind(offer.dataset_id.as_str())
-                .bind(excluded)
+                .bind(dataset)
+                .bind(serde_json::to_string(&excluded).unwrap_or_else(|_| "[]".into()))
                 .fetch_one(&mut **tx)
                 .await
                 .map_err(map_err)?;
             if !refused {
-                taken.insert(offer.dataset_id.as_str());
+                taken.insert(dataset);
             }
         }
-        let paused: HashSet<String> = sqlx::query_scalar(PAUSED_ASSETS)
+        let paused = sqlx::query_scalar(PAUSED_ASSETS)
             .fetch_all(&mut **tx)
             .await
-            .map_err(map_err)?
-            .into_iter()
-            .collect();
-        Ok(assign_offers(events, offers, |e| {
-            taken.contains(&*e.dataset_id) && !paused.contains(&*e.asset_id)
-        }))
+            .map_err(map_err)?;
+        Ok(assign_offers(
+            events,
+            offers,
+            &taken,
+            &HashSet::from_iter(paused),
+        ))
     }
 }
 
