@@ -298,6 +298,18 @@ async fn wait_accepted(simulator: &Simulator, count: u64, timeout: Duration) -> 
     Some(Instant::now())
 }
 
+/// The relay's `capi_relay_delivery_handed_over_events_total` (0 if it cannot be read).
+async fn handed_over(client: &reqwest::Client, base: &str) -> u64 {
+    let Ok(answer) = client.get(format!("{base}/metrics")).send().await else {
+        return 0;
+    };
+    let text = answer.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("capi_relay_delivery_handed_over_events_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -353,6 +365,7 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     if let Some((alone, alone_cpu)) = alone {
         // 5b. The same through the delivering relay, Meta answering at once.
         simulator.reset();
+        let handed_before = handed_over(&client, &base).await;
         let cpu = CpuMeter::start(pid);
         let started = Instant::now();
         post_concurrently(&client, &url, API_KEY, single_bodies("one", n + 3), 4).await?;
@@ -374,11 +387,12 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
                     ms(ingested)
                 );
                 println!(
-                    "                        CPU: relay {} ms and bench (clients, simulator) {} ms alone; relay {} ms and bench {} ms delivering",
+                    "                        CPU: relay {} ms and bench (clients, simulator) {} ms alone; relay {} ms and bench {} ms delivering; {} events handed from ingest straight to a sender",
                     alone_cpu.0,
                     alone_cpu.1,
                     cpu.read().0,
-                    cpu.read().1
+                    cpu.read().1,
+                    handed_over(&client, &base).await - handed_before,
                 );
             }
             None => {
