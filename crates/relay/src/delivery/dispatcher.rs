@@ -103,7 +103,7 @@ pub async fn run(
         senders: TaskTracker::new(),
         ctx,
     });
-    handoff.attach(shared.clone());
+    handoff.attach(shared.clone(), cancel.clone());
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(shared.clone(), stop_heartbeat.clone()));
     let graph_calls = tokio::spawn(super::graph_calls::flush_loop(

@@ -8,11 +8,14 @@
 //! dataset has older events due (they go first), while Meta throttles it, and for a paused
 //! asset's events; what is not handed over is queued and claimed as before.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use relay_store::{ClaimedEvent, HandoffOffer, NewEvent};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::{sync::CancellationToken, task::task_tracker::TaskTrackerToken};
 
 use super::dispatcher::{Shared, spawn_sender};
 use crate::observability;
@@ -21,18 +24,21 @@ use crate::observability;
 /// is not running here: an ingest-only relay hands nothing over).
 #[derive(Default)]
 pub struct Handoff {
-    dispatcher: Mutex<Option<Arc<Shared>>>,
+    dispatcher: Mutex<Option<(Arc<Shared>, CancellationToken)>>,
 }
 
 impl Handoff {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Shared>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Arc<Shared>, CancellationToken)>> {
         self.dispatcher.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(super) fn attach(&self, shared: Arc<Shared>) {
-        *self.lock() = Some(shared);
+    /// Delivery runs here until `cancel` fires.
+    pub(super) fn attach(&self, shared: Arc<Shared>, cancel: CancellationToken) {
+        *self.lock() = Some((shared, cancel));
     }
 
+    /// Called before delivery waits for its senders: a reservation made before this holds a
+    /// token of theirs (taken under the same lock), so the wait includes its senders.
     pub(super) fn detach(&self) {
         *self.lock() = None;
     }
@@ -40,7 +46,7 @@ impl Handoff {
     /// New events were queued (not handed over): this process's delivery looks for them now
     /// rather than at its next poll.
     pub fn queued(&self) {
-        if let Some(shared) = self.lock().as_ref() {
+        if let Some((shared, _)) = self.lock().as_ref() {
             shared.ctx.wake.notify_waiters();
         }
     }
@@ -48,15 +54,26 @@ impl Handoff {
     /// Request slots for the datasets with enough of `events` to fill at least half a
     /// request, as many as their events fill and the in-flight limits allow.
     pub fn reserve(&self, events: &[NewEvent]) -> Option<Reservation> {
-        let shared = self.lock().clone()?;
+        let (shared, in_flight) = {
+            let attached = self.lock();
+            let (shared, cancel) = attached.as_ref()?;
+            if cancel.is_cancelled() {
+                // Shutting down: no new request starts.
+                return None;
+            }
+            (shared.clone(), shared.senders.token())
+        };
         let config = &shared.ctx.config;
         let request = config.claim_limit.max(1) as usize;
+        // Per dataset, in order of first appearance.
         let mut counts: Vec<(&str, usize)> = Vec::new();
+        let mut at: HashMap<&str, usize> = HashMap::new();
         for e in events {
-            match counts.iter_mut().find(|(d, _)| *d == &*e.dataset_id) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((&e.dataset_id, 1)),
-            }
+            let i = *at.entry(&e.dataset_id).or_insert_with(|| {
+                counts.push((&e.dataset_id, 0));
+                counts.len() - 1
+            });
+            counts[i].1 += 1;
         }
         let now_ms = shared.ctx.clock.now_ms();
         let lease_until_ms = now_ms + config.lease.as_millis() as i64;
@@ -89,7 +106,7 @@ impl Handoff {
         }
         let offers = slots.iter().map(|s| s.offer.clone()).collect();
         Some(Reservation {
-            _in_flight: shared.senders.token(),
+            _in_flight: in_flight,
             shared,
             slots,
             offers,
