@@ -76,14 +76,19 @@ impl Scheduler {
             .map(|(d, _)| d.dataset_id.clone())
             .collect();
         for id in &picked {
-            self.sequence += 1;
-            let state = self.datasets.entry(id.clone()).or_default();
-            state.in_flight += 1;
-            state.previous_served = state.last_served;
-            state.last_served = self.sequence;
-            self.total += 1;
+            self.serve(id);
         }
         picked
+    }
+
+    /// Counts a request of `dataset_id` as in flight and the dataset as served now.
+    fn serve(&mut self, dataset_id: &str) {
+        self.sequence += 1;
+        let state = self.datasets.entry(dataset_id.to_owned()).or_default();
+        state.in_flight += 1;
+        state.previous_served = state.last_served;
+        state.last_served = self.sequence;
+        self.total += 1;
     }
 
     /// Counts a request for `dataset_id` as in flight, if the limits leave room for it: a full
@@ -92,15 +97,14 @@ impl Scheduler {
         if self.free() == 0 {
             return false;
         }
-        let state = self.datasets.entry(dataset_id.to_owned()).or_default();
-        if state.in_flight >= self.per_dataset {
+        if self
+            .datasets
+            .get(dataset_id)
+            .is_some_and(|s| s.in_flight >= self.per_dataset)
+        {
             return false;
         }
-        self.sequence += 1;
-        state.in_flight += 1;
-        state.previous_served = state.last_served;
-        state.last_served = self.sequence;
-        self.total += 1;
+        self.serve(dataset_id);
         true
     }
 
