@@ -27,7 +27,7 @@ use axum::{
 use hmac::{Hmac, Mac};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Value, json, value::RawValue};
 use sha2::Sha256;
 use tokio::net::TcpListener;
 
@@ -111,6 +111,29 @@ pub struct AcceptedEvent {
     pub event: Value,
 }
 
+/// An accepted event as kept: its JSON as it came, parsed only when listed.
+struct StoredEvent {
+    dataset_id: Arc<str>,
+    received_at_ms: i64,
+    test_event_code: Option<String>,
+    partner_agent: Option<String>,
+    event: Box<RawValue>,
+}
+
+impl StoredEvent {
+    fn listed(&self) -> AcceptedEvent {
+        AcceptedEvent {
+            dataset_id: self.dataset_id.to_string(),
+            received_at: self.received_at_ms / 1000,
+            received_at_ms: self.received_at_ms,
+            test_event_code: self.test_event_code.clone(),
+            partner_agent: self.partner_agent.clone(),
+            // Checked as JSON when it was accepted.
+            event: serde_json::from_str(self.event.get()).unwrap_or_default(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Data {
     tokens: HashSet<String>,
@@ -118,9 +141,9 @@ struct Data {
     /// asset id → its dataset.
     asset_datasets: HashMap<String, String>,
     denied_assets: HashSet<String>,
-    accepted: Vec<AcceptedEvent>,
-    /// (dataset, event_id) of every accepted event, to count duplicates.
-    seen: HashSet<(String, String)>,
+    accepted: Vec<StoredEvent>,
+    /// The `event_id`s each dataset accepted, to count duplicates.
+    seen: HashMap<String, HashSet<String>>,
     faults: Faults,
     rng: Option<StdRng>,
 }
@@ -201,8 +224,8 @@ impl Simulator {
         self.lock()
             .accepted
             .iter()
-            .filter(|e| dataset_id.is_none_or(|d| e.dataset_id == d))
-            .cloned()
+            .filter(|e| dataset_id.is_none_or(|d| &*e.dataset_id == d))
+            .map(StoredEvent::listed)
             .collect()
     }
 
@@ -561,14 +584,14 @@ async fn handle_events(
     body: &[u8],
 ) -> Result<Response, MetaError> {
     check_version(version)?;
-    let mut body: Value = serde_json::from_slice(body).map_err(|e| {
+    let request = rules::parse_request(body).map_err(|e| {
         MetaError::new(
             400,
             100,
             format!("(#100) The request body is not valid JSON: {e}"),
         )
     })?;
-    authenticate(sim, headers, query, Some(&body))?;
+    authenticate(sim, headers, query, Some(&request.fields))?;
     if !sim.lock().datasets.contains(dataset_id) {
         return Err(unknown_object(dataset_id));
     }
@@ -577,10 +600,10 @@ async fn handle_events(
     }
     let now_ms = chrono::Utc::now().timestamp_millis();
     let now = now_ms / 1000;
-    let events = rules::check_events_request(&body, now)?;
+    let events = rules::check_events_request(&request, now)?;
     let poison = sim.lock().faults.reject_events_containing.clone();
     if let Some(marker) = poison.filter(|m| !m.is_empty())
-        && events.iter().any(|e| e.to_string().contains(&marker))
+        && events.iter().any(|e| e.raw.get().contains(&marker))
     {
         return Err(MetaError::new(400, 100, "Invalid parameter").with_user(
             "Invalid event",
@@ -588,32 +611,34 @@ async fn handle_events(
         ));
     }
     let count = events.len();
-    let text = |key: &str| body.get(key).and_then(Value::as_str).map(str::to_owned);
-    let (test_event_code, partner_agent) = (text("test_event_code"), text("partner_agent"));
-    // Checked above: the events are kept as they came, moved rather than copied.
-    let events = match body.get_mut("data").map(Value::take) {
-        Some(Value::Array(events)) => events,
-        _ => Vec::new(),
+    let text = |key: &str| {
+        request
+            .fields
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     };
+    let (test_event_code, partner_agent) = (text("test_event_code"), text("partner_agent"));
     {
         let mut data = sim.lock();
+        let seen = data.seen.entry(dataset_id.to_owned()).or_default();
         let repeated = events
             .iter()
-            .filter_map(|e| e.get("event_id").and_then(Value::as_str))
-            .filter(|id| !data.seen.insert((dataset_id.to_owned(), (*id).to_owned())))
+            .filter_map(|e| e.event_id.as_deref())
+            .filter(|id| !seen.insert((*id).to_owned()))
             .count();
         sim.stats
             .duplicate_events
             .fetch_add(repeated as u64, Ordering::SeqCst);
         let room = sim.max_stored_events.saturating_sub(data.accepted.len());
+        let dataset: Arc<str> = Arc::from(dataset_id);
         data.accepted
-            .extend(events.into_iter().take(room).map(|event| AcceptedEvent {
-                dataset_id: dataset_id.to_owned(),
-                received_at: now,
+            .extend(events.iter().take(room).map(|event| StoredEvent {
+                dataset_id: dataset.clone(),
                 received_at_ms: now_ms,
                 test_event_code: test_event_code.clone(),
                 partner_agent: partner_agent.clone(),
-                event,
+                event: event.raw.to_owned(),
             }));
     }
     sim.stats
