@@ -277,10 +277,10 @@ fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 }
 
 fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
-    if !event
+    if event
         .event_name
         .and_then(as_str)
-        .is_some_and(|s| !s.is_empty())
+        .is_none_or(|s| s.is_empty())
     {
         return Err(
             MetaError::invalid("The parameter event_name is required.").blame(&["event_name"])
