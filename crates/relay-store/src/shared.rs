@@ -362,7 +362,7 @@ pub fn assign_offers(
     paused: &std::collections::HashSet<String>,
 ) -> Vec<Option<usize>> {
     let mut room: Vec<usize> = offers.iter().map(|o| o.limit).collect();
-    let mut seen: std::collections::HashSet<(&str, &str)> = std::collections::HashSet::new();
+    let mut seen: foldhash::HashSet<(&str, &str)> = foldhash::HashSet::default();
     events
         .iter()
         .map(|e| {

@@ -49,9 +49,13 @@ pub fn dead(channel: &'static str, reason: &'static str, count: u64) {
         .increment(count);
 }
 
-/// Time from acceptance to Meta's acknowledgement of one event.
-pub fn delivery_latency(latency: Duration) {
-    histogram!("capi_relay_delivery_latency_seconds").record(latency.as_secs_f64());
+/// Times from acceptance to Meta's acknowledgement of one request's events; the histogram is
+/// looked up once per request.
+pub fn delivery_latencies(latencies: impl Iterator<Item = Duration>) {
+    let histogram = histogram!("capi_relay_delivery_latency_seconds");
+    for latency in latencies {
+        histogram.record(latency.as_secs_f64());
+    }
 }
 
 /// Duration of one Graph API request, by outcome class.

@@ -143,7 +143,7 @@ struct Data {
     denied_assets: HashSet<String>,
     accepted: Vec<StoredEvent>,
     /// The `event_id`s each dataset accepted, to count duplicates.
-    seen: HashMap<String, HashSet<String>>,
+    seen: HashMap<String, foldhash::HashSet<String>>,
     faults: Faults,
     rng: Option<StdRng>,
 }
