@@ -126,7 +126,7 @@ async fn bench_simulator(args: SimulatorBenchArgs) -> anyhow::Result<ExitCode> {
         latencies.push(latency);
     }
     let elapsed = started.elapsed();
-    let accepted = simulator.accepted(Some(dataset)).len();
+    let accepted = simulator.accepted_page(Some(dataset), 0).0;
     latencies.sort();
     let events = (args.requests - failures) * args.batch;
     println!("  failed requests:   {failures}");

@@ -221,12 +221,27 @@ impl Simulator {
 
     /// Events accepted so far, optionally for one dataset.
     pub fn accepted(&self, dataset_id: Option<&str>) -> Vec<AcceptedEvent> {
-        self.lock()
+        self.accepted_page(dataset_id, usize::MAX).1
+    }
+
+    /// How many events were accepted (optionally for one dataset), and the first `limit`; only
+    /// those are parsed.
+    pub fn accepted_page(
+        &self,
+        dataset_id: Option<&str>,
+        limit: usize,
+    ) -> (usize, Vec<AcceptedEvent>) {
+        let data = self.lock();
+        let of_dataset = |e: &&StoredEvent| dataset_id.is_none_or(|d| &*e.dataset_id == d);
+        let total = data.accepted.iter().filter(of_dataset).count();
+        let page = data
             .accepted
             .iter()
-            .filter(|e| dataset_id.is_none_or(|d| &*e.dataset_id == d))
+            .filter(of_dataset)
+            .take(limit)
             .map(StoredEvent::listed)
-            .collect()
+            .collect();
+        (total, page)
     }
 
     /// Events acknowledged since the start or the last reset (stored or not).
@@ -724,11 +739,7 @@ struct EventsQuery {
 }
 
 async fn list_events(State(sim): State<Simulator>, Query(q): Query<EventsQuery>) -> Json<Value> {
-    let mut events = sim.accepted(q.dataset_id.as_deref());
-    let total = events.len();
-    if let Some(limit) = q.limit {
-        events.truncate(limit);
-    }
+    let (total, events) = sim.accepted_page(q.dataset_id.as_deref(), q.limit.unwrap_or(usize::MAX));
     Json(json!({ "count": total, "data": events }))
 }
 
