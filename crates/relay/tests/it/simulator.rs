@@ -36,6 +36,18 @@ async fn a_valid_request_is_acknowledged_and_listed() {
     assert_eq!(listed["data"][0]["event"], first);
     assert_eq!(listed["data"][0]["partner_agent"], "acme");
     assert_eq!(listed["data"][0]["test_event_code"], "TEST123");
+    let page: Value = reqwest::get(format!("{base}/__sim/events?dataset_id={DATASET}&limit=1"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["count"], 2,
+        "the count is of every event, not the page"
+    );
+    assert_eq!(page["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["data"][0]["event"], first);
 
     let other: Value = reqwest::get(format!("{base}/__sim/events?dataset_id=999"))
         .await
