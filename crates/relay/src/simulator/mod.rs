@@ -128,8 +128,10 @@ impl StoredEvent {
             received_at_ms: self.received_at_ms,
             test_event_code: self.test_event_code.clone(),
             partner_agent: self.partner_agent.clone(),
-            // Checked as JSON when it was accepted.
-            event: serde_json::from_str(self.event.get()).unwrap_or_default(),
+            // It parsed when it was accepted (see `rules::parse_request`); were that ever
+            // untrue, the text itself is listed rather than a silent null.
+            event: serde_json::from_str(self.event.get())
+                .unwrap_or_else(|_| Value::String(self.event.get().to_owned())),
         }
     }
 }

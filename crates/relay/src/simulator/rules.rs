@@ -52,6 +52,12 @@ pub struct CheckedEvent<'a> {
 
 /// Parses a request body; the error is serde's, for Meta's "not valid JSON" answer.
 pub fn parse_request(body: &[u8]) -> Result<EventsRequest<'_>, serde_json::Error> {
+    // Values the rules skip are only scanned, and a scan lets through two things a parse
+    // refuses: a lone surrogate in a `\u` escape and nesting past serde_json's limit (128).
+    // A body that could hold either is parsed in full first, so it gets the same error.
+    if needs_full_parse(body) {
+        serde_json::from_slice::<Value>(body)?;
+    }
     let raw: &RawValue = serde_json::from_slice(body)?;
     if !is_object(raw) {
         return Ok(EventsRequest {
@@ -138,23 +144,14 @@ pub fn check_event(event: &RawValue, now: i64) -> Result<(), MetaError> {
     check_fields(&EventFields::read(event)?, now)
 }
 
-/// The fields of an event the rules look at; a field present as `null` is `Some("null")`, as
-/// a `Value` would hold it.
-#[derive(Deserialize)]
+/// The fields of an event the rules look at.
 struct EventFields<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
     event_name: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     event_time: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     event_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     action_source: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     messaging_channel: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     user_data: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
     custom_data: Option<&'a RawValue>,
 }
 
@@ -163,90 +160,146 @@ impl<'a> EventFields<'a> {
         if !is_object(event) {
             return Err(MetaError::invalid("Each event must be a JSON object."));
         }
-        serde_json::from_str(event.get())
-            .map_err(|e| MetaError::invalid(format!("The event cannot be read: {e}")))
+        let keys = [
+            "event_name",
+            "event_time",
+            "event_id",
+            "action_source",
+            "messaging_channel",
+            "user_data",
+            "custom_data",
+        ];
+        let [
+            event_name,
+            event_time,
+            event_id,
+            action_source,
+            messaging_channel,
+            user_data,
+            custom_data,
+        ] = pick(event, &keys)
+            .map_err(|e| MetaError::invalid(format!("The event cannot be read: {e}")))?;
+        Ok(EventFields {
+            event_name,
+            event_time,
+            event_id,
+            action_source,
+            messaging_channel,
+            user_data,
+            custom_data,
+        })
     }
 }
 
-/// The `user_data` keys the rules look at.
-#[derive(Deserialize)]
-struct UserData<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    whatsapp_business_account_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    page_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    instagram_business_account_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ig_account_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ctwa_clid: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    page_scoped_user_id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ig_sid: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    em: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ph: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present", rename = "fn")]
-    first_name: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ln: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ge: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    db: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    ct: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    st: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    zp: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    country: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    external_id: Option<&'a RawValue>,
-}
+/// The `user_data` keys the rules look at: the channels' ids and the hashed keys.
+const USER_DATA_KEYS: [&str; 18] = [
+    "whatsapp_business_account_id",
+    "page_id",
+    "instagram_business_account_id",
+    "ig_account_id",
+    "ctwa_clid",
+    "page_scoped_user_id",
+    "ig_sid",
+    "em",
+    "ph",
+    "fn",
+    "ln",
+    "ge",
+    "db",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "external_id",
+];
+
+struct UserData<'a>([Option<&'a RawValue>; USER_DATA_KEYS.len()]);
 
 impl<'a> UserData<'a> {
     fn get(&self, key: &str) -> Option<&'a RawValue> {
-        match key {
-            "whatsapp_business_account_id" => self.whatsapp_business_account_id,
-            "page_id" => self.page_id,
-            "instagram_business_account_id" => self.instagram_business_account_id,
-            "ig_account_id" => self.ig_account_id,
-            "ctwa_clid" => self.ctwa_clid,
-            "page_scoped_user_id" => self.page_scoped_user_id,
-            "ig_sid" => self.ig_sid,
-            "em" => self.em,
-            "ph" => self.ph,
-            "fn" => self.first_name,
-            "ln" => self.ln,
-            "ge" => self.ge,
-            "db" => self.db,
-            "ct" => self.ct,
-            "st" => self.st,
-            "zp" => self.zp,
-            "country" => self.country,
-            "external_id" => self.external_id,
-            _ => None,
-        }
+        USER_DATA_KEYS
+            .iter()
+            .position(|k| *k == key)
+            .and_then(|i| self.0[i])
     }
 }
 
-/// The `custom_data` keys the rules look at.
-#[derive(Deserialize)]
-struct CustomData<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    currency: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    value: Option<&'a RawValue>,
+/// The values of `keys` in a JSON object's text. As in a parsed `Value`, a repeated key keeps
+/// its last value and a key given as `null` is present (`Some("null")`).
+fn pick<'a, const N: usize>(
+    object: &'a RawValue,
+    keys: &[&str; N],
+) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    /// A key, borrowed unless it has escapes.
+    #[derive(Deserialize)]
+    struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+    struct Picker<'k, const N: usize>(&'k [&'k str; N]);
+
+    impl<'de, const N: usize> Visitor<'de> for Picker<'_, N> {
+        type Value = [Option<&'de RawValue>; N];
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut values = [None; N];
+            while let Some(Key(key)) = map.next_key()? {
+                match self.0.iter().position(|k| *k == key) {
+                    Some(i) => values[i] = Some(map.next_value()?),
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(values)
+        }
+    }
+
+    impl<'de, const N: usize> DeserializeSeed<'de> for Picker<'_, N> {
+        type Value = [Option<&'de RawValue>; N];
+
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(object.get());
+    let values = Picker(keys).deserialize(&mut de)?;
+    de.end()?;
+    Ok(values)
 }
 
-/// Keeps a field given as `null` (an `Option` alone would read it as absent).
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// Whether JSON text holds a `\u` escape in a string or nests arrays and objects 100 deep.
+fn needs_full_parse(text: &[u8]) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, b'u') => return true,
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth >= 100 {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 fn first_byte(raw: &RawValue) -> u8 {
@@ -261,8 +314,12 @@ fn is_number(raw: &RawValue) -> bool {
     matches!(first_byte(raw), b'-' | b'0'..=b'9')
 }
 
+/// A JSON number as `Value::as_i64` reads it (`-0` is 0; fractions and strings are not).
 fn as_i64(raw: &RawValue) -> Option<i64> {
-    serde_json::from_str(raw.get()).ok()
+    if !is_number(raw) {
+        return None;
+    }
+    serde_json::from_str::<Value>(raw.get()).ok()?.as_i64()
 }
 
 /// A JSON string's text, borrowed unless it has escapes; `None` for any other JSON.
@@ -329,11 +386,9 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
         }
     };
     let user_data = match event.user_data {
-        Some(raw) if is_object(raw) => {
-            serde_json::from_str::<UserData<'_>>(raw.get()).map_err(|e| {
-                MetaError::invalid(format!("user_data cannot be read: {e}")).blame(&["user_data"])
-            })?
-        }
+        Some(raw) if is_object(raw) => UserData(pick(raw, &USER_DATA_KEYS).map_err(|e| {
+            MetaError::invalid(format!("user_data cannot be read: {e}")).blame(&["user_data"])
+        })?),
         _ => return Err(insufficient_customer_information().blame(&["user_data"])),
     };
     let has_id = |key: &str| {
@@ -377,16 +432,10 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
 }
 
 fn check_custom_data(event: &EventFields<'_>) -> Result<(), MetaError> {
-    let custom = match event.custom_data {
-        None => CustomData {
-            currency: None,
-            value: None,
-        },
-        Some(raw) if raw.get() == "null" => CustomData {
-            currency: None,
-            value: None,
-        },
-        Some(raw) if is_object(raw) => serde_json::from_str(raw.get()).map_err(|e| {
+    let [currency, value] = match event.custom_data {
+        None => [None, None],
+        Some(raw) if raw.get() == "null" => [None, None],
+        Some(raw) if is_object(raw) => pick(raw, &["currency", "value"]).map_err(|e| {
             MetaError::invalid(format!("custom_data cannot be read: {e}")).blame(&["custom_data"])
         })?,
         Some(_) => {
@@ -395,19 +444,20 @@ fn check_custom_data(event: &EventFields<'_>) -> Result<(), MetaError> {
             );
         }
     };
-    if let Some(currency) = custom.currency {
+    if let Some(currency) = currency {
         let valid = as_str(currency)
             .and_then(|c| iso_currency::Currency::from_code(&c.to_ascii_uppercase()))
             .is_some();
         if !valid {
-            return Err(MetaError::invalid(format!(
-                "The currency {} is not valid.",
-                currency.get()
-            ))
-            .blame(&["custom_data", "currency"]));
+            // Quoted as a parsed value prints it (escapes decoded).
+            let shown = serde_json::from_str::<Value>(currency.get()).unwrap_or_default();
+            return Err(
+                MetaError::invalid(format!("The currency {shown} is not valid."))
+                    .blame(&["custom_data", "currency"]),
+            );
         }
     }
-    if let Some(value) = custom.value
+    if let Some(value) = value
         && !is_number(value)
     {
         return Err(
@@ -415,7 +465,7 @@ fn check_custom_data(event: &EventFields<'_>) -> Result<(), MetaError> {
         );
     }
     if event.event_name.and_then(as_str).as_deref() == Some("Purchase") {
-        for (key, given) in [("currency", custom.currency), ("value", custom.value)] {
+        for (key, given) in [("currency", currency), ("value", value)] {
             if given.is_none() {
                 return Err(MetaError::invalid(format!(
                     "The parameter {key} is required for the Purchase event."
@@ -532,6 +582,49 @@ mod tests {
                 .unwrap_err()
                 .1
                 .contains("must be a number")
+        );
+    }
+
+    #[test]
+    fn raw_reading_refuses_and_accepts_what_a_full_parse_would() {
+        // A repeated key keeps its last value.
+        let repeated = with(|_| {}).replacen(
+            "\"event_name\":\"Purchase\"",
+            "\"event_name\":\"\",\"event_name\":\"Purchase\"",
+            1,
+        );
+        assert_eq!(verdict(&repeated), Ok(vec![Some("order-1".into())]));
+        let two_ids =
+            with(|_| {}).replacen("\"event_id\":", "\"event_id\":\"first\",\"event_id\":", 1);
+        assert_eq!(verdict(&two_ids), Ok(vec![Some("order-1".into())]));
+        // What only a parse notices, even in a field no rule reads.
+        let surrogate = with(|e| e["note"] = json!("x")).replace("\"x\"", r#""\ud800""#);
+        let refused = verdict(&surrogate).unwrap_err();
+        assert!(
+            refused.0.is_none() && refused.1.contains("hex escape"),
+            "{refused:?}"
+        );
+        let deep = with(|e| e["note"] = json!("x"))
+            .replace("\"x\"", &format!("{}1{}", "[".repeat(200), "]".repeat(200)));
+        let refused = verdict(&deep).unwrap_err();
+        assert!(
+            refused.0.is_none() && refused.1.contains("recursion"),
+            "{refused:?}"
+        );
+        // Numbers as `Value::as_i64` reads them; values quoted decoded.
+        let negative_zero = with(|_| {}).replacen(
+            &format!("\"event_time\":{}", NOW - 60),
+            "\"event_time\":-0",
+            1,
+        );
+        assert_eq!(verdict(&negative_zero).unwrap_err().0, Some(2_804_003));
+        let escaped_currency =
+            with(|e| e["custom_data"]["currency"] = json!("x")).replace("\"x\"", r#""Q\u0051Q""#);
+        assert!(
+            verdict(&escaped_currency)
+                .unwrap_err()
+                .1
+                .contains("currency \"QQQ\"")
         );
     }
 
