@@ -17,20 +17,6 @@ const MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 /// Meta documents no tolerance for future times; the simulator allows small clock skew.
 const FUTURE_TOLERANCE_SECS: i64 = 10 * 60;
 
-const HASHED_KEYS: [&str; 11] = [
-    "em",
-    "ph",
-    "fn",
-    "ln",
-    "ge",
-    "db",
-    "ct",
-    "st",
-    "zp",
-    "country",
-    "external_id",
-];
-
 pub use relay_core::graph_error::GraphError as MetaError;
 
 /// An events request's top level: `data` kept as raw JSON, every other field parsed.
@@ -191,7 +177,7 @@ impl<'a> EventFields<'a> {
     }
 }
 
-/// The `user_data` keys the rules look at: the channels' ids and the hashed keys.
+/// The `user_data` keys the rules look at: the channels' ids, then the keys that must be hashed.
 const USER_DATA_KEYS: [&str; 18] = [
     "whatsapp_business_account_id",
     "page_id",
@@ -212,6 +198,8 @@ const USER_DATA_KEYS: [&str; 18] = [
     "country",
     "external_id",
 ];
+
+const HASHED_KEYS: &[&str] = USER_DATA_KEYS.split_at(7).1;
 
 struct UserData<'a>([Option<&'a RawValue>; USER_DATA_KEYS.len()]);
 
@@ -405,7 +393,7 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
     if !has_id(click_key) {
         return Err(insufficient_customer_information().blame(&["user_data", click_key]));
     }
-    for key in HASHED_KEYS {
+    for &key in HASHED_KEYS {
         let Some(value) = user_data.get(key) else {
             continue;
         };
@@ -626,6 +614,12 @@ mod tests {
                 .1
                 .contains("currency \"QQQ\"")
         );
+    }
+
+    #[test]
+    fn the_hashed_keys_are_the_eleven_meta_lists() {
+        assert_eq!(HASHED_KEYS.len(), 11);
+        assert_eq!((HASHED_KEYS[0], HASHED_KEYS[10]), ("em", "external_id"));
     }
 
     #[test]
