@@ -91,14 +91,12 @@ pub fn check_events_request<'a>(
         ))
         .blame(&["data"]));
     }
-    let events: Vec<(&RawValue, Result<EventFields<'_>, MetaError>)> = data
-        .into_iter()
-        .map(|raw| (raw, EventFields::read(raw)))
-        .collect();
+    let events: Vec<(&RawValue, Result<EventFields<'_>, MetaError>)> =
+        data.into_iter().map(|raw| (raw, read_event(raw))).collect();
     // Meta rejects the whole request, before anything else, when any event is too old.
     if events
         .iter()
-        .filter_map(|(_, e)| e.as_ref().ok()?.event_time.and_then(as_i64))
+        .filter_map(|(_, e)| e.as_ref().ok()?.get("event_time").and_then(as_i64))
         .any(|t| t < now - MAX_AGE_SECS)
     {
         return Err(MetaError::new(400, 100, "Invalid parameter")
@@ -118,7 +116,7 @@ pub fn check_events_request<'a>(
             check_fields(&fields, now)?;
             Ok(CheckedEvent {
                 raw,
-                event_id: fields.event_id.and_then(as_str),
+                event_id: fields.get("event_id").and_then(as_str),
             })
         })
         .collect()
@@ -127,54 +125,28 @@ pub fn check_events_request<'a>(
 /// One event's rules; the first broken rule rejects the request (Meta: "one invalid event
 /// rejects the whole batch").
 pub fn check_event(event: &RawValue, now: i64) -> Result<(), MetaError> {
-    check_fields(&EventFields::read(event)?, now)
+    check_fields(&read_event(event)?, now)
 }
 
 /// The fields of an event the rules look at.
-struct EventFields<'a> {
-    event_name: Option<&'a RawValue>,
-    event_time: Option<&'a RawValue>,
-    event_id: Option<&'a RawValue>,
-    action_source: Option<&'a RawValue>,
-    messaging_channel: Option<&'a RawValue>,
-    user_data: Option<&'a RawValue>,
-    custom_data: Option<&'a RawValue>,
-}
+const EVENT_KEYS: [&str; 7] = [
+    "event_name",
+    "event_time",
+    "event_id",
+    "action_source",
+    "messaging_channel",
+    "user_data",
+    "custom_data",
+];
 
-impl<'a> EventFields<'a> {
-    fn read(event: &'a RawValue) -> Result<Self, MetaError> {
-        if !is_object(event) {
-            return Err(MetaError::invalid("Each event must be a JSON object."));
-        }
-        let keys = [
-            "event_name",
-            "event_time",
-            "event_id",
-            "action_source",
-            "messaging_channel",
-            "user_data",
-            "custom_data",
-        ];
-        let [
-            event_name,
-            event_time,
-            event_id,
-            action_source,
-            messaging_channel,
-            user_data,
-            custom_data,
-        ] = pick(event, &keys)
-            .map_err(|e| MetaError::invalid(format!("The event cannot be read: {e}")))?;
-        Ok(EventFields {
-            event_name,
-            event_time,
-            event_id,
-            action_source,
-            messaging_channel,
-            user_data,
-            custom_data,
-        })
+type EventFields<'a> = Fields<'a, { EVENT_KEYS.len() }>;
+
+fn read_event(event: &RawValue) -> Result<EventFields<'_>, MetaError> {
+    if !is_object(event) {
+        return Err(MetaError::invalid("Each event must be a JSON object."));
     }
+    pick(event, &EVENT_KEYS)
+        .map_err(|e| MetaError::invalid(format!("The event cannot be read: {e}")))
 }
 
 /// The `user_data` keys the rules look at: the channels' ids, then the keys that must be hashed.
@@ -201,14 +173,18 @@ const USER_DATA_KEYS: [&str; 18] = [
 
 const HASHED_KEYS: &[&str] = USER_DATA_KEYS.split_at(7).1;
 
-struct UserData<'a>([Option<&'a RawValue>; USER_DATA_KEYS.len()]);
+/// The values of some keys of a JSON object, read by [`pick`].
+struct Fields<'a, const N: usize> {
+    keys: &'static [&'static str; N],
+    values: [Option<&'a RawValue>; N],
+}
 
-impl<'a> UserData<'a> {
+impl<'a, const N: usize> Fields<'a, N> {
+    /// The value of `key`, one of the keys picked.
     fn get(&self, key: &str) -> Option<&'a RawValue> {
-        USER_DATA_KEYS
-            .iter()
-            .position(|k| *k == key)
-            .and_then(|i| self.0[i])
+        let i = self.keys.iter().position(|k| *k == key);
+        debug_assert!(i.is_some(), "{key} was not picked");
+        i.and_then(|i| self.values[i])
     }
 }
 
@@ -216,8 +192,8 @@ impl<'a> UserData<'a> {
 /// its last value and a key given as `null` is present (`Some("null")`).
 fn pick<'a, const N: usize>(
     object: &'a RawValue,
-    keys: &[&str; N],
-) -> Result<[Option<&'a RawValue>; N], serde_json::Error> {
+    keys: &'static [&'static str; N],
+) -> Result<Fields<'a, N>, serde_json::Error> {
     use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
     /// A key, borrowed unless it has escapes.
@@ -258,7 +234,7 @@ fn pick<'a, const N: usize>(
     let mut de = serde_json::Deserializer::from_str(object.get());
     let values = Picker(keys).deserialize(&mut de)?;
     de.end()?;
-    Ok(values)
+    Ok(Fields { keys, values })
 }
 
 /// Whether JSON text holds a `\u` escape in a string or nests arrays and objects 100 deep.
@@ -323,7 +299,7 @@ fn as_str(raw: &RawValue) -> Option<Cow<'_, str>> {
 
 fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
     if event
-        .event_name
+        .get("event_name")
         .and_then(as_str)
         .is_none_or(|s| s.is_empty())
     {
@@ -331,7 +307,7 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
             MetaError::invalid("The parameter event_name is required.").blame(&["event_name"])
         );
     }
-    let Some(time) = event.event_time.and_then(as_i64) else {
+    let Some(time) = event.get("event_time").and_then(as_i64) else {
         return Err(MetaError::invalid(
             "The parameter event_time is required and must be Unix seconds.",
         )
@@ -346,13 +322,13 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
             )
             .blame(&["event_time"]));
     }
-    let Some(source) = event.action_source.and_then(as_str) else {
+    let Some(source) = event.get("action_source").and_then(as_str) else {
         return Err(
             MetaError::invalid("The parameter action_source is required.")
                 .blame(&["action_source"]),
         );
     };
-    let channel = event.messaging_channel.and_then(as_str);
+    let channel = event.get("messaging_channel").and_then(as_str);
     if source != "business_messaging" {
         if channel.is_some() {
             return Err(MetaError::invalid(
@@ -373,10 +349,10 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
             .blame(&["messaging_channel"]));
         }
     };
-    let user_data = match event.user_data {
-        Some(raw) if is_object(raw) => UserData(pick(raw, &USER_DATA_KEYS).map_err(|e| {
+    let user_data = match event.get("user_data") {
+        Some(raw) if is_object(raw) => pick(raw, &USER_DATA_KEYS).map_err(|e| {
             MetaError::invalid(format!("user_data cannot be read: {e}")).blame(&["user_data"])
-        })?),
+        })?,
         _ => return Err(insufficient_customer_information().blame(&["user_data"])),
     };
     let has_id = |key: &str| {
@@ -420,12 +396,17 @@ fn check_fields(event: &EventFields<'_>, now: i64) -> Result<(), MetaError> {
 }
 
 fn check_custom_data(event: &EventFields<'_>) -> Result<(), MetaError> {
-    let [currency, value] = match event.custom_data {
+    let [currency, value] = match event.get("custom_data") {
         None => [None, None],
         Some(raw) if raw.get() == "null" => [None, None],
-        Some(raw) if is_object(raw) => pick(raw, &["currency", "value"]).map_err(|e| {
-            MetaError::invalid(format!("custom_data cannot be read: {e}")).blame(&["custom_data"])
-        })?,
+        Some(raw) if is_object(raw) => {
+            pick(raw, &["currency", "value"])
+                .map_err(|e| {
+                    MetaError::invalid(format!("custom_data cannot be read: {e}"))
+                        .blame(&["custom_data"])
+                })?
+                .values
+        }
         Some(_) => {
             return Err(
                 MetaError::invalid("custom_data must be an object.").blame(&["custom_data"])
@@ -452,7 +433,7 @@ fn check_custom_data(event: &EventFields<'_>) -> Result<(), MetaError> {
             MetaError::invalid("The value must be a number.").blame(&["custom_data", "value"])
         );
     }
-    if event.event_name.and_then(as_str).as_deref() == Some("Purchase") {
+    if event.get("event_name").and_then(as_str).as_deref() == Some("Purchase") {
         for (key, given) in [("currency", currency), ("value", value)] {
             if given.is_none() {
                 return Err(MetaError::invalid(format!(
