@@ -759,7 +759,7 @@ macro_rules! impl_dashboard_store {
                 }
                 let mut b = sqlx::QueryBuilder::<$db>::new(format!(
                     "SELECT {} FROM events WHERE 1 = 1",
-                    $crate::shared::RECORD_COLUMNS
+                    Self::RECORD_COLUMNS
                 ));
                 Self::push_log_filter(&mut b, f, "accepted_at_ms");
                 if let Some(s) = &f.state {
@@ -782,7 +782,7 @@ macro_rules! impl_dashboard_store {
             async fn get_event_row(&self, id: i64) -> $crate::Result<Option<$crate::EventRecord>> {
                 let mut b = sqlx::QueryBuilder::<$db>::new(format!(
                     "SELECT {} FROM events WHERE id = ",
-                    $crate::shared::RECORD_COLUMNS
+                    Self::RECORD_COLUMNS
                 ));
                 b.push_bind(id);
                 let row = b.build().fetch_optional(&self.pool).await.map_err($crate::shared::map_err)?;

@@ -128,9 +128,10 @@ macro_rules! impl_page_store {
                 use sqlx::Row;
                 let limit = filter.limit.unwrap_or(1000);
                 // Sizes first, as for webhooks; a row-value comparison continues after `before`.
-                let mut b = sqlx::QueryBuilder::<$db>::new(
-                    "SELECT id, CAST(length(payload) AS BIGINT) AS size FROM events WHERE state = 'dead'",
-                );
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT id, CAST(length({}) AS BIGINT) AS size FROM events WHERE state = 'dead'",
+                    Self::PAYLOAD
+                ));
                 Self::push_filter(&mut b, filter);
                 if let Some(before) = before {
                     b.push(" AND (dead_at_ms, id) < (SELECT dead_at_ms, id FROM events WHERE id = ")
@@ -156,7 +157,7 @@ macro_rules! impl_page_store {
                 for chunk in taken.chunks($crate::shared::BIND_CHUNK) {
                     let mut b = sqlx::QueryBuilder::<$db>::new(format!(
                         "SELECT {} FROM events WHERE id IN (",
-                        $crate::shared::RECORD_COLUMNS
+                        Self::RECORD_COLUMNS
                     ));
                     let mut sep = b.separated(", ");
                     for id in chunk {

@@ -11,14 +11,19 @@ use crate::{
     Result, StoreError, Tenant,
 };
 
-/// Columns of `events` read into an [`EventRecord`].
-pub const RECORD_COLUMNS: &str = "id, tenant, dataset_id, asset_id, channel, event_id, event_name, \
-    event_time, state, attempts, next_attempt_at_ms, accepted_at_ms, delivered_at_ms, dead_reason, \
-    dead_at_ms, test_event_code, payload";
+/// Columns of `events` read into an [`EventRecord`], less the payload: each backend's
+/// `RECORD_COLUMNS` adds its own `payload` (SQLite keeps payloads in a table of their own).
+macro_rules! record_columns {
+    () => {
+        "id, tenant, dataset_id, asset_id, channel, event_id, event_name, event_time, state, \
+         attempts, next_attempt_at_ms, accepted_at_ms, delivered_at_ms, dead_reason, dead_at_ms, \
+         test_event_code"
+    };
+}
+pub(crate) use record_columns;
 
-/// Columns returned by a claim.
-pub const CLAIM_COLUMNS: &str = "id, dataset_id, asset_id, channel, event_id, event_time, payload, \
-    test_event_code, attempts, accepted_at_ms";
+/// Columns returned by a claim, less the payload (as for [`record_columns`]).
+pub const CLAIM_COLUMNS: &str = "id, dataset_id, asset_id, channel, event_id, event_time, test_event_code, attempts, accepted_at_ms";
 
 /// Events still to deliver: the predicate of the `events_due` partial index, written exactly so
 /// in every query that should use that index.
@@ -334,9 +339,15 @@ pub fn map_err(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// The columns of one `INSERT INTO events`, bound in this order by [`push_new_event`].
-pub const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, \
-    event_name, event_time, payload, test_event_code, next_attempt_at_ms, accepted_at_ms, conversation_id) ";
+/// The columns of one event's row, bound in this order by [`push_new_event`]; the payload is
+/// not among them (each backend stores it its own way).
+macro_rules! event_columns {
+    () => {
+        "tenant, dataset_id, asset_id, channel, event_id, event_name, event_time, test_event_code, \
+         next_attempt_at_ms, accepted_at_ms, conversation_id"
+    };
+}
+pub(crate) use event_columns;
 
 /// Rows per multi-row insert: 500 rows × 12 columns stays under every placeholder limit.
 pub const INSERT_CHUNK: usize = 500;
@@ -420,7 +431,7 @@ pub fn handoff_refused_sql(extra: &str) -> String {
 /// The assets whose events are held back (paused): no offer takes them.
 pub const PAUSED_ASSETS: &str = "SELECT asset_id FROM assets WHERE status = 'paused'";
 
-/// Binds one event's row of a multi-row `INSERT INTO events` (see [`INSERT_EVENT_COLUMNS`]),
+/// Binds one event's row of a multi-row `INSERT INTO events` (see [`event_columns`]),
 /// due at once: next_attempt_at_ms = accepted_at_ms.
 pub fn push_new_event<DB: sqlx::Database>(
     mut row: sqlx::query_builder::Separated<'_, DB, &'static str>,
@@ -450,7 +461,6 @@ pub fn push_new_event_due<DB: sqlx::Database>(
         .push_bind(e.event_id.clone())
         .push_bind(e.event_name.clone())
         .push_bind(e.event_time)
-        .push_bind(e.payload.clone())
         .push_bind(e.test_event_code.clone())
         .push_bind(next_attempt_at_ms)
         .push_bind(e.accepted_at_ms)
@@ -717,7 +727,7 @@ macro_rules! impl_store {
             }
 
             async fn find_events(&self, event_id: &str, dataset_id: Option<&str>, tenant: Option<&str>) -> $crate::Result<Vec<$crate::EventRecord>> {
-                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE event_id = ", $crate::shared::RECORD_COLUMNS));
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE event_id = ", Self::RECORD_COLUMNS));
                 b.push_bind(event_id);
                 if let Some(d) = dataset_id {
                     b.push(" AND dataset_id = ").push_bind(d);
@@ -732,7 +742,7 @@ macro_rules! impl_store {
             }
 
             async fn recent_events(&self, limit: i64) -> $crate::Result<Vec<$crate::EventRecord>> {
-                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events ORDER BY id DESC LIMIT ", $crate::shared::RECORD_COLUMNS));
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events ORDER BY id DESC LIMIT ", Self::RECORD_COLUMNS));
                 b.push_bind(limit);
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;
                 let records = rows.iter().map($crate::shared::record_from_row).collect::<$crate::Result<Vec<_>>>()?;
@@ -740,7 +750,7 @@ macro_rules! impl_store {
             }
 
             async fn list_dead_letters(&self, filter: &$crate::DeadLetterFilter) -> $crate::Result<Vec<$crate::EventRecord>> {
-                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE state = 'dead'", $crate::shared::RECORD_COLUMNS));
+                let mut b = sqlx::QueryBuilder::<$db>::new(format!("SELECT {} FROM events WHERE state = 'dead'", Self::RECORD_COLUMNS));
                 Self::push_filter(&mut b, filter);
                 b.push(" ORDER BY dead_at_ms DESC, id DESC LIMIT ").push_bind(filter.limit.unwrap_or(1000));
                 let rows = b.build().fetch_all(&self.pool).await.map_err($crate::shared::map_err)?;

@@ -16,9 +16,9 @@ use crate::{
     dashboard::{impl_dashboard_store, insert_deltas},
     leases::{HeldEvent, LeaseTable},
     shared::{
-        CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS_UNHELD, INSERT_CHUNK, INSERT_EVENT_COLUMNS,
-        PAUSED_ASSETS, assign_offers, handed_off_claims, handoff_refused_sql, impl_store, map_err,
-        offered_datasets, push_new_event,
+        CLAIM_COLUMNS, DUE_CONDITION, DUE_DATASETS_UNHELD, INSERT_CHUNK, PAUSED_ASSETS,
+        assign_offers, event_columns, handed_off_claims, handoff_refused_sql, impl_store, map_err,
+        offered_datasets, push_new_event, record_columns,
     },
 };
 
@@ -58,6 +58,15 @@ impl SqliteStore {
     const PARALLEL_WRITERS: usize = 1;
 
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+    /// Payloads live in `event_payloads`, written once: SQLite rewrites a whole row when one
+    /// column changes, and the payloads made up most of the pages a resolve rewrote.
+    const PAYLOAD: &str =
+        "COALESCE((SELECT payload FROM event_payloads WHERE event_payloads.id = events.id), '')";
+    const RECORD_COLUMNS: &str = concat!(
+        record_columns!(),
+        ", COALESCE((SELECT payload FROM event_payloads WHERE event_payloads.id = events.id), '') AS payload"
+    );
 
     /// Opens (and creates) the database file named by a `sqlite://` URL.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -152,9 +161,11 @@ impl SqliteStore {
     /// (`$6`, a JSON array). `$3` and `$4` are unused: `DUE_CONDITION` numbers the dataset `$5`.
     fn claim_sql() -> String {
         format!(
-            "SELECT {CLAIM_COLUMNS}, tenant, event_name, last_attempt_id IS NOT NULL AS had_attempt \
+            "SELECT {CLAIM_COLUMNS}, {} AS payload, tenant, event_name, \
+             last_attempt_id IS NOT NULL AS had_attempt \
              FROM events WHERE {DUE_CONDITION} AND id NOT IN (SELECT value FROM json_each($6)) \
-             ORDER BY next_attempt_at_ms, id LIMIT $2"
+             ORDER BY next_attempt_at_ms, id LIMIT $2",
+            Self::PAYLOAD
         )
     }
 
@@ -526,10 +537,10 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
-            let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENT_COLUMNS.replacen(
-                "INSERT INTO",
-                "INSERT OR IGNORE INTO",
-                1,
+            let mut insert = QueryBuilder::<Sqlite>::new(concat!(
+                "INSERT OR IGNORE INTO events (",
+                event_columns!(),
+                ") "
             ));
             insert.push_values(chunk, push_new_event);
             let done = insert.build().execute(&mut *tx).await.map_err(map_err)?;
@@ -539,6 +550,7 @@ impl SqliteStore {
                     .await
                     .map_err(map_err)?;
                 let first = done.last_insert_rowid() - chunk.len() as i64 + 1;
+                insert_payloads(&mut tx, chunk.iter().zip(first..)).await?;
                 outcomes
                     .extend((0..chunk.len()).map(|k| InsertOutcome::Inserted(first + k as i64)));
             } else {
@@ -713,7 +725,8 @@ async fn insert_exactly(
     if fresh.is_empty() {
         return Ok(outcomes);
     }
-    let mut insert = QueryBuilder::<Sqlite>::new(INSERT_EVENT_COLUMNS);
+    let mut insert =
+        QueryBuilder::<Sqlite>::new(concat!("INSERT INTO events (", event_columns!(), ") "));
     insert.push_values(fresh.iter().map(|&i| &chunk[i]), push_new_event);
     // No ON CONFLICT: a conflict here would mean the lookup above was wrong, and fails the
     // whole transaction rather than misreport an event.
@@ -722,7 +735,21 @@ async fn insert_exactly(
     for (offset, &i) in fresh.iter().enumerate() {
         outcomes[i] = InsertOutcome::Inserted(first + offset as i64);
     }
+    insert_payloads(tx, fresh.iter().map(|&i| &chunk[i]).zip(first..)).await?;
     Ok(outcomes)
+}
+
+/// The payloads of events just inserted, each under its event's row id.
+async fn insert_payloads<'e>(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: impl Iterator<Item = (&'e NewEvent, i64)>,
+) -> Result<()> {
+    let mut insert = QueryBuilder::<Sqlite>::new("INSERT INTO event_payloads (id, payload) ");
+    insert.push_values(rows, |mut row, (e, id)| {
+        row.push_bind(id).push_bind(e.payload.clone());
+    });
+    insert.build().execute(&mut **tx).await.map_err(map_err)?;
+    Ok(())
 }
 
 /// Copies the WAL back into the database file every [`CHECKPOINT_EVERY`], beside the writer
@@ -991,5 +1018,77 @@ mod tests {
             1_000,
             "the refused batch left nothing behind"
         );
+    }
+
+    // A database from before payloads had a table of their own keeps every payload, and a
+    // purged event takes its payload with it.
+    #[tokio::test]
+    async fn payloads_move_to_their_own_table_and_leave_with_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("relay.db").display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let mut before = SqliteStore::MIGRATOR;
+        before.migrations = before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 20261208000001)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        before.run(&store.pool).await.unwrap();
+        for (event_id, state, payload) in [
+            (
+                "old-sent",
+                "delivered",
+                r#"{"event_id":"old-sent","é":"ü"}"#,
+            ),
+            ("old-queued", "queued", r#"{"event_id":"old-queued"}"#),
+        ] {
+            sqlx::query(
+                "INSERT INTO events (tenant, dataset_id, asset_id, channel, event_id, event_name, \
+                 event_time, payload, state, next_attempt_at_ms, accepted_at_ms) \
+                 VALUES ('default', 'd1', 'a1', 'whatsapp', ?1, 'Purchase', 1, ?2, ?3, 1, 1)",
+            )
+            .bind(event_id)
+            .bind(payload)
+            .bind(state)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        drop(store);
+
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+            .insert_events(&queued("new", 2, r#"{"n":1}"#))
+            .await
+            .unwrap();
+        let payload = |id: &'static str| {
+            let store = &store;
+            async move {
+                store.find_events(id, None, None).await.unwrap()[0]
+                    .payload
+                    .clone()
+            }
+        };
+        assert_eq!(
+            payload("old-sent").await,
+            r#"{"event_id":"old-sent","é":"ü"}"#
+        );
+        assert_eq!(payload("old-queued").await, r#"{"event_id":"old-queued"}"#);
+        assert_eq!(payload("new-1").await, r#"{"n":1}"#);
+
+        assert_eq!(store.purge_finished(2).await.unwrap(), 1, "old-sent only");
+        let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM event_payloads ORDER BY id")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        let events: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(left, events, "one payload per event, none orphaned");
+        assert_eq!(events.len(), 3);
     }
 }
