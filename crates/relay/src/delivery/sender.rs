@@ -121,28 +121,6 @@ pub async fn send_claim(
         let reason = "too old: event_time is (nearly) 7 days ago, Meta would refuse it";
         dead_letter(ctx, owner, &too_old, &attempt, reason, "too_old").await?;
     }
-    // A stored payload that is not JSON can never be sent: a dead letter, not a panic.
-    let (unreadable, sendable): (Vec<_>, Vec<_>) = sendable
-        .into_iter()
-        .partition(|e| serde_json::from_str::<&RawValue>(&e.payload).is_err());
-    if !unreadable.is_empty() {
-        let attempt = local_attempt(
-            now,
-            "unreadable_payload",
-            "the stored payload is not valid JSON",
-        );
-        let reason =
-            "the stored payload cannot be read as JSON (database corruption or a manual edit)";
-        dead_letter(
-            ctx,
-            owner,
-            &unreadable,
-            &attempt,
-            reason,
-            "unreadable_payload",
-        )
-        .await?;
-    }
     let batches = make_batches(
         sendable,
         ctx.config.batch_max_events,
@@ -271,11 +249,18 @@ async fn deliver_batch(
             check_held(events.len(), held)?;
         }
         verified = false;
-        // Borrowed, not copied: every payload was read as JSON before the first request.
-        let payloads: Vec<&RawValue> = events
+        // Borrowed, not copied, and read once: a request's payloads are checked as they go in.
+        let Ok(payloads) = events
             .iter()
-            .filter_map(|e| serde_json::from_str(&e.payload).ok())
-            .collect();
+            .map(|e| serde_json::from_str::<&RawValue>(&e.payload))
+            .collect::<Result<Vec<&RawValue>, _>>()
+        else {
+            let readable = dead_letter_unreadable(ctx, owner, events).await?;
+            if !readable.is_empty() {
+                pending.push(readable);
+            }
+            continue;
+        };
         let report = {
             let _in_flight = observability::GraphInFlight::start();
             ctx.graph
@@ -435,6 +420,34 @@ async fn schedule_retry(
         }
     }
     Ok(())
+}
+
+/// A stored payload that is not JSON can never be sent: a dead letter, not a panic. Returns
+/// the events whose payloads can be read.
+async fn dead_letter_unreadable(
+    ctx: &DeliveryContext,
+    owner: &str,
+    events: Vec<ClaimedEvent>,
+) -> Result<Vec<ClaimedEvent>, SendError> {
+    let (unreadable, readable): (Vec<_>, Vec<_>) = events
+        .into_iter()
+        .partition(|e| serde_json::from_str::<&RawValue>(&e.payload).is_err());
+    let attempt = local_attempt(
+        ctx.clock.now_ms(),
+        "unreadable_payload",
+        "the stored payload is not valid JSON",
+    );
+    let reason = "the stored payload cannot be read as JSON (database corruption or a manual edit)";
+    dead_letter(
+        ctx,
+        owner,
+        &unreadable,
+        &attempt,
+        reason,
+        "unreadable_payload",
+    )
+    .await?;
+    Ok(readable)
 }
 
 async fn dead_letter(

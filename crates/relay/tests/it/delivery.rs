@@ -20,6 +20,7 @@ both_backends!(
     a_throttled_dataset_and_a_deep_backlog_do_not_hold_back_fresh_events,
     a_dataset_sends_its_next_request_while_its_last_answer_is_recorded,
     full_requests_go_from_ingest_straight_to_delivery_once_each,
+    a_stored_payload_that_cannot_be_read_is_a_dead_letter_and_the_rest_go_out,
 );
 
 mod sqlite_only {
@@ -386,5 +387,73 @@ async fn a_dataset_sends_its_next_request_while_its_last_answer_is_recorded(back
     assert!(
         app.sim.stats_max_in_flight() <= 1,
         "one request in flight at a time for the dataset"
+    );
+}
+
+async fn a_stored_payload_that_cannot_be_read_is_a_dead_letter_and_the_rest_go_out(
+    backend: Backend,
+) {
+    let Some(env) = prepare_env(backend).await else {
+        return;
+    };
+    let db_url = env.db.url.clone();
+    let config = test_config(&env.db.url, &env.sim_url, &env.vault);
+    let mut ingest_only = config.clone();
+    ingest_only.delivery.workers = 0;
+    let mut app = spawn_app_on(env, ingest_only).await;
+    let assets = app.add_wabas("default", 5_000, 1).await;
+    let events: Vec<Value> = (0..5).map(|i| event(&assets[0].0, "garbled", i)).collect();
+    post_all(&app, events).await;
+    app.stop().await;
+    // A payload cut short in storage (a disk fault or a manual edit).
+    let garble = match backend {
+        Backend::Sqlite => {
+            "UPDATE event_payloads SET payload = '{\"event_name\": ' \
+             WHERE id = (SELECT id FROM events WHERE event_id = 'garbled-2')"
+        }
+        Backend::Postgres => {
+            "UPDATE events SET payload = '{\"event_name\": ' WHERE event_id = 'garbled-2'"
+        }
+    };
+    let garbled = match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&db_url).await.unwrap();
+            sqlx::query(garble)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+            sqlx::query(garble)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+    };
+    assert_eq!(garbled, 1);
+
+    app.start(config).await;
+    app.wait_for_empty_queue(Duration::from_secs(20)).await;
+    let mut sent = app.delivered_ids();
+    sent.sort();
+    assert_eq!(
+        sent,
+        ["garbled-0", "garbled-1", "garbled-3", "garbled-4"],
+        "the readable events of the request went out"
+    );
+    let (_, body) = app.get_json("/v1/events/garbled-2").await;
+    assert_eq!(body["state"], "dead", "{body}");
+    assert!(
+        body["dead_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cannot be read as JSON")),
+        "{body}"
+    );
+    assert_eq!(
+        body["attempts"][0]["outcome"], "unreadable_payload",
+        "{body}"
     );
 }
