@@ -1,12 +1,17 @@
 //! The outbox insert on its own: `Store::insert_events` in 1,000-event groups into a fresh
-//! SQLite file (or PostgreSQL schema), as the relay's group writer calls it. Repeatable under
+//! SQLite file (or PostgreSQL schema), as the relay's group writer calls it. Then the path of
+//! one busy dataset: each group handed to a sender as it is inserted and marked delivered a
+//! few groups later, as Meta's answers come back. Repeatable under
 //! `valgrind --tool=callgrind` as well as timed.
 //!
 //! Run: `cargo bench -p relay-store --bench insert [-- EVENTS [DATABASE_URL]]`
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use relay_store::{InsertOutcome, NewEvent};
+use relay_store::{Attempt, HandoffOffer, InsertOutcome, NewEvent, Resolution, Store};
+
+/// Requests in flight for the dataset: a group is marked delivered this many groups later.
+const IN_FLIGHT: usize = 4;
 
 const GROUP: usize = 1_000;
 
@@ -20,12 +25,16 @@ fn payload(i: usize) -> String {
 }
 
 fn event(i: usize) -> NewEvent {
+    event_in("1000000000000001", "b", i)
+}
+
+fn event_in(dataset_id: &str, tag: &str, i: usize) -> NewEvent {
     NewEvent {
         tenant: "default".into(),
-        dataset_id: "1000000000000001".into(),
+        dataset_id: dataset_id.into(),
         asset_id: "102290129340398".into(),
         channel: "whatsapp".into(),
-        event_id: format!("b-{i}").into(),
+        event_id: format!("{tag}-{i}").into(),
         event_name: "Purchase".into(),
         event_time: 1_790_000_000,
         payload: payload(i).into(),
@@ -82,5 +91,71 @@ async fn main() {
         elapsed.as_secs_f64() * 1e6 / events as f64,
         events as f64 / elapsed.as_secs_f64(),
         dup_elapsed.as_secs_f64() * 1e6 / dups.max(1) as f64,
+    );
+    handed_off_and_delivered(store.as_ref(), events).await;
+}
+
+/// `events` of a dataset with nothing else due (an offer is refused while older events wait),
+/// in groups handed off as they are inserted, each group marked delivered
+/// [`IN_FLIGHT`] groups later; the time of the inserts and of the resolves apart.
+async fn handed_off_and_delivered(store: &dyn Store, events: usize) {
+    let groups: Vec<Vec<NewEvent>> = (0..events)
+        .collect::<Vec<_>>()
+        .chunks(GROUP)
+        .map(|c| {
+            c.iter()
+                .map(|&i| event_in("1000000000000002", "h", i))
+                .collect()
+        })
+        .collect();
+    let now_ms = 1_790_000_000_000;
+    let attempt = Attempt {
+        attempted_at_ms: now_ms,
+        outcome: "delivered".into(),
+        http_status: Some(200),
+        fbtrace_id: Some("AbCdEf".into()),
+        message: None,
+        latency_ms: 120,
+    };
+    let delivered = Resolution::Delivered {
+        delivered_at_ms: now_ms,
+    };
+    let (mut inserting, mut resolving) = (Duration::ZERO, Duration::ZERO);
+    let mut in_flight: std::collections::VecDeque<(String, Vec<i64>)> = Default::default();
+    let mut resolved = 0;
+    for (n, group) in groups.iter().enumerate() {
+        let offer = HandoffOffer {
+            dataset_id: group[0].dataset_id.to_string(),
+            owner: format!("bench-{n}"),
+            limit: group.len(),
+        };
+        let started = Instant::now();
+        let handed = store
+            .insert_events_handing_off(group, std::slice::from_ref(&offer), now_ms, now_ms + 60_000)
+            .await
+            .expect("the insert commits");
+        inserting += started.elapsed();
+        let ids: Vec<i64> = handed.claims[0].iter().map(|e| e.id).collect();
+        in_flight.push_back((offer.owner, ids));
+        while in_flight.len() > IN_FLIGHT || (n + 1 == groups.len() && !in_flight.is_empty()) {
+            let (owner, ids) = in_flight.pop_front().expect("a group in flight");
+            let started = Instant::now();
+            resolved += store
+                .resolve(&owner, &ids, &attempt, &delivered)
+                .await
+                .expect("the resolve commits");
+            resolving += started.elapsed();
+        }
+    }
+    assert_eq!(
+        resolved, events as u64,
+        "every event was handed off and delivered"
+    );
+    println!(
+        "handed off and delivered: {events} events, inserts {:.0} ms = {:.2} µs/event, resolves {:.0} ms = {:.2} µs/event",
+        inserting.as_secs_f64() * 1e3,
+        inserting.as_secs_f64() * 1e6 / events as f64,
+        resolving.as_secs_f64() * 1e3,
+        resolving.as_secs_f64() * 1e6 / events as f64,
     );
 }
