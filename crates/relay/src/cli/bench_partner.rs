@@ -19,7 +19,7 @@
 //!    tenant's `--backlog` events wait on a throttled dataset; another tenant's single-event POST
 //!    latency, and scrapes per second;
 //! 5. one dataset, Meta answering at once: `--single-dataset-events` alone on an ingest-only
-//!    relay, then through the delivering relay from the first POST to the last ack.
+//!    relay, then through a delivering relay from the first POST to the last ack, in pairs.
 
 use std::{
     collections::HashMap,
@@ -349,32 +349,36 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
             })
             .collect()
     };
-    // 5a. One dataset, ingest alone: an ingest-only relay per run, none delivering meanwhile.
+    // 5. One dataset, Meta answering at once: each run is a pair, ingest alone on an ingest-only
+    // relay and then the same through a delivering relay, each a fresh process. Pairs keep the
+    // two measurements close in time: this machine's speed drifts by tens of percent within
+    // minutes, so all the runs alone first and all the runs delivering after them would compare
+    // two speeds of the machine as much as two relays.
     let mut alone = Vec::new();
-    if p.runs(Phase::OneDataset) {
-        for run in 0..p.single_dataset_runs {
-            let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
-            let url = format!("{base}/v1/events");
-            let cpu = CpuMeter::start(ingest_only.id().unwrap_or_default());
-            let started = Instant::now();
-            let bodies = single_bodies(&format!("alone{run}"), n + 2);
-            post_concurrently(&client, &url, API_KEY, bodies, 4).await?;
-            alone.push((started.elapsed(), cpu.read()));
-            ingest_only.start_kill()?;
-            ingest_only.wait().await?;
-        }
-    }
-    let (mut relay, base) = start_relay(db_url, &graph_url, &master_key, 1).await?;
-    let pid = relay.id().unwrap_or_default();
-    let url = format!("{base}/v1/events");
-    wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
-
-    // 5b. The same through the delivering relay, Meta answering at once.
     let mut delivering = Vec::new();
-    for (run, (alone, alone_cpu)) in alone.iter().enumerate() {
+    for run in 0..p.single_dataset_runs {
+        if !p.runs(Phase::OneDataset) {
+            break;
+        }
+        let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
+        let url = format!("{base}/v1/events");
+        let alone_cpu = CpuMeter::start(ingest_only.id().unwrap_or_default());
+        let started = Instant::now();
+        let bodies = single_bodies(&format!("alone{run}"), n + 2);
+        post_concurrently(&client, &url, API_KEY, bodies, 4).await?;
+        let alone_took = started.elapsed();
+        let alone_cpu = alone_cpu.read();
+        ingest_only.start_kill()?;
+        ingest_only.wait().await?;
+        alone.push(alone_took);
+
+        let (mut relay, base) = start_relay(db_url, &graph_url, &master_key, 1).await?;
+        let url = format!("{base}/v1/events");
+        // The ingest-alone events go to Meta first, outside the measurement.
+        wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
         simulator.reset();
         let handed_before = handed_over(&client, &base).await;
-        let cpu = CpuMeter::start(pid);
+        let cpu = CpuMeter::start(relay.id().unwrap_or_default());
         let started = Instant::now();
         let bodies = single_bodies(&format!("one{run}"), n + 3);
         post_concurrently(&client, &url, API_KEY, bodies, 4).await?;
@@ -396,8 +400,8 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
             "  one dataset, run {}:   first POST → last ack {} ms; ingest alone {} ms ({:.2}×), ingest while delivering {} ms",
             run + 1,
             ms(total),
-            ms(*alone),
-            total.as_secs_f64() / alone.as_secs_f64(),
+            ms(alone_took),
+            total.as_secs_f64() / alone_took.as_secs_f64(),
             ms(ingested)
         );
         println!(
@@ -409,9 +413,10 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
             handed_over(&client, &base).await - handed_before,
         );
         wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
+        relay.start_kill()?;
+        relay.wait().await?;
     }
     if !delivering.is_empty() && delivering.len() == alone.len() {
-        let mut alone: Vec<Duration> = alone.iter().map(|(d, _)| *d).collect();
         alone.sort();
         delivering.sort();
         let (alone, total) = (percentile(&alone, 0.5), percentile(&delivering, 0.5));
@@ -423,6 +428,11 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
             delivering.len()
         );
     }
+
+    let (mut relay, base) = start_relay(db_url, &graph_url, &master_key, 1).await?;
+    let pid = relay.id().unwrap_or_default();
+    let url = format!("{base}/v1/events");
+    wait_drained(store.as_ref(), Duration::from_secs(300)).await?;
 
     simulator.set_faults(Faults {
         latency_ms: latency,
