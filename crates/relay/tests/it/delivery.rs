@@ -118,6 +118,29 @@ async fn a_graph_slower_than_half_the_lease_loses_no_lease_and_sends_nothing_twi
     }
 }
 
+/// Runs `sql` on the test's database directly (as an operator or a fault would); rows changed.
+async fn execute(backend: Backend, db_url: &str, sql: String) -> u64 {
+    let sql = sqlx::AssertSqlSafe(sql);
+    match backend {
+        Backend::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(db_url).await.unwrap();
+            sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+            sqlx::query(sql)
+                .execute(&pool)
+                .await
+                .unwrap()
+                .rows_affected()
+        }
+    }
+}
+
 async fn metric(app: &TestApp, name: &str) -> f64 {
     let text = app
         .client
@@ -183,24 +206,7 @@ async fn a_lease_taken_over_is_counted_and_its_first_owner_sends_nothing_more(ba
         "UPDATE events SET lease_owner = 'thief', lease_until_ms = {far}, next_attempt_at_ms = {far} \
          WHERE state = 'sending'"
     );
-    let stolen = match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&db_url).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(steal))
-                .execute(&pool)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(steal))
-                .execute(&pool)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-    };
+    let stolen = execute(backend, &db_url, steal).await;
     assert_eq!(stolen, 300, "the whole claim was in flight");
     app.wait_until(Duration::from_secs(10), "the first answer", |app| {
         app.sim.stats_events_accepted() >= 100
@@ -415,25 +421,7 @@ async fn a_stored_payload_that_cannot_be_read_is_a_dead_letter_and_the_rest_go_o
             "UPDATE events SET payload = '{\"event_name\": ' WHERE event_id = 'garbled-2'"
         }
     };
-    let garbled = match backend {
-        Backend::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(&db_url).await.unwrap();
-            sqlx::query(garble)
-                .execute(&pool)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-        Backend::Postgres => {
-            let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
-            sqlx::query(garble)
-                .execute(&pool)
-                .await
-                .unwrap()
-                .rows_affected()
-        }
-    };
-    assert_eq!(garbled, 1);
+    assert_eq!(execute(backend, &db_url, garble.into()).await, 1);
 
     app.start(config).await;
     app.wait_for_empty_queue(Duration::from_secs(20)).await;
