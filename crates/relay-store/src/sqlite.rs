@@ -53,6 +53,13 @@ impl Drop for SqliteStore {
     }
 }
 
+/// [`SqliteStore::PAYLOAD`], as a literal for `concat!`.
+macro_rules! payload_of_event {
+    () => {
+        "COALESCE((SELECT payload FROM event_payloads WHERE event_payloads.id = events.id), '')"
+    };
+}
+
 impl SqliteStore {
     /// SQLite has one writer.
     const PARALLEL_WRITERS: usize = 1;
@@ -60,13 +67,11 @@ impl SqliteStore {
     const MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
     /// Payloads live in `event_payloads`, written once: SQLite rewrites a whole row when one
-    /// column changes, and the payloads made up most of the pages a resolve rewrote.
-    const PAYLOAD: &str =
-        "COALESCE((SELECT payload FROM event_payloads WHERE event_payloads.id = events.id), '')";
-    const RECORD_COLUMNS: &str = concat!(
-        record_columns!(),
-        ", COALESCE((SELECT payload FROM event_payloads WHERE event_payloads.id = events.id), '') AS payload"
-    );
+    /// column changes, and the payloads made up most of the pages a resolve rewrote. A missing
+    /// payload reads as '', which the sender dead-letters as unreadable.
+    const PAYLOAD: &str = payload_of_event!();
+    const RECORD_COLUMNS: &str =
+        concat!(record_columns!(), ", ", payload_of_event!(), " AS payload");
 
     /// Opens (and creates) the database file named by a `sqlite://` URL.
     pub async fn connect(url: &str) -> Result<Self> {

@@ -356,10 +356,12 @@ pub async fn run_backend(name: &str, db_url: &str, args: &RelayBenchArgs) -> any
     // two speeds of the machine as much as two relays.
     let mut alone = Vec::new();
     let mut delivering = Vec::new();
-    for run in 0..p.single_dataset_runs {
-        if !p.runs(Phase::OneDataset) {
-            break;
-        }
+    let runs = if p.runs(Phase::OneDataset) {
+        p.single_dataset_runs
+    } else {
+        0
+    };
+    for run in 0..runs {
         let (mut ingest_only, base) = start_relay(db_url, &graph_url, &master_key, 0).await?;
         let url = format!("{base}/v1/events");
         let alone_cpu = CpuMeter::start(ingest_only.id().unwrap_or_default());
